@@ -1,0 +1,1 @@
+"""Analytics data layer: tenant-safe aggregation queries over ClickHouse replicas, served by gRPC."""

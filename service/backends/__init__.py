@@ -1,0 +1,1 @@
+"""ClickHouse backends behind one interface: the embedded engine (chDB) and, later, a server."""

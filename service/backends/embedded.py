@@ -1,0 +1,244 @@
+"""The embedded backend: chDB, the ClickHouse engine in this process.
+
+chDB runs one query per connection at a time and blocks the calling thread, so queries run on a
+small pool of connections, each used from a worker thread. Deadlines are enforced by the engine
+(``max_execution_time`` from the call's remaining time); a cancelled call cancels the engine's
+stream, which takes effect at the next block the engine produces. chDB runs everything as its
+``default`` user, so per-tenant row policies cannot exist here: the compiler's tenant condition is
+the only isolation layer on this backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import queue
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import chdb
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import structlog
+
+from service.backends.base import QueryResult, QueryStats
+from service.errors import AnalyticsError, ErrorKind, engine_unavailable, query_timeout
+from service.query.compiler import CompiledQuery
+from service.schema import SYNC_STATE_TABLE
+
+log = structlog.get_logger(__name__)
+_ERROR_CODE = re.compile(r"Code: (\d+)")
+_TIMEOUT_CODES = {"159", "160", "209", "210"}
+_END = object()
+
+
+class EmbeddedBackend:
+    """chDB behind the backend interface."""
+
+    name = "chdb"
+    enforces_row_policies = False
+
+    def __init__(self, data_dir: Path, pool_size: int = 4) -> None:
+        """Open ``pool_size`` connections on the data directory (created if missing)."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._connections: queue.LifoQueue[Any] = queue.LifoQueue()
+        for _ in range(pool_size):
+            self._connections.put(chdb.connect(str(data_dir)))
+        self._pool_size = pool_size
+        # One extra thread so that a cancel can run while every connection is busy.
+        self._threads = ThreadPoolExecutor(pool_size + 1, thread_name_prefix="chdb")
+        self._slots = asyncio.Semaphore(pool_size)
+
+    async def execute(
+        self, query: CompiledQuery, *, timeout_seconds: float, query_id: str
+    ) -> QueryResult:
+        """Run the query and gather every batch."""
+        async with self.stream(query, timeout_seconds=timeout_seconds, query_id=query_id) as stream:
+            batches = [batch async for batch in stream]
+        if batches:
+            table = pa.Table.from_batches(batches)
+        else:
+            table = pa.table({c.alias: pa.array([], pa.null()) for c in query.columns})
+        return QueryResult(table, stream.stats)
+
+    @asynccontextmanager
+    async def stream(
+        self, query: CompiledQuery, *, timeout_seconds: float, query_id: str
+    ) -> AsyncIterator[_EmbeddedStream]:
+        """Start the query on a pooled connection; batches are fetched one at a time on demand."""
+        sql = f"{query.sql} SETTINGS {_settings(timeout_seconds)}"
+        async with self._slots:
+            with self._connection() as connection:
+                stream = _EmbeddedStream(self._threads, connection, sql, query.parameters, timeout_seconds)
+                try:
+                    await stream.start()
+                    yield stream
+                finally:
+                    await stream.close()
+
+    async def command(self, sql: str, parameters: Mapping[str, str] | None = None) -> None:
+        """Run a statement on a pooled connection."""
+        async with self._slots:
+            with self._connection() as connection:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._threads, _run_command, connection, sql, dict(parameters or {})
+                )
+
+    async def query_rows(
+        self, sql: str, parameters: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Run a small query and return its rows as dicts (for state tables, not user queries)."""
+        async with self._slots:
+            with self._connection() as connection:
+                table = await asyncio.get_running_loop().run_in_executor(
+                    self._threads, _run_small_query, connection, sql, dict(parameters or {})
+                )
+        return table.to_pylist()  # type: ignore[no-any-return]
+
+    async def last_sync_at(self, database: str, table: str) -> dt.datetime | None:
+        """Read the sync-state row of ``database.table``."""
+        sql = (
+            f"SELECT argMax(last_sync_at, updated_at) AS at, count() AS n "
+            f"FROM `{database}`.`{SYNC_STATE_TABLE}` "
+            "WHERE table_name = {table:String}"
+        )
+        try:
+            rows = await self.query_rows(sql, {"table": table})
+        except AnalyticsError as exc:
+            engine_message = exc.metadata.get("engine_message", "")
+            if "UNKNOWN_TABLE" in engine_message or "UNKNOWN_DATABASE" in engine_message:
+                return None
+            raise
+        if not rows or not rows[0]["n"]:
+            return None
+        moment = rows[0]["at"]
+        assert isinstance(moment, dt.datetime)
+        return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+    async def ping(self) -> None:
+        """Run ``SELECT 1``."""
+        await self.query_rows("SELECT 1 AS one")
+
+    async def close(self) -> None:
+        """Close every connection and stop the threads."""
+        self._threads.shutdown(wait=True, cancel_futures=True)
+        while not self._connections.empty():
+            self._connections.get_nowait().close()
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        connection = self._connections.get_nowait()
+        try:
+            yield connection
+        finally:
+            self._connections.put(connection)
+
+
+class _EmbeddedStream:
+    """One running chDB query, read batch by batch from a worker thread."""
+
+    def __init__(
+        self,
+        threads: ThreadPoolExecutor,
+        connection: Any,
+        sql: str,
+        parameters: Mapping[str, str],
+        timeout_seconds: float,
+    ) -> None:
+        self._threads = threads
+        self._connection = connection
+        self._sql = sql
+        self._parameters = dict(parameters)
+        self._timeout = timeout_seconds
+        self._result: Any = None
+        self._done = False
+        self.stats = QueryStats()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._result = await loop.run_in_executor(self._threads, self._send)
+
+    def _send(self) -> Any:
+        try:
+            return self._connection.send_query(self._sql, "ArrowStream", params=self._parameters)
+        except Exception as exc:
+            raise _map_error(exc, self._timeout) from None
+
+    def _next(self) -> list[pa.RecordBatch] | object:
+        try:
+            chunk = self._result.fetch()
+        except Exception as exc:
+            raise _map_error(exc, self._timeout) from None
+        if chunk is None:
+            return _END
+        payload = chunk.bytes()
+        if not payload:
+            return _END
+        self.stats.rows_scanned += int(chunk.storage_rows_read())
+        self.stats.elapsed_ms += float(chunk.elapsed()) * 1000
+        return list(ipc.open_stream(payload))
+
+    async def __aiter__(self) -> AsyncIterator[pa.RecordBatch]:
+        loop = asyncio.get_running_loop()
+        while not self._done:
+            fetched = await loop.run_in_executor(self._threads, self._next)
+            if fetched is _END:
+                self._done = True
+                return
+            assert isinstance(fetched, list)
+            for batch in fetched:
+                yield batch
+
+    async def close(self) -> None:
+        if self._result is None or self._done:
+            return
+        self._done = True
+        # Cancelling waits for the engine's current block; do it off the event loop, and keep
+        # the connection out of the pool until it is done (the caller awaits this).
+        await asyncio.shield(
+            asyncio.get_running_loop().run_in_executor(self._threads, self._result.cancel)
+        )
+
+
+def _settings(timeout_seconds: float) -> str:
+    seconds = max(timeout_seconds, 0.001)
+    return f"max_execution_time = {seconds:.3f}, timeout_overflow_mode = 'throw', readonly = 2"
+
+
+def _run_command(connection: Any, sql: str, parameters: dict[str, str]) -> None:
+    try:
+        connection.query(sql, "Null", params=parameters or None)
+    except Exception as exc:
+        raise _map_error(exc, 0) from None
+
+
+def _run_small_query(connection: Any, sql: str, parameters: dict[str, str]) -> pa.Table:
+    try:
+        result = connection.query(sql, "ArrowStream", params=parameters or None)
+    except Exception as exc:
+        raise _map_error(exc, 0) from None
+    payload = result.bytes()
+    if not payload:
+        return pa.table({})
+    return ipc.open_stream(payload).read_all()
+
+
+def _map_error(exc: Exception, timeout_seconds: float) -> AnalyticsError:
+    message = str(exc)
+    match = _ERROR_CODE.search(message)
+    code = match.group(1) if match else ""
+    if code in _TIMEOUT_CODES:
+        return query_timeout(timeout_seconds, message)
+    if "Cannot open" in message or "Permission denied" in message:
+        return engine_unavailable(message)
+    log.error("engine error", engine_message=message[:2000])
+    return AnalyticsError(
+        ErrorKind.INTERNAL,
+        "the analytics engine failed to run the query",
+        "ENGINE_ERROR",
+        metadata={"engine_message": message[:500], "engine_code": code},
+    )

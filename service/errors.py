@@ -1,0 +1,99 @@
+"""Domain errors. Each names its kind (which fixes the gRPC status and the REST problem type),
+a machine-readable reason, and the request fields at fault. The transport layers map them in one
+place each; nothing below the servicers knows about gRPC.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class ErrorKind(enum.Enum):
+    """The error rows of DESIGN.md section 5, plus internal failures."""
+
+    NOT_FOUND = "not-found"
+    VALIDATION = "validation-error"
+    FORBIDDEN = "forbidden"
+    UNAUTHORIZED = "unauthorized"
+    TIMEOUT = "gateway-timeout"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One offending request field, in the request's JSON naming (``filters.stage``)."""
+
+    field: str
+    description: str
+
+
+@dataclass
+class AnalyticsError(Exception):
+    """An error a caller receives: the kind, a human message, a reason code and offending fields."""
+
+    kind: ErrorKind
+    message: str
+    reason: str
+    violations: list[FieldViolation] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def validation_error(field_name: str, message: str, reason: str = "INVALID_ARGUMENT") -> AnalyticsError:
+    """A request value that cannot be accepted, naming the field."""
+    return AnalyticsError(
+        ErrorKind.VALIDATION, message, reason, [FieldViolation(field_name, message)]
+    )
+
+
+def unknown_field(field_name: str, name: str, model: str) -> AnalyticsError:
+    """A field name the model does not have."""
+    message = f"{field_name}: unknown field {name!r} in model {model!r}"
+    return AnalyticsError(
+        ErrorKind.VALIDATION,
+        message,
+        "UNKNOWN_FIELD",
+        [FieldViolation(field_name, message)],
+        {"field": name[:200], "model": model},
+    )
+
+
+def not_found(message: str, **metadata: str) -> AnalyticsError:
+    """Something the request names does not exist (for example the model)."""
+    return AnalyticsError(ErrorKind.NOT_FOUND, message, "NOT_FOUND", metadata=metadata)
+
+
+def forbidden(message: str, permission: str) -> AnalyticsError:
+    """The caller is authenticated but lacks the permission."""
+    return AnalyticsError(
+        ErrorKind.FORBIDDEN, message, "PERMISSION_DENIED", metadata={"permission": permission}
+    )
+
+
+def unauthorized(message: str) -> AnalyticsError:
+    """No token, or one that does not verify."""
+    return AnalyticsError(ErrorKind.UNAUTHORIZED, message, "UNAUTHENTICATED")
+
+
+def query_timeout(seconds: float, detail: str) -> AnalyticsError:
+    """The engine gave up on the query after its time budget."""
+    return AnalyticsError(
+        ErrorKind.TIMEOUT,
+        f"query exceeded its time budget of {seconds:.1f}s",
+        "QUERY_TIMEOUT",
+        metadata={"engine_message": detail[:500]},
+    )
+
+
+def engine_unavailable(detail: str) -> AnalyticsError:
+    """The engine cannot be reached."""
+    return AnalyticsError(
+        ErrorKind.UNAVAILABLE,
+        "the analytics engine is unavailable",
+        "ENGINE_UNAVAILABLE",
+        metadata={"engine_message": detail[:500]},
+    )

@@ -1,0 +1,490 @@
+"""compile_query: a pure function (request, catalog, tenant) -> SQL text + bound parameters.
+
+Shape of every query::
+
+    SELECT <formatted keys and metrics> FROM (
+        SELECT <raw group keys k0..>, <metrics m0..>
+        FROM `db`.`table` AS t FINAL
+        WHERE t.`tenant_id` = {tenant:String} AND t.`_is_deleted` = 0 AND (<filters>)
+        GROUP BY k0..
+    ) ORDER BY <raw keys> LIMIT {limit:UInt64} OFFSET {offset:UInt64}
+
+The inner query aggregates on raw values; the outer one renders timestamps as ISO 8601 and orders
+on the raw values (so time buckets sort chronologically). Internal aliases (k0, m0, c0) never
+collide with column names: ClickHouse lets an alias shadow a column everywhere in a query, which
+would otherwise change what a filter means. No text from the request reaches the SQL: identifiers
+come from the catalog, values are parameters, and the SQL depends only on the request's shape.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from service.catalog import Catalog, FieldSpec, FieldType, Model
+from service.errors import AnalyticsError, ErrorKind, not_found, unknown_field, validation_error
+from service.query.filters import Condition, Filter, Junction, mentioned_fields, parse_filters
+from service.query.request import MetricRequest, QueryRequest
+from service.query.values import encode_text_parameter, parse_time_zone, typed_parameter
+
+SIMPLE_AGGREGATES = ("count", "sum", "avg", "min", "max", "count_distinct")
+_PERCENTILE = re.compile(r"^p([1-9][0-9]?)$")
+INTERVALS = ("minute", "hour", "day", "week", "month", "quarter", "year")
+_ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+MAX_METRICS = 32
+MAX_GROUP_KEYS = 8
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    """Row limits a compiled query must respect (from settings)."""
+
+    default_limit: int = 1000
+    max_limit: int = 10_000
+    max_offset: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class OutputColumn:
+    """One key of each result row: its name for the caller, SQL alias and logical type."""
+
+    key: str
+    alias: str
+    type: str
+
+
+@dataclass(frozen=True)
+class CompiledQuery:
+    """SQL with ``{name:Type}`` placeholders, the parameter texts, and the result columns."""
+
+    sql: str
+    parameters: dict[str, str]
+    columns: tuple[OutputColumn, ...]
+    model: Model
+    limit: int
+
+
+@dataclass
+class _Builder:
+    """Collects parameters; names are positional so the SQL never depends on values."""
+
+    parameters: dict[str, str] = field(default_factory=dict)
+
+    def bind(self, clickhouse_type: str, text: str) -> str:
+        name = f"p{len(self.parameters)}"
+        self.parameters[name] = text
+        return f"{{{name}:{clickhouse_type}}}"
+
+
+def resolve_model(catalog: Catalog, reference: str) -> Model:
+    """The model a request names, as ``module.model`` or a bare model name unique in the catalog."""
+    if not reference:
+        raise validation_error("model", "model: required", "REQUIRED")
+    matches = catalog.find(reference[:200])
+    if not matches:
+        raise not_found(f"model: unknown model {reference[:200]!r}", model=reference[:200])
+    if len(matches) > 1:
+        names = ", ".join(sorted(m.qualified_name for m in matches))
+        raise validation_error(
+            "model", f"model: {reference!r} is ambiguous, name one of {names}", "AMBIGUOUS_MODEL"
+        )
+    return matches[0]
+
+
+def compile_query(
+    request: QueryRequest,
+    catalog: Catalog,
+    tenant: str,
+    limits: QueryLimits | None = None,
+) -> CompiledQuery:
+    """Validate ``request`` against the catalog and compile it for ``tenant``.
+
+    Raises AnalyticsError (NOT_FOUND for an unknown model, VALIDATION naming the request field
+    for anything else). The tenant condition, the deleted-row guard and FINAL are always present.
+    """
+    limits = limits or QueryLimits()
+    if not tenant:
+        raise AnalyticsError(ErrorKind.UNAUTHORIZED, "no tenant in the token", "NO_TENANT")
+    model = resolve_model(catalog, request.model)
+    builder = _Builder()
+    tenant_placeholder = builder.bind("String", encode_text_parameter(tenant))
+    time_zone = parse_time_zone(request.time_zone)
+
+    group_keys = _group_keys(request, model)
+    interval = _interval(request, group_keys)
+    metrics = _metrics(request, model)
+
+    inner_select: list[str] = []
+    outer_select: list[str] = []
+    columns: list[OutputColumn] = []
+    order_targets: dict[str, str] = {}
+    used_keys: set[str] = set()
+    for index, spec in enumerate(group_keys):
+        raw = f"k{index}"
+        expression, output_type = _group_expression(spec, interval, time_zone, builder)
+        inner_select.append(f"{expression} AS {raw}")
+        alias = f"c{len(columns)}"
+        outer_select.append(f"{_render(raw, output_type, spec, interval, time_zone, builder)} AS {alias}")
+        columns.append(OutputColumn(spec.name, alias, output_type))
+        order_targets[spec.name] = raw
+        used_keys.add(spec.name)
+    for index, (metric, key, metric_source) in enumerate(metrics):
+        raw = f"m{index}"
+        if key in used_keys:
+            raise validation_error(
+                metric_source, f"{metric_source}: the result key {key!r} is used twice; set alias",
+                "DUPLICATE_KEY",
+            )
+        used_keys.add(key)
+        expression, output_type, spec = _metric_expression(metric, model, metric_source)
+        inner_select.append(f"{expression} AS {raw}")
+        alias = f"c{len(columns)}"
+        outer_select.append(f"{_render(raw, output_type, spec, '', 'UTC', builder)} AS {alias}")
+        columns.append(OutputColumn(key, alias, output_type))
+        order_targets[key] = raw
+
+    where = [
+        f"t.`{model.tenant_column}` = {tenant_placeholder}",
+        "t.`_is_deleted` = 0",
+    ]
+    parsed_filters = parse_filters(request.filters)
+    if model.soft_delete_column and model.soft_delete_column not in mentioned_fields(parsed_filters):
+        where.append(_not_soft_deleted(model))
+    where.extend(
+        f"({_filter_sql(item, model, builder, time_zone)})" for item in parsed_filters
+    )
+
+    inner = (
+        f"SELECT {', '.join(inner_select)} "
+        f"FROM `{catalog.database}`.`{model.table}` AS t FINAL "
+        f"WHERE {' AND '.join(where)}"
+    )
+    if group_keys:
+        inner += f" GROUP BY {', '.join(f'k{i}' for i in range(len(group_keys)))}"
+
+    order_by = _order(request.order, order_targets, [f"k{i}" for i in range(len(group_keys))])
+    limit, offset = _limit_offset(request, limits)
+    sql = f"SELECT {', '.join(outer_select)} FROM ({inner})"
+    if order_by:
+        sql += f" ORDER BY {', '.join(order_by)}"
+    sql += f" LIMIT {builder.bind('UInt64', str(limit))} OFFSET {builder.bind('UInt64', str(offset))}"
+    return CompiledQuery(sql, builder.parameters, tuple(columns), model, limit)
+
+
+def _field(model: Model, name: str, source: str) -> FieldSpec:
+    spec = model.fields.get(name)
+    if spec is not None:
+        return spec
+    if name == model.tenant_column:
+        raise validation_error(
+            source,
+            f"{source}: {name!r} is the tenant column; the tenant comes from the token and "
+            "cannot be named in a request",
+            "TENANT_COLUMN",
+        )
+    raise unknown_field(source, name, model.qualified_name)
+
+
+def _group_keys(request: QueryRequest, model: Model) -> list[FieldSpec]:
+    if not request.group_by.strip():
+        return []
+    names = [part.strip() for part in request.group_by.split(",")]
+    if len(names) > MAX_GROUP_KEYS:
+        raise validation_error("groupBy", f"groupBy: at most {MAX_GROUP_KEYS} fields")
+    keys: list[FieldSpec] = []
+    for name in names:
+        if not name:
+            raise validation_error("groupBy", "groupBy: empty field name")
+        spec = _field(model, name, "groupBy")
+        if spec in keys:
+            raise validation_error("groupBy", f"groupBy: {name!r} is listed twice")
+        keys.append(spec)
+    return keys
+
+
+def _interval(request: QueryRequest, keys: list[FieldSpec]) -> str:
+    interval = request.group_by_interval
+    if not interval:
+        return ""
+    if interval not in INTERVALS:
+        raise validation_error(
+            "groupByInterval",
+            f"groupByInterval: {interval[:40]!r} is not one of {', '.join(INTERVALS)}",
+            "INVALID_INTERVAL",
+        )
+    temporal = [k for k in keys if k.type.is_temporal]
+    if not temporal:
+        raise validation_error(
+            "groupByInterval",
+            "groupByInterval: needs a timestamp or date field in groupBy",
+            "INVALID_INTERVAL",
+        )
+    if interval in ("minute", "hour") and any(k.type is FieldType.DATE for k in temporal):
+        raise validation_error(
+            "groupByInterval",
+            f"groupByInterval: {interval} is finer than a date field",
+            "INVALID_INTERVAL",
+        )
+    return interval
+
+
+def _metrics(request: QueryRequest, model: Model) -> list[tuple[MetricRequest, str, str]]:
+    requested: list[tuple[MetricRequest, str]] = []
+    if request.aggregate or request.field:
+        requested.append((MetricRequest(request.aggregate or "count", request.field), "aggregate"))
+    requested.extend((m, f"metrics[{i}]") for i, m in enumerate(request.metrics))
+    if not requested:
+        requested.append((MetricRequest("count"), "aggregate"))
+    if len(requested) > MAX_METRICS:
+        raise validation_error("metrics", f"metrics: at most {MAX_METRICS}")
+    resolved: list[tuple[MetricRequest, str, str]] = []
+    for metric, source in requested:
+        if metric.alias:
+            if not _ALIAS.match(metric.alias):
+                raise validation_error(
+                    f"{source}.alias", f"{source}.alias: must match [A-Za-z_][A-Za-z0-9_]*"
+                )
+            key = metric.alias
+        elif metric.aggregate == "count" and not metric.field:
+            key = "count"
+        else:
+            key = f"{metric.aggregate}_{metric.field}"[:128]
+        _check_metric(metric, model, source)
+        resolved.append((metric, key, source))
+    return resolved
+
+
+def _check_metric(metric: MetricRequest, model: Model, source: str) -> None:
+    aggregate = metric.aggregate
+    if aggregate not in SIMPLE_AGGREGATES and not _PERCENTILE.match(aggregate):
+        raise validation_error(
+            source if source == "aggregate" else f"{source}.aggregate",
+            f"{source}: unknown aggregate {aggregate[:40]!r}; use one of "
+            f"{', '.join(SIMPLE_AGGREGATES)} or p1..p99",
+            "UNKNOWN_AGGREGATE",
+        )
+    field_source = "field" if source == "aggregate" else f"{source}.field"
+    if not metric.field:
+        if aggregate != "count":
+            raise validation_error(field_source, f"{field_source}: {aggregate} needs a field")
+        return
+    spec = _field(model, metric.field, field_source)
+    numeric_only = aggregate in ("sum", "avg") or _PERCENTILE.match(aggregate)
+    if numeric_only and not spec.type.is_numeric:
+        raise validation_error(
+            field_source,
+            f"{field_source}: {aggregate} needs a numeric field, {spec.name!r} is {spec.type.value}",
+            "INVALID_AGGREGATE_FIELD",
+        )
+    if aggregate in ("min", "max") and (
+        not spec.type.is_ordered or spec.type is FieldType.UUID
+    ):
+        raise validation_error(
+            field_source,
+            f"{field_source}: {aggregate} needs an ordered field, {spec.name!r} is {spec.type.value}",
+            "INVALID_AGGREGATE_FIELD",
+        )
+
+
+def _metric_expression(
+    metric: MetricRequest, model: Model, source: str
+) -> tuple[str, str, FieldSpec | None]:
+    aggregate = metric.aggregate
+    if not metric.field:
+        return "count()", "int", None
+    spec = _field(model, metric.field, source)
+    column = f"t.`{spec.name}`"
+    if aggregate == "count":
+        return f"count({column})", "int", None
+    if aggregate == "count_distinct":
+        return f"uniqExact({column})", "int", None
+    if aggregate == "sum":
+        return f"sum({column})", _sum_type(spec), None
+    if aggregate == "avg":
+        return f"avg({column})", "float", None
+    if aggregate in ("min", "max"):
+        return f"{aggregate}({column})", _value_type(spec), spec
+    level = int(aggregate[1:]) / 100
+    return f"quantileExactInclusive({level})(toFloat64({column}))", "float", None
+
+
+def _sum_type(spec: FieldSpec) -> str:
+    return {FieldType.INT: "int", FieldType.FLOAT: "float"}.get(spec.type, "decimal")
+
+
+def _value_type(spec: FieldSpec) -> str:
+    return {
+        FieldType.INT: "int",
+        FieldType.FLOAT: "float",
+        FieldType.DECIMAL: "decimal",
+        FieldType.BOOL: "bool",
+        FieldType.TIMESTAMP: "timestamp",
+        FieldType.DATE: "date",
+    }.get(spec.type, "string")
+
+
+_TRUNCATE = {
+    "minute": "toStartOfMinute({c}, {tz})",
+    "hour": "toStartOfHour({c}, {tz})",
+    "day": "toStartOfDay({c}, {tz})",
+    "week": "toDateTime(toMonday({c}, {tz}), {tz})",
+    "month": "toDateTime(toStartOfMonth({c}, {tz}), {tz})",
+    "quarter": "toDateTime(toStartOfQuarter({c}, {tz}), {tz})",
+    "year": "toDateTime(toStartOfYear({c}, {tz}), {tz})",
+}
+_TRUNCATE_DATE = {
+    "day": "{c}",
+    "week": "toMonday({c})",
+    "month": "toStartOfMonth({c})",
+    "quarter": "toStartOfQuarter({c})",
+    "year": "toStartOfYear({c})",
+}
+
+
+def _group_expression(
+    spec: FieldSpec, interval: str, time_zone: str, builder: _Builder
+) -> tuple[str, str]:
+    column = f"t.`{spec.name}`"
+    if interval and spec.type is FieldType.TIMESTAMP:
+        tz = builder.bind("String", time_zone)
+        return _TRUNCATE[interval].format(c=column, tz=tz), "timestamp"
+    if interval and spec.type is FieldType.DATE:
+        return _TRUNCATE_DATE[interval].format(c=column), "date"
+    return column, _value_type(spec)
+
+
+def _render(
+    raw: str,
+    output_type: str,
+    spec: FieldSpec | None,
+    interval: str,
+    time_zone: str,
+    builder: _Builder,
+) -> str:
+    """The outer query's expression that turns a raw value into its JSON-ready form."""
+    if output_type == "timestamp":
+        if interval and time_zone != "UTC":
+            tz = builder.bind("String", time_zone)
+            local = f"formatDateTime({raw}, '%Y-%m-%dT%H:%i:%S%z', {tz})"
+            return f"replaceRegexpOne({local}, '(\\\\d\\\\d)$', ':\\\\1')"
+        if interval:
+            return f"formatDateTime({raw}, '%Y-%m-%dT%H:%i:%SZ', 'UTC')"
+        return f"formatDateTime({raw}, '%Y-%m-%dT%H:%i:%S.%fZ', 'UTC')"
+    if output_type == "date":
+        return f"toString({raw})"
+    if spec is not None and spec.type is FieldType.UUID:
+        return f"toString({raw})"
+    if output_type == "float":
+        return f"if(isFinite({raw}), {raw}, NULL)"
+    return raw
+
+
+def _not_soft_deleted(model: Model) -> str:
+    column = model.soft_delete_column
+    spec = model.fields[column or ""]
+    if spec.type is FieldType.BOOL:
+        return f"NOT ifNull(t.`{column}`, false)"
+    return f"t.`{column}` IS NULL"
+
+
+def _filter_sql(item: Filter, model: Model, builder: _Builder, time_zone: str) -> str:
+    if isinstance(item, Junction):
+        joiner = " AND " if item.kind == "and" else " OR "
+        body = joiner.join(
+            f"({_filter_sql(child, model, builder, time_zone)})" for child in item.children
+        )
+        return f"NOT ({body})" if item.negated else body
+    sql = _condition_sql(item, model, builder, time_zone)
+    return f"NOT ({sql})" if item.negated else sql
+
+
+_COMPARISON_SQL = {"eq": "=", "neq": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+def _condition_sql(item: Condition, model: Model, builder: _Builder, time_zone: str) -> str:
+    spec = _field(model, item.field, item.source)
+    column = f"t.`{spec.name}`"
+    operator = item.operator
+    if operator == "is":
+        value = item.values[0]
+        if value == "null":
+            return f"{column} IS NULL"
+        if spec.type is not FieldType.BOOL:
+            raise _operator_error(item, spec)
+        return f"({column} IS NOT NULL AND {column} = {'true' if value == 'true' else 'false'})"
+    if operator in ("like", "ilike"):
+        if spec.type not in (FieldType.STRING, FieldType.ENUM):
+            raise _operator_error(item, spec)
+        pattern = item.values[0].replace("*", "%")
+        placeholder = builder.bind("String", encode_text_parameter(pattern))
+        return f"{column} {operator.upper()} {placeholder}"
+    if operator in ("gt", "gte", "lt", "lte") and (
+        not spec.type.is_ordered or spec.type is FieldType.UUID
+    ):
+        raise _operator_error(item, spec)
+    placeholders = [
+        builder.bind(*typed_parameter(spec, value, item.source, time_zone))
+        for value in item.values
+    ]
+    if operator == "in":
+        return f"{column} IN ({', '.join(placeholders)})"
+    return f"{column} {_COMPARISON_SQL[operator]} {placeholders[0]}"
+
+
+def _operator_error(item: Condition, spec: FieldSpec) -> AnalyticsError:
+    return validation_error(
+        item.source,
+        f"{item.source}: operator {item.operator} does not apply to {spec.type.value} "
+        f"field {spec.name!r}",
+        "INVALID_FILTER",
+    )
+
+
+def _order(text: str, targets: dict[str, str], group_raw: Sequence[str]) -> list[str]:
+    """ORDER BY terms: the requested keys, then every group key as a tie-break for stable pages."""
+    terms: list[str] = []
+    used: set[str] = set()
+    if text.strip():
+        for part in text.split(","):
+            key, _, rest = part.strip().partition(".")
+            modifiers = rest.split(".") if rest else []
+            if key not in targets:
+                raise validation_error(
+                    "order",
+                    f"order: {key[:60]!r} is neither a groupBy field nor a metric key "
+                    f"(available: {', '.join(targets)})",
+                    "UNKNOWN_FIELD",
+                )
+            direction, nulls = "ASC", ""
+            for modifier in modifiers:
+                if modifier in ("asc", "desc"):
+                    direction = modifier.upper()
+                elif modifier in ("nullsfirst", "nullslast"):
+                    nulls = " NULLS FIRST" if modifier == "nullsfirst" else " NULLS LAST"
+                else:
+                    raise validation_error(
+                        "order",
+                        f"order: {modifier[:40]!r} is not asc, desc, nullsfirst or nullslast",
+                        "INVALID_ORDER",
+                    )
+            if targets[key] in used:
+                raise validation_error("order", f"order: {key!r} is listed twice", "INVALID_ORDER")
+            used.add(targets[key])
+            terms.append(f"{targets[key]} {direction}{nulls}")
+    terms.extend(f"{raw} ASC" for raw in group_raw if raw not in used)
+    return terms
+
+
+def _limit_offset(request: QueryRequest, limits: QueryLimits) -> tuple[int, int]:
+    limit = request.limit or limits.default_limit
+    if limit > limits.max_limit:
+        raise validation_error(
+            "limit", f"limit: {request.limit} is above the maximum {limits.max_limit}", "LIMIT_TOO_LARGE"
+        )
+    if request.offset > limits.max_offset:
+        raise validation_error(
+            "offset", f"offset: {request.offset} is above the maximum {limits.max_offset}",
+            "OFFSET_TOO_LARGE",
+        )
+    return limit, request.offset

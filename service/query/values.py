@@ -1,0 +1,129 @@
+"""Typed filter values and their encoding as ClickHouse query parameters.
+
+A request value is parsed into the field's logical type (so ``gt.abc`` on a number is a clear
+validation error, not an engine error), then written in the text form ClickHouse reads a query
+parameter in. Parameters are sent apart from the SQL and never spliced into it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import uuid
+from decimal import Decimal, InvalidOperation
+from zoneinfo import ZoneInfo
+
+from service.catalog import FieldSpec, FieldType
+from service.errors import AnalyticsError, validation_error
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_TSV_ESCAPES = str.maketrans(
+    {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0", "\b": "\\b", "\f": "\\f"}
+)
+_INTEGER = re.compile(r"^[+-]?\d{1,20}$")
+
+
+def encode_text_parameter(value: str) -> str:
+    """Escape a string the way ClickHouse parses a String query parameter (TSV escaping)."""
+    return value.translate(_TSV_ESCAPES)
+
+
+def parse_time_zone(name: str, source: str = "timeZone") -> str:
+    """Validate an IANA time zone name; empty means UTC."""
+    if not name:
+        return "UTC"
+    if len(name) > 64 or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_+\-/]*", name):
+        raise validation_error(source, f"{source}: {name[:64]!r} is not an IANA time zone name")
+    try:
+        ZoneInfo(name)
+    except (ValueError, KeyError, OSError):
+        raise validation_error(
+            source, f"{source}: unknown time zone {name[:64]!r}", "INVALID_TIME_ZONE"
+        ) from None
+    return name
+
+
+def typed_parameter(
+    spec: FieldSpec, text: str, source: str, time_zone: str
+) -> tuple[str, str]:
+    """Parse ``text`` as a value of ``spec``'s type; return (ClickHouse type, parameter text).
+
+    Naive timestamps and dates given for timestamp fields are read in the request's time zone.
+    """
+    try:
+        return _typed_parameter(spec, text, time_zone)
+    except AnalyticsError:
+        raise
+    except (ValueError, InvalidOperation, ArithmeticError) as exc:
+        detail = str(exc) or type(exc).__name__
+        raise _bad_value(spec, text, source, detail) from None
+
+
+def _typed_parameter(spec: FieldSpec, text: str, time_zone: str) -> tuple[str, str]:
+    kind = spec.type
+    if kind in (FieldType.STRING, FieldType.ENUM):
+        return "String", encode_text_parameter(text)
+    if kind is FieldType.UUID:
+        return "UUID", str(uuid.UUID(text))
+    if kind is FieldType.INT:
+        if not _INTEGER.match(text):
+            raise ValueError("not an integer")
+        number = int(text)
+        if not INT64_MIN <= number <= INT64_MAX:
+            raise ValueError("outside the 64-bit integer range")
+        return "Int64", str(number)
+    if kind is FieldType.FLOAT:
+        number_f = float(text)
+        if not math.isfinite(number_f):
+            raise ValueError("not a finite number")
+        return "Float64", repr(number_f)
+    if kind is FieldType.DECIMAL:
+        return _decimal_parameter(spec, text)
+    if kind is FieldType.BOOL:
+        if text not in ("true", "false"):
+            raise ValueError("expected true or false")
+        return "Bool", text
+    if kind is FieldType.TIMESTAMP:
+        moment = parse_timestamp(text, time_zone)
+        return "DateTime64(6, 'UTC')", moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+    day = dt.date.fromisoformat(text)
+    return "Date32", day.isoformat()
+
+
+def _decimal_parameter(spec: FieldSpec, text: str) -> tuple[str, str]:
+    if not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", text):
+        raise ValueError("not a decimal number")
+    number = Decimal(text)
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)  # the pattern above admits only finite numbers
+    scale = max(spec.scale, -exponent, 0)
+    integer_digits = max(number.adjusted() + 1, 1)
+    # Compare in a type wide enough for the value itself, so that `gt.10.005` on a
+    # Decimal(18, 2) column means exactly that rather than a rounded bound.
+    if integer_digits + scale > 76:
+        raise ValueError("too many digits")
+    precision = 38 if integer_digits + scale <= 38 else 76
+    return f"Decimal({precision}, {scale})", f"{number:f}"
+
+
+def parse_timestamp(text: str, time_zone: str) -> dt.datetime:
+    """Read an ISO 8601 date or date-time; without an offset it is local time in ``time_zone``."""
+    if len(text) > 40:
+        raise ValueError("too long for a timestamp")
+    moment = dt.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo(time_zone))
+    moment = moment.astimezone(dt.UTC)
+    if not dt.datetime(1900, 1, 1, tzinfo=dt.UTC) <= moment < dt.datetime(2300, 1, 1, tzinfo=dt.UTC):
+        raise ValueError("outside the supported range 1900-2299")
+    return moment
+
+
+def _bad_value(spec: FieldSpec, text: str, source: str, detail: str) -> AnalyticsError:
+    preview = text[:60] + ("..." if len(text) > 60 else "")
+    return validation_error(
+        source,
+        f"{source}: {preview!r} is not a valid {spec.type.value} for field {spec.name!r} ({detail})",
+        "INVALID_VALUE",
+    )

@@ -1,0 +1,118 @@
+"""The one typed settings object: environment variables prefixed ``ANALYTICS_``, optional TOML file.
+
+Every default runs on the embedded engine (chDB) with no server installed, so ``analytics serve``
+works on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CATALOG = PROJECT_ROOT / "deploy" / "catalog.toml"
+DEFAULT_DATA_DIR = PROJECT_ROOT / ".data" / "chdb"
+# A development secret so that `analytics demo` and `analytics token` work out of the box; the
+# server logs a warning at start when it is still in use.
+DEVELOPMENT_JWT_SECRET = "analytics-development-secret-change-me"
+
+
+class Settings(BaseSettings):
+    """Settings of the service, the CLI and (later) the replication worker."""
+
+    model_config = SettingsConfigDict(env_prefix="ANALYTICS_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="Where the embedded engine keeps data.")
+    catalog_path: Path = Field(DEFAULT_CATALOG, description="The model catalog (TOML).")
+    clickhouse_url: str | None = Field(
+        None, description="ClickHouse server HTTP URL; unset selects the embedded engine."
+    )
+    database: str = Field(
+        "analytics", pattern=r"^[a-z_][a-z0-9_]*$", description="ClickHouse database."
+    )
+    jwt_secret: SecretStr | None = Field(
+        SecretStr(DEVELOPMENT_JWT_SECRET), description="HS256 secret for bearer tokens."
+    )
+    jwt_public_key: str | None = Field(
+        None, description="RS256 public key (PEM text or a path to a PEM file); wins over the secret."
+    )
+    jwt_private_key: str | None = Field(
+        None, description="RS256 private key (PEM or path) used only by `analytics token`."
+    )
+    jwt_audience: str | None = Field(None, description="Required `aud` claim, if set.")
+    jwt_issuer: str | None = Field(None, description="Required `iss` claim, if set.")
+    tenant_claim: str = Field("tenant_id", description="Token claim that names the tenant.")
+    permissions_claim: str = Field(
+        "permissions", description="Token claim with the permission list (or a space-separated string)."
+    )
+    query_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest a query may run before DEADLINE_EXCEEDED."
+    )
+    default_limit: int = Field(1000, ge=1, description="Rows returned by Query when no limit is set.")
+    max_limit: int = Field(10_000, ge=1, description="Largest limit Query accepts.")
+    max_stream_limit: int = Field(
+        1_000_000_000, ge=1, description="Largest limit StreamQuery accepts."
+    )
+    max_offset: int = Field(1_000_000, ge=0, description="Largest offset either RPC accepts.")
+    stream_chunk_rows: int = Field(8192, ge=1, le=65536, description="Default rows per chunk.")
+    max_concurrent_rpcs: int = Field(256, ge=1, description="RPCs served at once before refusing.")
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="gRPC message limit.")
+    engine_pool_size: int = Field(
+        4, ge=1, le=64, description="Embedded engine connections (queries running at once)."
+    )
+    grace_seconds: float = Field(5.0, ge=0, description="Shutdown grace for in-flight RPCs.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: readable on a terminal, JSON otherwise."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.default_limit > self.max_limit:
+            raise ValueError("default_limit must not exceed max_limit")
+        if self.jwt_secret is None and self.jwt_public_key is None:
+            raise ValueError("set jwt_secret (HS256) or jwt_public_key (RS256)")
+        return self
+
+    @property
+    def uses_development_secret(self) -> bool:
+        """Whether tokens are still verified with the built-in development secret."""
+        return (
+            self.jwt_public_key is None
+            and self.jwt_secret is not None
+            and self.jwt_secret.get_secret_value() == DEVELOPMENT_JWT_SECRET
+        )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Read, in order of precedence: arguments, environment, ``ANALYTICS_CONFIG`` TOML file."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("ANALYTICS_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def read_key_material(value: str) -> str:
+    """Return PEM text given either the text itself or a path to a file holding it."""
+    if value.lstrip().startswith("-----BEGIN"):
+        return value
+    return Path(value).read_text(encoding="utf-8")
