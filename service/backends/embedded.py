@@ -52,6 +52,13 @@ class EmbeddedBackend:
         # One extra thread so that a cancel can run while every connection is busy.
         self._threads = ThreadPoolExecutor(pool_size + 1, thread_name_prefix="chdb")
         self._slots = asyncio.Semaphore(pool_size)
+        self._active = 0
+        self._closed = False
+
+    @property
+    def active_queries(self) -> int:
+        """Engine connections currently running a statement."""
+        return self._active
 
     async def execute(
         self, query: CompiledQuery, *, timeout_seconds: float, query_id: str
@@ -125,16 +132,21 @@ class EmbeddedBackend:
 
     async def close(self) -> None:
         """Close every connection and stop the threads."""
+        self._closed = True
         self._threads.shutdown(wait=True, cancel_futures=True)
         while not self._connections.empty():
             self._connections.get_nowait().close()
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
+        if self._closed:
+            raise engine_unavailable("the embedded engine is shut down")
         connection = self._connections.get_nowait()
+        self._active += 1
         try:
             yield connection
         finally:
+            self._active -= 1
             self._connections.put(connection)
 
 

@@ -1,0 +1,1 @@
+"""The gRPC transport: server assembly, auth interceptor, servicers, proto conversion, statuses."""

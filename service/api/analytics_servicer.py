@@ -1,0 +1,76 @@
+"""AnalyticsService: translates protobuf requests to the domain and results back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import grpc
+import pyarrow as pa
+
+from analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from service.api import convert
+from service.api.interceptors import current_principal
+from service.api.status import abort_with_error
+from service.errors import AnalyticsError
+from service.query_service import QueryService, StreamMeta
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
+    """Query (unary) and StreamQuery (columnar chunks, then meta once)."""
+
+    def __init__(self, queries: QueryService, default_chunk_rows: int) -> None:
+        """Serve through ``queries``; chunks default to ``default_chunk_rows`` rows."""
+        self._queries = queries
+        self._default_chunk_rows = default_chunk_rows
+
+    async def Query(  # noqa: N802 (the generated base class names it)
+        self, request: analytics_pb2.QueryRequest, context: Context
+    ) -> analytics_pb2.QueryResponse:
+        """Run one aggregation and return every row."""
+        try:
+            outcome = await self._queries.run(
+                current_principal.get(),
+                convert.query_request(request),
+                remaining=context.time_remaining(),
+                rpc="Query",
+            )
+        except AnalyticsError as error:
+            await abort_with_error(context, error)
+        return analytics_pb2.QueryResponse(
+            data=convert.struct_rows(outcome.columns, outcome.table),
+            meta=convert.query_meta(outcome.columns, outcome.stats, outcome.last_sync_at),
+        )
+
+    async def StreamQuery(  # noqa: N802
+        self, request: analytics_pb2.StreamQueryRequest, context: Context
+    ) -> AsyncIterator[analytics_pb2.StreamQueryResponse]:
+        """Stream the rows in chunks of ``chunk_rows``; a cancelled call stops the query."""
+        chunk_rows = request.chunk_rows or self._default_chunk_rows
+        chunk_rows = min(chunk_rows, 65536)
+        meta: list[StreamMeta] = []
+        batches = self._queries.stream(
+            current_principal.get(),
+            convert.query_request(request),
+            remaining=context.time_remaining(),
+            rpc="StreamQuery",
+            meta_sink=meta,
+        )
+        try:
+            # aclosing: a cancelled call must close the engine stream now, not at GC time.
+            async with aclosing(batches):
+                async for columns, batch in batches:
+                    for offset in range(0, batch.num_rows, chunk_rows):
+                        part: pa.RecordBatch = batch.slice(offset, chunk_rows)
+                        yield analytics_pb2.StreamQueryResponse(
+                            chunk=convert.column_chunk(columns, part)
+                        )
+        except AnalyticsError as error:
+            await abort_with_error(context, error)
+        final = meta[0]
+        yield analytics_pb2.StreamQueryResponse(
+            meta=convert.query_meta(final.columns, final.stats, final.last_sync_at)
+        )

@@ -1,0 +1,184 @@
+"""Translation between the protobuf API and the domain: requests in, Arrow results out.
+
+Protobuf Struct numbers are doubles, so values that a double cannot carry exactly (integers
+beyond 2^53, decimals with more than 15 significant digits) are sent as exact decimal strings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from google.protobuf import struct_pb2, timestamp_pb2
+
+from analytics.v1 import analytics_pb2
+from service.backends.base import QueryStats
+from service.query.compiler import OutputColumn
+from service.query.request import MetricRequest, QueryRequest
+
+_EXACT_INT = 2**53
+_INT64_MAX = 2**63 - 1
+_MAX_EXACT_DIGITS = 15
+
+
+def query_request(
+    message: analytics_pb2.QueryRequest | analytics_pb2.StreamQueryRequest,
+) -> QueryRequest:
+    """The domain request of either RPC's request message."""
+    return QueryRequest(
+        model=message.model,
+        aggregate=message.aggregate,
+        field=message.field,
+        metrics=tuple(MetricRequest(m.aggregate, m.field, m.alias) for m in message.metrics),
+        group_by=message.group_by,
+        group_by_interval=message.group_by_interval,
+        filters=dict(message.filters),
+        order=message.order,
+        limit=message.limit,
+        offset=message.offset,
+        time_zone=message.time_zone,
+    )
+
+
+def query_meta(
+    columns: Sequence[OutputColumn], stats: QueryStats, last_sync_at: dt.datetime | None
+) -> analytics_pb2.QueryMeta:
+    """The meta message: freshness, the engine's figures, the column list."""
+    meta = analytics_pb2.QueryMeta(
+        rows_scanned=float(stats.rows_scanned),
+        duration_ms=max(round(stats.elapsed_ms), 0),
+        columns=[analytics_pb2.ColumnInfo(name=c.key, type=c.type) for c in columns],
+    )
+    if last_sync_at is not None:
+        stamp = timestamp_pb2.Timestamp()
+        stamp.FromDatetime(last_sync_at.astimezone(dt.UTC))
+        meta.last_sync_at.CopyFrom(stamp)
+    return meta
+
+
+def struct_rows(columns: Sequence[OutputColumn], table: pa.Table) -> list[struct_pb2.Struct]:
+    """Every row of an Arrow result as a Struct keyed by the result keys."""
+    values = [
+        [_json_value(column.type, v) for v in table.column(column.alias).to_pylist()]
+        if column.alias in table.column_names
+        else [None] * table.num_rows
+        for column in columns
+    ]
+    keys = [column.key for column in columns]
+    rows: list[struct_pb2.Struct] = []
+    for row_values in zip(*values, strict=True):
+        row = struct_pb2.Struct()
+        row.update(dict(zip(keys, row_values, strict=True)))
+        rows.append(row)
+    return rows
+
+
+def _json_value(kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == "int":
+        return value if abs(value) <= _EXACT_INT else str(value)
+    if kind == "decimal":
+        assert isinstance(value, Decimal)
+        digits = value.as_tuple().digits
+        return float(value) if len(digits) <= _MAX_EXACT_DIGITS else format(value, "f")
+    if kind == "float":
+        return value if math.isfinite(value) else None
+    return value
+
+
+def column_chunk(columns: Sequence[OutputColumn], batch: pa.RecordBatch) -> analytics_pb2.ColumnChunk:
+    """One record batch as a columnar chunk of packed arrays."""
+    chunk = analytics_pb2.ColumnChunk(row_count=batch.num_rows)
+    for column in columns:
+        array = batch.column(column.alias)
+        out = chunk.columns.add(name=column.key)
+        if array.null_count:
+            out.null_positions.extend(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False)).tolist())
+        _fill(out, column.type, array)
+    return chunk
+
+
+def _fill(out: analytics_pb2.Column, kind: str, array: pa.Array) -> None:
+    if kind == "int" and not _beyond_int64(array):
+        out.int64_values.values.extend(
+            array.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).tolist()
+        )
+    elif kind == "float":
+        numbers = array.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+        out.double_values.values.extend(numbers.tolist())
+    elif kind == "bool":
+        out.bool_values.values.extend(
+            array.fill_null(False).to_numpy(zero_copy_only=False).tolist()
+        )
+    else:
+        out.string_values.values.extend(array.cast(pa.string()).fill_null("").to_pylist())
+
+
+def _beyond_int64(array: pa.Array) -> bool:
+    if not pa.types.is_uint64(array.type) or array.null_count == len(array):
+        return False
+    return bool(pc.max(array).as_py() > _INT64_MAX)
+
+
+def response_json(response: analytics_pb2.QueryResponse) -> dict[str, Any]:
+    """The response's proto3 JSON form, with integral numbers written as integers (38000, not
+    38000.0) as DESIGN.md section 5 shows them."""
+    order = [c.name for c in response.meta.columns]
+    data = []
+    for row in response.data:
+        values = _struct_dict(row)
+        keys = [k for k in order if k in values] + [k for k in values if k not in order]
+        data.append({k: _plain_number(values[k]) for k in keys})
+    meta: dict[str, Any] = {
+        "lastSyncAt": (
+            response.meta.last_sync_at.ToJsonString()
+            if response.meta.HasField("last_sync_at")
+            else None
+        ),
+        "rowsScanned": int(response.meta.rows_scanned),
+        "durationMs": response.meta.duration_ms,
+        "columns": [{"name": c.name, "type": c.type} for c in response.meta.columns],
+    }
+    return {"data": data, "meta": meta}
+
+
+def chunk_rows(chunk: analytics_pb2.ColumnChunk) -> list[dict[str, Any]]:
+    """The rows of a columnar chunk as dicts (NULL positions become None)."""
+    columns: list[tuple[str, list[Any]]] = []
+    for column in chunk.columns:
+        which = column.WhichOneof("values")
+        values: list[Any] = list(getattr(column, which).values) if which else []
+        for position in column.null_positions:
+            values[position] = None
+        columns.append((column.name, values))
+    return [
+        {name: values[i] for name, values in columns} for i in range(chunk.row_count)
+    ]
+
+
+def _struct_dict(row: struct_pb2.Struct) -> dict[str, Any]:
+    return {key: _value(row.fields[key]) for key in row.fields}
+
+
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None
+
+
+def _plain_number(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_INT:
+        return int(value)
+    return value

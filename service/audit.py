@@ -1,0 +1,39 @@
+"""The audit trail: one structured record per query and per denial.
+
+Records go to the ``audit`` logger as JSON (with the trace id and tenant bound by the transport)
+so that a log pipeline can route them apart from operational logs.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+_audit = structlog.get_logger("audit")
+
+
+def record_query(
+    *,
+    tenant: str,
+    subject: str,
+    model: str,
+    outcome: str,
+    duration_ms: float,
+    rows: int = 0,
+    rows_scanned: int = 0,
+    rpc: str = "",
+    reason: str = "",
+) -> None:
+    """Log one audit record; ``outcome`` is ``ok`` or the error kind (``forbidden``, ...)."""
+    _audit.info(
+        "audit",
+        audit=True,
+        tenant=tenant,
+        subject=subject,
+        model=model,
+        rpc=rpc,
+        outcome=outcome,
+        reason=reason,
+        duration_ms=round(duration_ms, 3),
+        rows=rows,
+        rows_scanned=rows_scanned,
+    )

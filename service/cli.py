@@ -1,0 +1,220 @@
+"""The ``analytics`` command: serve, demo, token, query."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import json_format
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from service.api import convert
+from service.api.server import open_backend, serve
+from service.auth import mint_token
+from service.catalog import CatalogError, load_catalog
+from service.log_config import configure_logging
+from service.settings import Settings
+
+log = structlog.get_logger(__name__)
+DEMO_PERMISSIONS = ("*.*.read",)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``analytics`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("port", getattr(args, "port", None)),
+            ("host", getattr(args, "host", None)),
+            ("data_dir", getattr(args, "data_dir", None)),
+            ("catalog_path", getattr(args, "catalog", None)),
+        )
+        if value is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValueError as exc:
+        print(f"analytics: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    try:
+        return int(args.handler(settings, args))
+    except CatalogError as exc:
+        print(f"analytics: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="analytics", description="Tenant-safe analytics over ClickHouse replicas, over gRPC."
+    )
+    commands = parser.add_subparsers(required=True, metavar="command")
+
+    serve_cmd = commands.add_parser("serve", help="run the gRPC server (embedded engine by default)")
+    _server_options(serve_cmd)
+    serve_cmd.set_defaults(handler=_serve)
+
+    demo = commands.add_parser(
+        "demo", help="build the demo dataset in the embedded engine (idempotent), then serve it"
+    )
+    _server_options(demo)
+    demo.add_argument("--rows", type=int, default=1_200_000, help="current rows across models")
+    demo.add_argument("--seed", type=int, default=7, help="random seed of the dataset")
+    demo.add_argument("--force", action="store_true", help="rebuild even if already loaded")
+    demo.add_argument("--no-serve", action="store_true", help="load the data and exit")
+    demo.set_defaults(handler=_demo)
+
+    token = commands.add_parser("token", help="mint a development JWT")
+    token.add_argument("--tenant", required=True, help="tenant the token is for")
+    token.add_argument(
+        "--permission", action="append", default=None,
+        help="permission such as crm.deals.read (repeatable; default *.*.read)",
+    )
+    token.add_argument("--subject", default="developer", help="token subject")
+    token.add_argument("--ttl-hours", type=float, default=12.0, help="lifetime in hours")
+    token.set_defaults(handler=_token)
+
+    query = commands.add_parser("query", help="send a request (DESIGN.md JSON) to a server")
+    query.add_argument("request", help="the request as JSON, or @file.json")
+    query.add_argument("--target", default=None, help="host:port (default: the settings')")
+    query.add_argument("--token", default=None, help="bearer token (default: mint one)")
+    query.add_argument("--tenant", default="acme", help="tenant of the minted token")
+    query.add_argument("--stream", action="store_true", help="use StreamQuery, print JSON lines")
+    query.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+    query.set_defaults(handler=_query)
+    return parser
+
+
+def _server_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    command.add_argument("--port", type=int, default=None, help="gRPC port (default 50051)")
+    command.add_argument("--data-dir", type=Path, default=None, help="embedded engine data")
+    command.add_argument("--catalog", type=Path, default=None, help="model catalog file")
+
+
+def _serve(settings: Settings, _args: argparse.Namespace) -> int:
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from service.demo.generator import generate_dataset
+    from service.demo.loader import (
+        dataset_fingerprint,
+        dataset_fingerprint_loaded,
+        load_dataset,
+    )
+
+    async def build_and_serve() -> None:
+        catalog = load_catalog(settings.catalog_path)
+        backend = open_backend(settings)
+        fingerprint = dataset_fingerprint(seed=args.seed, rows=args.rows)
+        if not args.force and await dataset_fingerprint_loaded(backend, catalog, fingerprint):
+            log.info("demo dataset already loaded", fingerprint=fingerprint)
+        else:
+            log.info("generating demo dataset", rows=args.rows, seed=args.seed)
+            dataset = generate_dataset(catalog, seed=args.seed, rows=args.rows)
+            await load_dataset(backend, catalog, dataset, progress=_progress, fingerprint=fingerprint)
+        token = mint_token(
+            settings, subject="demo", tenant="acme", permissions=DEMO_PERMISSIONS,
+            ttl=dt.timedelta(days=7),
+        )
+        print(f"\ndemo token for tenant acme (valid 7 days):\n{token}\n", file=sys.stderr)
+        if args.no_serve:
+            await backend.close()
+            return
+        await serve(settings, catalog=catalog, backend=backend)
+
+    asyncio.run(build_and_serve())
+    return 0
+
+
+def _progress(model: str, done: int, total: int) -> None:
+    percent = 100 * done / total if total else 100
+    bar = "#" * int(percent // 4)
+    print(f"\r  {model:<18} [{bar:<25}] {done:>9,}/{total:,} rows", end="", file=sys.stderr)
+    if done >= total:
+        print(file=sys.stderr)
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    print(
+        mint_token(
+            settings,
+            subject=args.subject,
+            tenant=args.tenant,
+            permissions=args.permission or DEMO_PERMISSIONS,
+            ttl=dt.timedelta(hours=args.ttl_hours),
+        )
+    )
+    return 0
+
+
+def _query(settings: Settings, args: argparse.Namespace) -> int:
+    text = Path(args.request[1:]).read_text() if args.request.startswith("@") else args.request
+    target = args.target or f"{settings.host}:{settings.port}"
+    token = args.token or mint_token(
+        settings, subject="cli", tenant=args.tenant, permissions=DEMO_PERMISSIONS
+    )
+    metadata = (("authorization", f"Bearer {token}"),)
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+            if args.stream:
+                request = json_format.Parse(text, analytics_pb2.StreamQueryRequest())
+                for message in stub.StreamQuery(request, metadata=metadata, timeout=args.timeout):
+                    if message.HasField("chunk"):
+                        for row in convert.chunk_rows(message.chunk):
+                            print(json.dumps(row, ensure_ascii=False))
+                    else:
+                        meta = analytics_pb2.QueryResponse(meta=message.meta)
+                        print(json.dumps({"meta": convert.response_json(meta)["meta"]}))
+            else:
+                request = json_format.Parse(text, analytics_pb2.QueryRequest())
+                response = stub.Query(request, metadata=metadata, timeout=args.timeout)
+                print(json.dumps(convert.response_json(response), indent=2, ensure_ascii=False))
+    except json_format.ParseError as exc:
+        print(json.dumps({"error": "INVALID_ARGUMENT", "message": str(exc)}), file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        print(json.dumps(_error_json(exc), indent=2), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _error_json(error: grpc.RpcError) -> dict[str, Any]:
+    assert isinstance(error, grpc.Call)
+    body: dict[str, Any] = {"code": error.code().name, "message": error.details()}
+    status = rpc_status.from_call(error)
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                body["reason"] = info.reason
+                body["metadata"] = dict(info.metadata)
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                body["fieldViolations"] = [
+                    {"field": v.field, "description": v.description} for v in bad.field_violations
+                ]
+    return body
+
+
+if __name__ == "__main__":
+    sys.exit(main())

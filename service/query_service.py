@@ -1,0 +1,175 @@
+"""QueryService: the one path every analytics call takes, whatever the transport.
+
+authorise -> compile (tenant filter, FINAL) -> execute within the time budget -> freshness ->
+audit. Transports (gRPC now, REST later) only translate requests and results.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from service import audit
+from service.auth import Principal
+from service.backends.base import AnalyticsBackend, QueryStats
+from service.catalog import Catalog
+from service.errors import AnalyticsError, forbidden
+from service.query.compiler import CompiledQuery, OutputColumn, QueryLimits, compile_query, resolve_model
+from service.query.request import QueryRequest
+
+
+@dataclass
+class QueryOutcome:
+    """A whole result with its meta."""
+
+    columns: tuple[OutputColumn, ...]
+    table: pa.Table
+    stats: QueryStats
+    last_sync_at: dt.datetime | None
+
+
+@dataclass
+class StreamMeta:
+    """What a stream reports once its last chunk is sent."""
+
+    columns: tuple[OutputColumn, ...]
+    stats: QueryStats
+    last_sync_at: dt.datetime | None
+
+
+class QueryService:
+    """Runs analytics requests for authenticated principals."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        backend: AnalyticsBackend,
+        *,
+        limits: QueryLimits,
+        stream_limits: QueryLimits,
+        timeout_seconds: float,
+    ) -> None:
+        """Wire the catalog, the engine and the limits from settings."""
+        self.catalog = catalog
+        self.backend = backend
+        self._limits = limits
+        self._stream_limits = stream_limits
+        self._timeout = timeout_seconds
+
+    def _budget(self, remaining: float | None) -> float:
+        if remaining is None:
+            return self._timeout
+        return max(min(self._timeout, remaining), 0.001)
+
+    def _authorise_and_compile(
+        self, principal: Principal, request: QueryRequest, limits: QueryLimits
+    ) -> CompiledQuery:
+        model = resolve_model(self.catalog, request.model)
+        if not principal.has_permission(model.read_permission):
+            raise forbidden(
+                f"permission {model.read_permission!r} is required to query {model.qualified_name}",
+                model.read_permission,
+            )
+        return compile_query(request, self.catalog, principal.tenant, limits)
+
+    async def run(
+        self, principal: Principal, request: QueryRequest, *, remaining: float | None, rpc: str
+    ) -> QueryOutcome:
+        """Run a request to completion (bounded by the unary row limit)."""
+        started = time.perf_counter()
+        model_name = request.model[:200]
+        try:
+            compiled = self._authorise_and_compile(principal, request, self._limits)
+            model_name = compiled.model.qualified_name
+            result = await self.backend.execute(
+                compiled, timeout_seconds=self._budget(remaining), query_id=uuid.uuid4().hex
+            )
+            last_sync = await self.backend.last_sync_at(self.catalog.database, compiled.model.table)
+        except AnalyticsError as error:
+            _audit_failure(principal, model_name, rpc, started, error)
+            raise
+        audit.record_query(
+            tenant=principal.tenant,
+            subject=principal.subject,
+            model=model_name,
+            rpc=rpc,
+            outcome="ok",
+            duration_ms=(time.perf_counter() - started) * 1000,
+            rows=result.table.num_rows,
+            rows_scanned=result.stats.rows_scanned,
+        )
+        return QueryOutcome(compiled.columns, result.table, result.stats, last_sync)
+
+    async def stream(
+        self,
+        principal: Principal,
+        request: QueryRequest,
+        *,
+        remaining: float | None,
+        rpc: str,
+        meta_sink: list[StreamMeta],
+    ) -> AsyncIterator[tuple[tuple[OutputColumn, ...], pa.RecordBatch]]:
+        """Yield the result's record batches as the engine produces them.
+
+        Leaving the iteration early (client cancel, deadline) closes the engine's stream. The
+        meta is appended to ``meta_sink`` after the last batch.
+        """
+        started = time.perf_counter()
+        model_name = request.model[:200]
+        rows = 0
+        stats = QueryStats()
+        outcome = "cancelled"
+        try:
+            compiled = self._authorise_and_compile(principal, request, self._stream_limits)
+            model_name = compiled.model.qualified_name
+            async with self.backend.stream(
+                compiled, timeout_seconds=self._budget(remaining), query_id=uuid.uuid4().hex
+            ) as stream:
+                async for batch in stream:
+                    rows += batch.num_rows
+                    yield compiled.columns, batch
+                stats = stream.stats
+            last_sync = await self.backend.last_sync_at(self.catalog.database, compiled.model.table)
+            meta_sink.append(StreamMeta(compiled.columns, stats, last_sync))
+            outcome = "ok"
+        except AnalyticsError as error:
+            outcome = "failed"
+            _audit_failure(principal, model_name, rpc, started, error, rows=rows)
+            raise
+        finally:
+            if outcome != "failed":
+                audit.record_query(
+                    tenant=principal.tenant,
+                    subject=principal.subject,
+                    model=model_name,
+                    rpc=rpc,
+                    outcome=outcome,
+                    duration_ms=(time.perf_counter() - started) * 1000,
+                    rows=rows,
+                    rows_scanned=stats.rows_scanned,
+                )
+
+
+def _audit_failure(
+    principal: Principal,
+    model: str,
+    rpc: str,
+    started: float,
+    error: AnalyticsError,
+    rows: int = 0,
+) -> None:
+    audit.record_query(
+        tenant=principal.tenant,
+        subject=principal.subject,
+        model=model,
+        rpc=rpc,
+        outcome=error.kind.value,
+        reason=error.reason,
+        duration_ms=(time.perf_counter() - started) * 1000,
+        rows=rows,
+    )
