@@ -83,6 +83,8 @@ class Settings(BaseSettings):
             raise ValueError("default_limit must not exceed max_limit")
         if self.jwt_secret is None and self.jwt_public_key is None:
             raise ValueError("set jwt_secret (HS256) or jwt_public_key (RS256)")
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value().encode()) < 32:
+            raise ValueError("jwt_secret must be at least 32 bytes (RFC 7518 section 3.2)")
         return self
 
     @property

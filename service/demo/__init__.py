@@ -1,0 +1,1 @@
+"""The demo dataset: a deterministic, realistic CRM and billing history, and its loader."""
