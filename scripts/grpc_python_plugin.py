@@ -35,9 +35,7 @@ def main() -> None:
             response.error = f"grpc_tools.protoc exited with {status}"
         else:
             for produced in sorted(out.rglob("*.py")):
-                response.file.add(
-                    name=str(produced.relative_to(out)), content=produced.read_text()
-                )
+                response.file.add(name=str(produced.relative_to(out)), content=produced.read_text())
     sys.stdout.buffer.write(response.SerializeToString())
 
 

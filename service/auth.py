@@ -48,10 +48,11 @@ class TokenVerifier:
         if settings.jwt_public_key:
             self._key: str = read_key_material(settings.jwt_public_key)
             self._algorithms = ["RS256"]
-        else:
-            assert settings.jwt_secret is not None  # settings validation guarantees one of them
+        elif settings.jwt_secret is not None:
             self._key = settings.jwt_secret.get_secret_value()
             self._algorithms = ["HS256"]
+        else:
+            raise ValueError("set jwt_secret (HS256) or jwt_public_key (RS256)")
 
     def verify_header(self, authorization: str | None) -> Principal:
         """Verify an ``Authorization: Bearer <jwt>`` value; raise UNAUTHORIZED otherwise."""
@@ -73,7 +74,10 @@ class TokenVerifier:
                 audience=settings.jwt_audience,
                 issuer=settings.jwt_issuer,
                 leeway=_LEEWAY_SECONDS,
-                options={"require": ["exp", "sub"], "verify_aud": settings.jwt_audience is not None},
+                options={
+                    "require": ["exp", "sub"],
+                    "verify_aud": settings.jwt_audience is not None,
+                },
             )
         except jwt.ExpiredSignatureError:
             raise unauthorized("the bearer token has expired") from None
@@ -105,7 +109,7 @@ def mint_token(
     permissions: Iterable[str],
     ttl: dt.timedelta = dt.timedelta(hours=12),
 ) -> str:
-    """Sign a token the service accepts (development and tests; production tokens come from the IdP)."""
+    """Sign a token the service accepts (development and tests; production uses the IdP's)."""
     now = dt.datetime.now(dt.UTC)
     claims: dict[str, object] = {
         "sub": subject,
@@ -122,5 +126,6 @@ def mint_token(
         if not settings.jwt_private_key:
             raise ValueError("RS256 is configured: set ANALYTICS_JWT_PRIVATE_KEY to mint tokens")
         return jwt.encode(claims, read_key_material(settings.jwt_private_key), algorithm="RS256")
-    assert settings.jwt_secret is not None
+    if settings.jwt_secret is None:
+        raise ValueError("set jwt_secret (HS256) or jwt_private_key (RS256) to mint tokens")
     return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")

@@ -176,8 +176,16 @@ def parse_catalog(data: Mapping[str, Any], origin: str = "<catalog>") -> Catalog
 def _parse_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Model:
     _only_keys(
         raw,
-        {"module", "name", "table", "source", "primary_key", "tenant_column",
-         "soft_delete_column", "fields"},
+        {
+            "module",
+            "name",
+            "table",
+            "source",
+            "primary_key",
+            "tenant_column",
+            "soft_delete_column",
+            "fields",
+        },
         where,
     )
     module = _identifier(raw.get("module"), f"{where}.module")
@@ -190,7 +198,7 @@ def _parse_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Mod
     tenant_column = _identifier(raw.get("tenant_column", default_tenant), f"{where}.tenant_column")
     raw_fields = raw.get("fields")
     if not isinstance(raw_fields, dict) or not raw_fields:
-        raise CatalogError(f"{where}.fields must be a non-empty table of name = \"type\"")
+        raise CatalogError(f'{where}.fields must be a non-empty table of name = "type"')
     fields: dict[str, FieldSpec] = {}
     for field_name, spec in raw_fields.items():
         fname = _identifier(field_name, f"{where}.fields")
@@ -232,7 +240,7 @@ def _parse_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Mod
 
 def _parse_field(name: str, spec: Any, where: str) -> FieldSpec:
     if not isinstance(spec, str):
-        raise CatalogError(f"{where}: type must be a string such as \"int\" or \"decimal(18,2)?\"")
+        raise CatalogError(f'{where}: type must be a string such as "int" or "decimal(18,2)?"')
     match = _TYPE_SPEC.match(spec.strip())
     if not match:
         raise CatalogError(f"{where}: cannot read type {spec!r}")
@@ -245,7 +253,9 @@ def _parse_field(name: str, spec: Any, where: str) -> FieldSpec:
     scale = int(match["s"]) if match["s"] else 0
     if field_type is FieldType.DECIMAL:
         if not 1 <= precision <= 38 or not 0 <= scale <= precision:
-            raise CatalogError(f"{where}: decimal needs 1 <= precision <= 38, 0 <= scale <= precision")
+            raise CatalogError(
+                f"{where}: decimal needs 1 <= precision <= 38, 0 <= scale <= precision"
+            )
     elif match["p"]:
         raise CatalogError(f"{where}: only decimal takes (precision, scale)")
     return FieldSpec(name, field_type, bool(match["nullable"]), precision, scale)

@@ -64,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(required=True, metavar="command")
 
-    serve_cmd = commands.add_parser("serve", help="run the gRPC server (embedded engine by default)")
+    serve_cmd = commands.add_parser(
+        "serve", help="run the gRPC server (embedded engine by default)"
+    )
     _server_options(serve_cmd)
     serve_cmd.set_defaults(handler=_serve)
 
@@ -81,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="mint a development JWT")
     token.add_argument("--tenant", required=True, help="tenant the token is for")
     token.add_argument(
-        "--permission", action="append", default=None,
+        "--permission",
+        action="append",
+        default=None,
         help="permission such as crm.deals.read (repeatable; default *.*.read)",
     )
     token.add_argument("--subject", default="developer", help="token subject")
@@ -128,9 +132,14 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
         else:
             log.info("generating demo dataset", rows=args.rows, seed=args.seed)
             dataset = generate_dataset(catalog, seed=args.seed, rows=args.rows)
-            await load_dataset(backend, catalog, dataset, progress=_progress, fingerprint=fingerprint)
+            await load_dataset(
+                backend, catalog, dataset, progress=_progress, fingerprint=fingerprint
+            )
         token = mint_token(
-            settings, subject="demo", tenant="acme", permissions=DEMO_PERMISSIONS,
+            settings,
+            subject="demo",
+            tenant="acme",
+            permissions=DEMO_PERMISSIONS,
             ttl=dt.timedelta(days=7),
         )
         print(f"\ndemo token for tenant acme (valid 7 days):\n{token}\n", file=sys.stderr)
@@ -175,8 +184,10 @@ def _query(settings: Settings, args: argparse.Namespace) -> int:
         with grpc.insecure_channel(target) as channel:
             stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
             if args.stream:
-                request = json_format.Parse(text, analytics_pb2.StreamQueryRequest())
-                for message in stub.StreamQuery(request, metadata=metadata, timeout=args.timeout):
+                stream_request = json_format.Parse(text, analytics_pb2.StreamQueryRequest())
+                for message in stub.StreamQuery(
+                    stream_request, metadata=metadata, timeout=args.timeout
+                ):
                     if message.HasField("chunk"):
                         for row in convert.chunk_rows(message.chunk):
                             print(json.dumps(row, ensure_ascii=False))
@@ -197,7 +208,8 @@ def _query(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _error_json(error: grpc.RpcError) -> dict[str, Any]:
-    assert isinstance(error, grpc.Call)
+    if not isinstance(error, grpc.Call):
+        return {"code": "UNKNOWN", "message": str(error)}
     body: dict[str, Any] = {"code": error.code().name, "message": error.details()}
     status = rpc_status.from_call(error)
     if status is not None:

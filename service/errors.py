@@ -1,6 +1,7 @@
-"""Domain errors. Each names its kind (which fixes the gRPC status and the REST problem type),
-a machine-readable reason, and the request fields at fault. The transport layers map them in one
-place each; nothing below the servicers knows about gRPC.
+"""Domain errors, independent of any transport.
+
+Each names its kind (which fixes the gRPC status and the REST problem type), a machine-readable
+reason, and the request fields at fault. The transport layers map them in one place each.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ class AnalyticsError(Exception):
         return self.message
 
 
-def validation_error(field_name: str, message: str, reason: str = "INVALID_ARGUMENT") -> AnalyticsError:
+def validation_error(
+    field_name: str, message: str, reason: str = "INVALID_ARGUMENT"
+) -> AnalyticsError:
     """A request value that cannot be accepted, naming the field."""
     return AnalyticsError(
         ErrorKind.VALIDATION, message, reason, [FieldViolation(field_name, message)]

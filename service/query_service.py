@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -19,7 +19,13 @@ from service.auth import Principal
 from service.backends.base import AnalyticsBackend, QueryStats
 from service.catalog import Catalog
 from service.errors import AnalyticsError, forbidden
-from service.query.compiler import CompiledQuery, OutputColumn, QueryLimits, compile_query, resolve_model
+from service.query.compiler import (
+    CompiledQuery,
+    OutputColumn,
+    QueryLimits,
+    compile_query,
+    resolve_model,
+)
 from service.query.request import QueryRequest
 
 
@@ -113,7 +119,7 @@ class QueryService:
         remaining: float | None,
         rpc: str,
         meta_sink: list[StreamMeta],
-    ) -> AsyncIterator[tuple[tuple[OutputColumn, ...], pa.RecordBatch]]:
+    ) -> AsyncGenerator[tuple[tuple[OutputColumn, ...], pa.RecordBatch]]:
         """Yield the result's record batches as the engine produces them.
 
         Leaving the iteration early (client cancel, deadline) closes the engine's stream. The
@@ -161,6 +167,7 @@ def _audit_failure(
     rpc: str,
     started: float,
     error: AnalyticsError,
+    *,
     rows: int = 0,
 ) -> None:
     audit.record_query(

@@ -23,7 +23,7 @@ DEFAULT_CATALOG = PROJECT_ROOT / "deploy" / "catalog.toml"
 DEFAULT_DATA_DIR = PROJECT_ROOT / ".data" / "chdb"
 # A development secret so that `analytics demo` and `analytics token` work out of the box; the
 # server logs a warning at start when it is still in use.
-DEVELOPMENT_JWT_SECRET = "analytics-development-secret-change-me"
+DEVELOPMENT_JWT_SECRET = "analytics-development-secret-change-me"  # noqa: S105
 
 
 class Settings(BaseSettings):
@@ -45,7 +45,8 @@ class Settings(BaseSettings):
         SecretStr(DEVELOPMENT_JWT_SECRET), description="HS256 secret for bearer tokens."
     )
     jwt_public_key: str | None = Field(
-        None, description="RS256 public key (PEM text or a path to a PEM file); wins over the secret."
+        None,
+        description="RS256 public key (PEM text or a path to a PEM file); wins over the secret.",
     )
     jwt_private_key: str | None = Field(
         None, description="RS256 private key (PEM or path) used only by `analytics token`."
@@ -54,12 +55,15 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = Field(None, description="Required `iss` claim, if set.")
     tenant_claim: str = Field("tenant_id", description="Token claim that names the tenant.")
     permissions_claim: str = Field(
-        "permissions", description="Token claim with the permission list (or a space-separated string)."
+        "permissions",
+        description="Token claim with the permission list (or a space-separated string).",
     )
     query_timeout_seconds: float = Field(
         30.0, gt=0, description="Longest a query may run before DEADLINE_EXCEEDED."
     )
-    default_limit: int = Field(1000, ge=1, description="Rows returned by Query when no limit is set.")
+    default_limit: int = Field(
+        1000, ge=1, description="Rows returned by Query when no limit is set."
+    )
     max_limit: int = Field(10_000, ge=1, description="Largest limit Query accepts.")
     max_stream_limit: int = Field(
         1_000_000_000, ge=1, description="Largest limit StreamQuery accepts."

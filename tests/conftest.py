@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,9 +33,9 @@ def unique_database(prefix: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded engine's data directory for this test session."""
-    yield tmp_path_factory.mktemp("chdb")
+    return tmp_path_factory.mktemp("chdb")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import pyarrow as pa
@@ -16,7 +16,8 @@ from service.api.status import abort_with_error
 from service.errors import AnalyticsError
 from service.query_service import QueryService, StreamMeta
 
-Context = grpc.aio.ServicerContext[Any, Any]
+# grpc ships no types; the aio servicer context is untyped here.
+Context: TypeAlias = Any
 
 
 class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):

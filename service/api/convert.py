@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -85,7 +84,6 @@ def _json_value(kind: str, value: Any) -> Any:
     if kind == "int":
         return value if abs(value) <= _EXACT_INT else str(value)
     if kind == "decimal":
-        assert isinstance(value, Decimal)
         digits = value.as_tuple().digits
         return float(value) if len(digits) <= _MAX_EXACT_DIGITS else format(value, "f")
     if kind == "float":
@@ -93,14 +91,18 @@ def _json_value(kind: str, value: Any) -> Any:
     return value
 
 
-def column_chunk(columns: Sequence[OutputColumn], batch: pa.RecordBatch) -> analytics_pb2.ColumnChunk:
+def column_chunk(
+    columns: Sequence[OutputColumn], batch: pa.RecordBatch
+) -> analytics_pb2.ColumnChunk:
     """One record batch as a columnar chunk of packed arrays."""
     chunk = analytics_pb2.ColumnChunk(row_count=batch.num_rows)
     for column in columns:
         array = batch.column(column.alias)
         out = chunk.columns.add(name=column.key)
         if array.null_count:
-            out.null_positions.extend(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False)).tolist())
+            out.null_positions.extend(
+                np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False)).tolist()
+            )
         _fill(out, column.type, array)
     return chunk
 
@@ -128,8 +130,10 @@ def _beyond_int64(array: pa.Array) -> bool:
 
 
 def response_json(response: analytics_pb2.QueryResponse) -> dict[str, Any]:
-    """The response's proto3 JSON form, with integral numbers written as integers (38000, not
-    38000.0) as DESIGN.md section 5 shows them."""
+    """The response's proto3 JSON form, integral numbers written as integers.
+
+    DESIGN.md section 5 shows counts as 38000, not 38000.0.
+    """
     order = [c.name for c in response.meta.columns]
     data = []
     for row in response.data:
@@ -158,9 +162,7 @@ def chunk_rows(chunk: analytics_pb2.ColumnChunk) -> list[dict[str, Any]]:
         for position in column.null_positions:
             values[position] = None
         columns.append((column.name, values))
-    return [
-        {name: values[i] for name, values in columns} for i in range(chunk.row_count)
-    ]
+    return [{name: values[i] for name, values in columns} for i in range(chunk.row_count)]
 
 
 def _struct_dict(row: struct_pb2.Struct) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import structlog
@@ -29,7 +29,8 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-[0-9a-f]{16}-[0
 
 current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("current_principal")
 
-Context = grpc.aio.ServicerContext[Any, Any]
+# grpc ships no types; the aio servicer context is untyped here.
+Context: TypeAlias = Any
 
 
 def trace_id_from(metadata: dict[str, str]) -> str:

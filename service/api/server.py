@@ -37,8 +37,7 @@ class RunningServer:
     owns_backend: bool
 
     async def stop(self, grace: float) -> None:
-        """Report NOT_SERVING, let in-flight calls finish within ``grace``, release the engine
-        if the server opened it."""
+        """Report NOT_SERVING, let in-flight calls finish, then release an engine it opened."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         if self.owns_backend:
@@ -125,7 +124,9 @@ async def start_server(
     return RunningServer(server, port, health_servicer, backend, owns_backend)
 
 
-async def serve(settings: Settings, *, catalog: Catalog | None = None, backend: AnalyticsBackend | None = None) -> None:
+async def serve(
+    settings: Settings, *, catalog: Catalog | None = None, backend: AnalyticsBackend | None = None
+) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     running = await start_server(settings, catalog=catalog, backend=backend)
     running.owns_backend = True

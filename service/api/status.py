@@ -45,7 +45,9 @@ def error_status(error: AnalyticsError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-async def abort_with_error(context: grpc.aio.ServicerContext[object, object], error: AnalyticsError) -> NoReturn:
+async def abort_with_error(
+    context: grpc.aio.ServicerContext[object, object], error: AnalyticsError
+) -> NoReturn:
     """End the call with the error's status."""
     await context.abort_with_status(error_status(error))
     raise AssertionError("abort_with_status returned")  # it always raises

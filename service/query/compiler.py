@@ -125,7 +125,9 @@ def compile_query(
         expression, output_type = _group_expression(spec, interval, time_zone, builder)
         inner_select.append(f"{expression} AS {raw}")
         alias = f"c{len(columns)}"
-        outer_select.append(f"{_render(raw, output_type, spec, interval, time_zone, builder)} AS {alias}")
+        outer_select.append(
+            f"{_render(raw, output_type, spec, interval, time_zone, builder)} AS {alias}"
+        )
         columns.append(OutputColumn(spec.name, alias, output_type))
         order_targets[spec.name] = raw
         used_keys.add(spec.name)
@@ -133,14 +135,16 @@ def compile_query(
         raw = f"m{index}"
         if key in used_keys:
             raise validation_error(
-                metric_source, f"{metric_source}: the result key {key!r} is used twice; set alias",
+                metric_source,
+                f"{metric_source}: the result key {key!r} is used twice; set alias",
                 "DUPLICATE_KEY",
             )
         used_keys.add(key)
-        expression, output_type, spec = _metric_expression(metric, model, metric_source)
+        expression, output_type, value_spec = _metric_expression(metric, model, metric_source)
         inner_select.append(f"{expression} AS {raw}")
         alias = f"c{len(columns)}"
-        outer_select.append(f"{_render(raw, output_type, spec, '', 'UTC', builder)} AS {alias}")
+        rendered = _render(raw, output_type, value_spec, "", "UTC", builder)
+        outer_select.append(f"{rendered} AS {alias}")
         columns.append(OutputColumn(key, alias, output_type))
         order_targets[key] = raw
 
@@ -149,11 +153,11 @@ def compile_query(
         "t.`_is_deleted` = 0",
     ]
     parsed_filters = parse_filters(request.filters)
-    if model.soft_delete_column and model.soft_delete_column not in mentioned_fields(parsed_filters):
+    if model.soft_delete_column and model.soft_delete_column not in mentioned_fields(
+        parsed_filters
+    ):
         where.append(_not_soft_deleted(model))
-    where.extend(
-        f"({_filter_sql(item, model, builder, time_zone)})" for item in parsed_filters
-    )
+    where.extend(f"({_filter_sql(item, model, builder, time_zone)})" for item in parsed_filters)
 
     inner = (
         f"SELECT {', '.join(inner_select)} "
@@ -168,7 +172,9 @@ def compile_query(
     sql = f"SELECT {', '.join(outer_select)} FROM ({inner})"
     if order_by:
         sql += f" ORDER BY {', '.join(order_by)}"
-    sql += f" LIMIT {builder.bind('UInt64', str(limit))} OFFSET {builder.bind('UInt64', str(offset))}"
+    sql += (
+        f" LIMIT {builder.bind('UInt64', str(limit))} OFFSET {builder.bind('UInt64', str(offset))}"
+    )
     return CompiledQuery(sql, builder.parameters, tuple(columns), model, limit)
 
 
@@ -274,15 +280,15 @@ def _check_metric(metric: MetricRequest, model: Model, source: str) -> None:
     if numeric_only and not spec.type.is_numeric:
         raise validation_error(
             field_source,
-            f"{field_source}: {aggregate} needs a numeric field, {spec.name!r} is {spec.type.value}",
+            f"{field_source}: {aggregate} needs a numeric field, "
+            f"{spec.name!r} is {spec.type.value}",
             "INVALID_AGGREGATE_FIELD",
         )
-    if aggregate in ("min", "max") and (
-        not spec.type.is_ordered or spec.type is FieldType.UUID
-    ):
+    if aggregate in ("min", "max") and (not spec.type.is_ordered or spec.type is FieldType.UUID):
         raise validation_error(
             field_source,
-            f"{field_source}: {aggregate} needs an ordered field, {spec.name!r} is {spec.type.value}",
+            f"{field_source}: {aggregate} needs an ordered field, "
+            f"{spec.name!r} is {spec.type.value}",
             "INVALID_AGGREGATE_FIELD",
         )
 
@@ -354,7 +360,7 @@ def _group_expression(
     return column, _value_type(spec)
 
 
-def _render(
+def _render(  # noqa: PLR0917 (private, called from two places with every argument)
     raw: str,
     output_type: str,
     spec: FieldSpec | None,
@@ -424,8 +430,7 @@ def _condition_sql(item: Condition, model: Model, builder: _Builder, time_zone: 
     ):
         raise _operator_error(item, spec)
     placeholders = [
-        builder.bind(*typed_parameter(spec, value, item.source, time_zone))
-        for value in item.values
+        builder.bind(*typed_parameter(spec, value, item.source, time_zone)) for value in item.values
     ]
     if operator == "in":
         return f"{column} IN ({', '.join(placeholders)})"
@@ -480,11 +485,14 @@ def _limit_offset(request: QueryRequest, limits: QueryLimits) -> tuple[int, int]
     limit = request.limit or limits.default_limit
     if limit > limits.max_limit:
         raise validation_error(
-            "limit", f"limit: {request.limit} is above the maximum {limits.max_limit}", "LIMIT_TOO_LARGE"
+            "limit",
+            f"limit: {request.limit} is above the maximum {limits.max_limit}",
+            "LIMIT_TOO_LARGE",
         )
     if request.offset > limits.max_offset:
         raise validation_error(
-            "offset", f"offset: {request.offset} is above the maximum {limits.max_offset}",
+            "offset",
+            f"offset: {request.offset} is above the maximum {limits.max_offset}",
             "OFFSET_TOO_LARGE",
         )
     return limit, request.offset

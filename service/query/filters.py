@@ -1,4 +1,4 @@
-"""The PostgREST filter grammar: ``eq.x``, ``not.in.(a,"b,c")``, ``is.null`` and ``and``/``or`` lists.
+"""The PostgREST filter grammar: ``eq.x``, ``not.in.(a,"b,c")``, ``is.null``, ``and``/``or``.
 
 Parsing only checks the grammar; whether a field exists and takes the operator is the compiler's
 business. Values stay text here and are typed against the catalog later.
@@ -104,7 +104,7 @@ def _parse_condition(field: str, expression: str, source: str, budget: list[int]
     return Condition(field, operator, (_unquote(operand, source),), negated, source)
 
 
-def _parse_junction(
+def _parse_junction(  # noqa: PLR0917 (private recursion)
     kind: str, text: str, negated: bool, source: str, depth: int, budget: list[int]
 ) -> Junction:
     if depth > MAX_DEPTH:
@@ -118,7 +118,7 @@ def _parse_junction(
         head, paren, _ = body.partition("(")
         if paren and head in JUNCTIONS:
             children.append(
-                _parse_junction(head, body[len(head):], item_negated, source, depth + 1, budget)
+                _parse_junction(head, body[len(head) :], item_negated, source, depth + 1, budget)
             )
             continue
         field, dot, expression = item.partition(".")
@@ -189,7 +189,7 @@ def _unquote(text: str, source: str) -> str:
                 index += 2
                 continue
             if inner[index] == '"':
-                raise _error(source, "a quote inside a quoted value must be escaped as \\\"")
+                raise _error(source, 'a quote inside a quoted value must be escaped as \\"')
             out.append(inner[index])
             index += 1
         return "".join(out)

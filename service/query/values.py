@@ -44,9 +44,7 @@ def parse_time_zone(name: str, source: str = "timeZone") -> str:
     return name
 
 
-def typed_parameter(
-    spec: FieldSpec, text: str, source: str, time_zone: str
-) -> tuple[str, str]:
+def typed_parameter(spec: FieldSpec, text: str, source: str, time_zone: str) -> tuple[str, str]:
     """Parse ``text`` as a value of ``spec``'s type; return (ClickHouse type, parameter text).
 
     Naive timestamps and dates given for timestamp fields are read in the request's time zone.
@@ -95,8 +93,8 @@ def _decimal_parameter(spec: FieldSpec, text: str) -> tuple[str, str]:
     if not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", text):
         raise ValueError("not a decimal number")
     number = Decimal(text)
-    exponent = number.as_tuple().exponent
-    assert isinstance(exponent, int)  # the pattern above admits only finite numbers
+    # The pattern above admits only finite numbers, so the exponent is an int.
+    exponent = int(number.as_tuple().exponent)
     scale = max(spec.scale, -exponent, 0)
     integer_digits = max(number.adjusted() + 1, 1)
     # Compare in a type wide enough for the value itself, so that `gt.10.005` on a
@@ -115,7 +113,11 @@ def parse_timestamp(text: str, time_zone: str) -> dt.datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=ZoneInfo(time_zone))
     moment = moment.astimezone(dt.UTC)
-    if not dt.datetime(1900, 1, 1, tzinfo=dt.UTC) <= moment < dt.datetime(2300, 1, 1, tzinfo=dt.UTC):
+    if (
+        not dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+        <= moment
+        < dt.datetime(2300, 1, 1, tzinfo=dt.UTC)
+    ):
         raise ValueError("outside the supported range 1900-2299")
     return moment
 
@@ -124,6 +126,7 @@ def _bad_value(spec: FieldSpec, text: str, source: str, detail: str) -> Analytic
     preview = text[:60] + ("..." if len(text) > 60 else "")
     return validation_error(
         source,
-        f"{source}: {preview!r} is not a valid {spec.type.value} for field {spec.name!r} ({detail})",
+        f"{source}: {preview!r} is not a valid {spec.type.value} "
+        f"for field {spec.name!r} ({detail})",
         "INVALID_VALUE",
     )

@@ -133,7 +133,7 @@ def request_from(body: dict[str, object]) -> analytics_pb2.QueryRequest:
 
 
 def error_details(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, list[str]]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None, "the error carries google.rpc details"
     info = error_details_pb2.ErrorInfo()
     fields: list[str] = []
@@ -211,13 +211,21 @@ async def test_grpcurl_reflection_and_query(server: RunningServer, settings) -> 
     assert "group_by_interval" in described
     token = auth(settings)[0][1]
     code, out, err = await grpcurl(
-        "-plaintext", "-H", f"authorization: {token}", "-d", json.dumps(DESIGN_EXAMPLE),
-        address, "analytics.v1.AnalyticsService/Query",
+        "-plaintext",
+        "-H",
+        f"authorization: {token}",
+        "-d",
+        json.dumps(DESIGN_EXAMPLE),
+        address,
+        "analytics.v1.AnalyticsService/Query",
     )
     assert code == 0, err
     body = json.loads(out)
     assert body["data"][0] == {
-        "created_at": "2026-01-02T00:00:00Z", "sum_amount": 300.75, "count": 2, "avg_amount": 150.375
+        "created_at": "2026-01-02T00:00:00Z",
+        "sum_amount": 300.75,
+        "count": 2,
+        "avg_amount": 150.375,
     }
     assert body["meta"]["lastSyncAt"] == "2026-04-15T10:29:55Z"
     code, _, err = await grpcurl(
@@ -417,7 +425,8 @@ async def test_stream_query_sends_chunks_then_meta_once(stub, settings) -> None:
         },
         analytics_pb2.StreamQueryRequest(),
     )
-    chunks, metas = [], []
+    chunks: list[analytics_pb2.StreamQueryResponse] = []
+    metas: list[analytics_pb2.StreamQueryResponse] = []
     async for message in stub.StreamQuery(request, metadata=auth(settings)):
         (chunks if message.HasField("chunk") else metas).append(message)
     assert len(metas) == 1
