@@ -1,1 +1,1 @@
-"""Analytics data layer: tenant-safe aggregation queries over ClickHouse replicas, served by gRPC."""
+"""Analytics data layer: tenant-safe aggregation queries over ClickHouse replicas, over gRPC."""

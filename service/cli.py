@@ -19,9 +19,12 @@ from grpc_status import rpc_status
 
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from service.api import convert
-from service.api.server import open_backend, serve
+from service.api.server import serve
 from service.auth import mint_token
+from service.backends.embedded import EmbeddedBackend
 from service.catalog import CatalogError, load_catalog
+from service.demo.generator import generate_dataset
+from service.demo.loader import ensure_demo_loaded, load_dataset
 from service.log_config import configure_logging
 from service.settings import Settings
 
@@ -116,25 +119,26 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from service.demo.generator import generate_dataset
-    from service.demo.loader import (
-        dataset_fingerprint,
-        dataset_fingerprint_loaded,
-        load_dataset,
-    )
+    if settings.clickhouse_url:
+        print(
+            "analytics demo loads the embedded engine: unset ANALYTICS_CLICKHOUSE_URL",
+            file=sys.stderr,
+        )
+        return 2
 
     async def build_and_serve() -> None:
         catalog = load_catalog(settings.catalog_path)
-        backend = open_backend(settings)
-        fingerprint = dataset_fingerprint(seed=args.seed, rows=args.rows)
-        if not args.force and await dataset_fingerprint_loaded(backend, catalog, fingerprint):
-            log.info("demo dataset already loaded", fingerprint=fingerprint)
-        else:
+        backend = EmbeddedBackend(settings.data_dir, pool_size=settings.engine_pool_size)
+        if args.force:
             log.info("generating demo dataset", rows=args.rows, seed=args.seed)
             dataset = generate_dataset(catalog, seed=args.seed, rows=args.rows)
-            await load_dataset(
-                backend, catalog, dataset, progress=_progress, fingerprint=fingerprint
-            )
+            await load_dataset(backend, catalog, dataset, _progress)
+        elif await ensure_demo_loaded(
+            backend, catalog, seed=args.seed, rows=args.rows, progress=_progress
+        ):
+            log.info("demo dataset loaded", rows=args.rows, seed=args.seed)
+        else:
+            log.info("demo dataset already loaded", rows=args.rows, seed=args.seed)
         token = mint_token(
             settings,
             subject="demo",

@@ -475,7 +475,7 @@ def _sortable(value: Any, spec: FieldSpec) -> Any:
     if value is None or spec.type is not FieldType.UUID:
         return value
     number = uuid.UUID(value).int
-    return value
+    return (number & (2**64 - 1), number >> 64)
 
 
 def _order_terms(text: str, keys: Sequence[str]) -> list[tuple[str, bool, bool]]:

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any, TypeAlias
 
-import grpc
 import pyarrow as pa
 
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc

@@ -22,8 +22,8 @@ from typing import Any
 
 import chdb
 import pyarrow as pa
-import pyarrow.ipc as ipc
 import structlog
+from pyarrow import ipc
 
 from service.backends.base import QueryResult, QueryStats
 from service.errors import AnalyticsError, ErrorKind, engine_unavailable, query_timeout
@@ -33,7 +33,6 @@ from service.schema import SYNC_STATE_TABLE
 log = structlog.get_logger(__name__)
 _ERROR_CODE = re.compile(r"Code: (\d+)")
 _TIMEOUT_CODES = {"159", "160", "209", "210"}
-_END = object()
 
 
 class EmbeddedBackend:
@@ -77,10 +76,12 @@ class EmbeddedBackend:
         self, query: CompiledQuery, *, timeout_seconds: float, query_id: str
     ) -> AsyncIterator[_EmbeddedStream]:
         """Start the query on a pooled connection; batches are fetched one at a time on demand."""
-        sql = f"{query.sql} SETTINGS {_settings(timeout_seconds)}"
+        sql = f"{query.sql} SETTINGS {_settings(timeout_seconds, query.settings)}"
         async with self._slots:
             with self._connection() as connection:
-                stream = _EmbeddedStream(self._threads, connection, sql, query.parameters, timeout_seconds)
+                stream = _EmbeddedStream(
+                    self._threads, connection, sql, query.parameters, timeout_seconds
+                )
                 try:
                     await stream.start()
                     yield stream
@@ -133,6 +134,7 @@ class EmbeddedBackend:
                     inserter.append(sink.getvalue().to_pybytes())
                     return int(inserter.finish().rows_written)
             except Exception as exc:
+                _reset_after_error(connection)
                 raise _map_error(exc, 0) from None
 
         async with self._slots:
@@ -158,7 +160,8 @@ class EmbeddedBackend:
         if not rows or not rows[0]["n"]:
             return None
         moment = rows[0]["at"]
-        assert isinstance(moment, dt.datetime)
+        if not isinstance(moment, dt.datetime):
+            return None
         return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
     async def ping(self) -> None:
@@ -213,18 +216,22 @@ class _EmbeddedStream:
         try:
             return self._connection.send_query(self._sql, "ArrowStream", params=self._parameters)
         except Exception as exc:
+            _reset_after_error(self._connection)
             raise _map_error(exc, self._timeout) from None
 
-    def _next(self) -> list[pa.RecordBatch] | object:
+    def _next(self) -> list[pa.RecordBatch] | None:
+        """The next engine block's batches, or None at the end."""
         try:
             chunk = self._result.fetch()
         except Exception as exc:
+            self._done = True
+            _reset_after_error(self._connection)
             raise _map_error(exc, self._timeout) from None
         if chunk is None:
-            return _END
+            return None
         payload = chunk.bytes()
         if not payload:
-            return _END
+            return None
         self.stats.rows_scanned += int(chunk.storage_rows_read())
         self.stats.elapsed_ms += float(chunk.elapsed()) * 1000
         return list(ipc.open_stream(payload))
@@ -233,10 +240,9 @@ class _EmbeddedStream:
         loop = asyncio.get_running_loop()
         while not self._done:
             fetched = await loop.run_in_executor(self._threads, self._next)
-            if fetched is _END:
+            if fetched is None:
                 self._done = True
                 return
-            assert isinstance(fetched, list)
             for batch in fetched:
                 yield batch
 
@@ -251,15 +257,34 @@ class _EmbeddedStream:
         )
 
 
-def _settings(timeout_seconds: float) -> str:
+def _settings(timeout_seconds: float, extra: Mapping[str, str]) -> str:
     seconds = max(timeout_seconds, 0.001)
-    return f"max_execution_time = {seconds:.3f}, timeout_overflow_mode = 'throw', readonly = 2"
+    pairs = [
+        f"max_execution_time = {seconds:.3f}",
+        "timeout_overflow_mode = 'throw'",
+        "readonly = 2",
+        *(f"{name} = {value}" for name, value in extra.items()),
+    ]
+    return ", ".join(pairs)
+
+
+def _reset_after_error(connection: Any) -> None:
+    """Clear a chDB 4.4 connection after a failed query.
+
+    A query that fails before its first block leaves the connection returning that query's
+    (empty) output to the next query; one throwaway query clears it.
+    """
+    try:
+        connection.query("SELECT 1", "Null")
+    except Exception:
+        log.warning("could not reset an engine connection after an error")
 
 
 def _run_command(connection: Any, sql: str, parameters: dict[str, str]) -> None:
     try:
         connection.query(sql, "Null", params=parameters or None)
     except Exception as exc:
+        _reset_after_error(connection)
         raise _map_error(exc, 0) from None
 
 
@@ -267,6 +292,7 @@ def _run_small_query(connection: Any, sql: str, parameters: dict[str, str]) -> p
     try:
         result = connection.query(sql, "ArrowStream", params=parameters or None)
     except Exception as exc:
+        _reset_after_error(connection)
         raise _map_error(exc, 0) from None
     payload = result.bytes()
     if not payload:

@@ -30,7 +30,7 @@ Array = npt.NDArray[Any]
 
 # Part of the fingerprint: bump it whenever a change here changes the generated rows, so that a
 # loaded demo database is recognised as stale.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DEMO_TENANTS: tuple[str, ...] = ("acme", "globex", "initech", "umbrella", "hooli")
 DEFAULT_SEED = 7
 DEFAULT_ROWS = 1_200_000
@@ -771,19 +771,19 @@ def _hostile(
 
     Each hostile value carries its row's id, so it stays unique like the value it replaces.
     """
-    mask = np.zeros(len(values), bool)
+    chosen: dict[int, str] = {}
     for value in np.unique(tenant):
         members = np.flatnonzero(tenant == value)
         count = min(len(members), max(3 * len(templates), len(members) // 300))
-        mask[rng.choice(members, size=count, replace=False)] = True
-    positions = np.flatnonzero(mask)
-    if not len(positions):
+        positions = np.sort(rng.choice(members, size=count, replace=False))
+        for number, position in enumerate(positions.tolist()):
+            chosen[position] = templates[number % len(templates)].format(id=int(ids[position]))
+    if not chosen:
         return values
-    replacements = [
-        templates[number % len(templates)].format(id=int(ids[position]))
-        for number, position in enumerate(positions)
-    ]
-    return pc.replace_with_mask(values, pa.array(mask), pa.array(replacements, pa.string()))
+    mask = np.zeros(len(values), bool)
+    mask[list(chosen)] = True
+    replacements = pa.array([chosen[position] for position in sorted(chosen)], pa.string())
+    return pc.replace_with_mask(values, pa.array(mask), replacements)
 
 
 def _pick(rng: np.random.Generator, choices: Sequence[str], count: int) -> pa.Array:

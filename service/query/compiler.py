@@ -63,6 +63,7 @@ class CompiledQuery:
     columns: tuple[OutputColumn, ...]
     model: Model
     limit: int
+    settings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -175,7 +176,10 @@ def compile_query(
     sql += (
         f" LIMIT {builder.bind('UInt64', str(limit))} OFFSET {builder.bind('UInt64', str(offset))}"
     )
-    return CompiledQuery(sql, builder.parameters, tuple(columns), model, limit)
+    # Without extended results, date functions clamp or wrap outside 1970-2106 instead of
+    # bucketing the 1900-2299 range that filters and columns accept.
+    settings = {"enable_extended_results_for_datetime_functions": "1"} if interval else {}
+    return CompiledQuery(sql, builder.parameters, tuple(columns), model, limit, settings)
 
 
 def _field(model: Model, name: str, source: str) -> FieldSpec:
@@ -306,11 +310,13 @@ def _metric_expression(
     if aggregate == "count_distinct":
         return f"uniqExact({column})", "int", None
     if aggregate == "sum":
-        return f"sum({column})", _sum_type(spec), None
+        # A sum over no values is 0 whether or not the column is nullable.
+        return f"ifNull(sum({column}), 0)", _sum_type(spec), None
     if aggregate == "avg":
         return f"avg({column})", "float", None
     if aggregate in ("min", "max"):
-        return f"{aggregate}({column})", _value_type(spec), spec
+        # Plain min/max give the type's default (0, 1970-01-01) over no rows; NULL is the truth.
+        return f"{aggregate}OrNull({column})", _value_type(spec), spec
     level = int(aggregate[1:]) / 100
     return f"quantileExactInclusive({level})(toFloat64({column}))", "float", None
 
@@ -334,10 +340,10 @@ _TRUNCATE = {
     "minute": "toStartOfMinute({c}, {tz})",
     "hour": "toStartOfHour({c}, {tz})",
     "day": "toStartOfDay({c}, {tz})",
-    "week": "toDateTime(toMonday({c}, {tz}), {tz})",
-    "month": "toDateTime(toStartOfMonth({c}, {tz}), {tz})",
-    "quarter": "toDateTime(toStartOfQuarter({c}, {tz}), {tz})",
-    "year": "toDateTime(toStartOfYear({c}, {tz}), {tz})",
+    "week": "toDateTime64(toMonday({c}, {tz}), 6, {tz})",
+    "month": "toDateTime64(toStartOfMonth({c}, {tz}), 6, {tz})",
+    "quarter": "toDateTime64(toStartOfQuarter({c}, {tz}), 6, {tz})",
+    "year": "toDateTime64(toStartOfYear({c}, {tz}), 6, {tz})",
 }
 _TRUNCATE_DATE = {
     "day": "{c}",
@@ -423,6 +429,13 @@ def _condition_sql(item: Condition, model: Model, builder: _Builder, time_zone: 
         if spec.type not in (FieldType.STRING, FieldType.ENUM):
             raise _operator_error(item, spec)
         pattern = item.values[0].replace("*", "%")
+        trailing = len(pattern) - len(pattern.rstrip("\\"))
+        if trailing % 2:
+            raise validation_error(
+                item.source,
+                f"{item.source}: a pattern cannot end in an unpaired backslash (escape it as \\\\)",
+                "INVALID_FILTER",
+            )
         placeholder = builder.bind("String", encode_text_parameter(pattern))
         return f"{column} {operator.upper()} {placeholder}"
     if operator in ("gt", "gte", "lt", "lte") and (
@@ -482,6 +495,9 @@ def _order(text: str, targets: dict[str, str], group_raw: Sequence[str]) -> list
 
 
 def _limit_offset(request: QueryRequest, limits: QueryLimits) -> tuple[int, int]:
+    if request.limit < 0 or request.offset < 0:
+        field_name = "limit" if request.limit < 0 else "offset"
+        raise validation_error(field_name, f"{field_name}: must not be negative", "INVALID_VALUE")
     limit = request.limit or limits.default_limit
     if limit > limits.max_limit:
         raise validation_error(
