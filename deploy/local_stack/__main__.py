@@ -92,12 +92,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     """Stop what state.json lists."""
     state_path = args.dir / STATE_FILE
-    if not state_path.exists():
+    if state_path.exists():
+        stopped = stop_from_state(read_state(state_path))
+        state_path.unlink()
+        _print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    else:
         _print(f"nothing to stop ({state_path} does not exist)")
-        return 0
-    stopped = stop_from_state(read_state(state_path))
-    state_path.unlink()
-    _print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     if args.purge:
         _remove_stack_directory(args.dir)
         _print(f"removed {args.dir}")
@@ -138,8 +138,7 @@ def cmd_connector(args: argparse.Namespace) -> int:
     url = state["components"]["connect"]["addresses"]["url"]
     config = load_connector_config(args.file)
     client = ConnectClient(url)
-    client.put_connector(config.name, config.config)
-    status = client.wait_connector_running(config.name, args.timeout)
+    status = client.register(config.name, config.config, args.timeout)
     _print(json.dumps(status, indent=2))
     return 0
 

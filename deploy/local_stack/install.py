@@ -261,7 +261,10 @@ def install_kafka(pom: Path = KAFKA_POM) -> KafkaInstall:
         )
         shutil.rmtree(target.root, ignore_errors=True)
         staging.rename(target.root)
-        # Older installs (another pom) are left for a rollback; remove them by hand when unneeded.
+        # Installs of older poms are dead weight (Maven's .cache/m2 keeps their jars anyway).
+        for old in target.root.parent.glob("kafka-*"):
+            if old != target.root and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
     return target
 
 

@@ -310,6 +310,17 @@ class KafkaConnect(Component):
         """Create or update a connector (``PUT /connectors/{name}/config``)."""
         return self.client.put_connector(name, config)
 
+    def register(
+        self, name: str, config: Mapping[str, str], timeout: float = 120.0
+    ) -> dict[str, Any]:
+        """Create or update a connector and wait until it runs (see ``ConnectClient``)."""
+        try:
+            return self.client.register(name, config, timeout)
+        except StackError as exc:
+            raise StackError(
+                f"{exc}\n--- last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+            ) from exc
+
     def wait_connector_running(self, name: str, timeout: float = 120.0) -> dict[str, Any]:
         """Wait until the connector and its tasks are RUNNING (see ``ConnectClient``)."""
         try:
@@ -391,6 +402,32 @@ class ConnectClient:
         """Remove a connector (its offsets stay in the offsets topic)."""
         quoted = urllib.parse.quote(name, safe="")
         self._request("DELETE", f"/connectors/{quoted}")
+
+    def restart_connector(self, name: str, *, only_failed: bool = True) -> None:
+        """Restart the connector and its tasks (``only_failed``: just the FAILED ones)."""
+        quoted = urllib.parse.quote(name, safe="")
+        query = urllib.parse.urlencode(
+            {"includeTasks": "true", "onlyFailed": str(only_failed).lower()}
+        )
+        self._request("POST", f"/connectors/{quoted}/restart?{query}")
+
+    def register(
+        self, name: str, config: Mapping[str, str], timeout: float = 120.0
+    ) -> dict[str, Any]:
+        """Create or update a connector and wait until it runs.
+
+        A PUT of an unchanged config does not restart a FAILED task (say, one that failed
+        because its tables did not exist yet): such a task is restarted once.
+        """
+        self.put_connector(name, config)
+        try:
+            return self.wait_connector_running(name, timeout)
+        except StackError as exc:
+            if "FAILED" not in str(exc):
+                raise
+        self.restart_connector(name, only_failed=True)
+        time.sleep(1.0)
+        return self.wait_connector_running(name, timeout)
 
     def wait_connector_running(self, name: str, timeout: float = 120.0) -> dict[str, Any]:
         """Wait until the connector and all its tasks are RUNNING; fail fast when one FAILED."""

@@ -236,8 +236,7 @@ class LocalStack:
         filtered publication is created for them.
         """
         config = config or load_connector_config()
-        self.connect.put_connector(config.name, config.config)
-        self.connect.wait_connector_running(config.name, timeout)
+        self.connect.register(config.name, config.config, timeout)
         return config
 
     # --- state -------------------------------------------------------------------------------
