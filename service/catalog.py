@@ -193,7 +193,8 @@ def _parse_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Mod
     where = f"{where} ({module}.{name})"
     table = _identifier(raw.get("table", f"{module}_{name}"), f"{where}.table")
     source = raw.get("source", f"public.{name}")
-    if not isinstance(source, str) or not all(IDENTIFIER.match(p) for p in source.split(".")):
+    parts = source.split(".") if isinstance(source, str) else []
+    if len(parts) != 2 or not all(IDENTIFIER.fullmatch(p) for p in parts):
         raise CatalogError(f"{where}.source must be schema.table of lowercase identifiers")
     tenant_column = _identifier(raw.get("tenant_column", default_tenant), f"{where}.tenant_column")
     raw_fields = raw.get("fields")
@@ -241,7 +242,7 @@ def _parse_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Mod
 def _parse_field(name: str, spec: Any, where: str) -> FieldSpec:
     if not isinstance(spec, str):
         raise CatalogError(f'{where}: type must be a string such as "int" or "decimal(18,2)?"')
-    match = _TYPE_SPEC.match(spec.strip())
+    match = _TYPE_SPEC.fullmatch(spec.strip())
     if not match:
         raise CatalogError(f"{where}: cannot read type {spec!r}")
     try:
@@ -262,7 +263,7 @@ def _parse_field(name: str, spec: Any, where: str) -> FieldSpec:
 
 
 def _identifier(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not IDENTIFIER.match(value):
+    if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
         raise CatalogError(f"{where}: {value!r} is not a lowercase identifier ([a-z_][a-z0-9_]*)")
     return value
 

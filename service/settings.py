@@ -76,6 +76,28 @@ class Settings(BaseSettings):
         4, ge=1, le=64, description="Embedded engine connections (queries running at once)."
     )
     grace_seconds: float = Field(5.0, ge=0, description="Shutdown grace for in-flight RPCs.")
+    kafka_bootstrap_servers: str | None = Field(
+        None, description="Kafka brokers (host:port,...) of the Debezium topics; unset: no CDC."
+    )
+    kafka_group_id: str = Field("analytics-cdc", description="Consumer group of the CDC worker.")
+    kafka_topic_prefix: str = Field(
+        "analytics", description="Debezium topic.prefix: topics are <prefix>.<schema>.<table>."
+    )
+    dead_letter_topic: str = Field(
+        "analytics.dead-letter", description="Where undecodable change events go, with the reason."
+    )
+    cdc_batch_max_rows: int = Field(
+        50_000, ge=1, description="A CDC batch is written when it holds this many events..."
+    )
+    cdc_batch_max_seconds: float = Field(
+        0.1, gt=0, description="...or when its oldest event has waited this long."
+    )
+    cdc_retry_max_seconds: float = Field(
+        30.0, gt=0, description="Longest back-off between retries of a failed ClickHouse write."
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus text endpoint of the CDC worker; unset: off."
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: readable on a terminal, JSON otherwise."
     )

@@ -168,7 +168,9 @@ def compile_query(
     if group_keys:
         inner += f" GROUP BY {', '.join(f'k{i}' for i in range(len(group_keys)))}"
 
-    order_by = _order(request.order, order_targets, [f"k{i}" for i in range(len(group_keys))])
+    order_by = _order(
+        request.order, order_targets, [f"k{i}" for i in range(len(group_keys))], model
+    )
     limit, offset = _limit_offset(request, limits)
     sql = f"SELECT {', '.join(outer_select)} FROM ({inner})"
     if order_by:
@@ -251,7 +253,7 @@ def _metrics(request: QueryRequest, model: Model) -> list[tuple[MetricRequest, s
     resolved: list[tuple[MetricRequest, str, str]] = []
     for metric, source in requested:
         if metric.alias:
-            if not _ALIAS.match(metric.alias):
+            if not _ALIAS.fullmatch(metric.alias) or metric.alias == model.tenant_column:
                 raise validation_error(
                     f"{source}.alias", f"{source}.alias: must match [A-Za-z_][A-Za-z0-9_]*"
                 )
@@ -267,10 +269,11 @@ def _metrics(request: QueryRequest, model: Model) -> list[tuple[MetricRequest, s
 
 def _check_metric(metric: MetricRequest, model: Model, source: str) -> None:
     aggregate = metric.aggregate
-    if aggregate not in SIMPLE_AGGREGATES and not _PERCENTILE.match(aggregate):
+    if aggregate not in SIMPLE_AGGREGATES and not _PERCENTILE.fullmatch(aggregate):
+        aggregate_source = source if source == "aggregate" else f"{source}.aggregate"
         raise validation_error(
-            source if source == "aggregate" else f"{source}.aggregate",
-            f"{source}: unknown aggregate {aggregate[:40]!r}; use one of "
+            aggregate_source,
+            f"{aggregate_source}: unknown aggregate {aggregate[:40]!r}; use one of "
             f"{', '.join(SIMPLE_AGGREGATES)} or p1..p99",
             "UNKNOWN_AGGREGATE",
         )
@@ -280,7 +283,7 @@ def _check_metric(metric: MetricRequest, model: Model, source: str) -> None:
             raise validation_error(field_source, f"{field_source}: {aggregate} needs a field")
         return
     spec = _field(model, metric.field, field_source)
-    numeric_only = aggregate in ("sum", "avg") or _PERCENTILE.match(aggregate)
+    numeric_only = aggregate in ("sum", "avg") or _PERCENTILE.fullmatch(aggregate)
     if numeric_only and not spec.type.is_numeric:
         raise validation_error(
             field_source,
@@ -445,6 +448,10 @@ def _condition_sql(item: Condition, model: Model, builder: _Builder, time_zone: 
     placeholders = [
         builder.bind(*typed_parameter(spec, value, item.source, time_zone)) for value in item.values
     ]
+    if operator == "in" and spec.type is FieldType.DECIMAL:
+        # IN converts its list to the column's type and overflows on a wider value; equalities
+        # compare in the wider type each value is bound with.
+        return "(" + " OR ".join(f"{column} = {p}" for p in placeholders) + ")"
     if operator == "in":
         return f"{column} IN ({', '.join(placeholders)})"
     return f"{column} {_COMPARISON_SQL[operator]} {placeholders[0]}"
@@ -459,7 +466,7 @@ def _operator_error(item: Condition, spec: FieldSpec) -> AnalyticsError:
     )
 
 
-def _order(text: str, targets: dict[str, str], group_raw: Sequence[str]) -> list[str]:
+def _order(text: str, targets: dict[str, str], group_raw: Sequence[str], model: Model) -> list[str]:
     """ORDER BY terms: the requested keys, then every group key as a tie-break for stable pages."""
     terms: list[str] = []
     used: set[str] = set()
@@ -467,6 +474,8 @@ def _order(text: str, targets: dict[str, str], group_raw: Sequence[str]) -> list
         for part in text.split(","):
             key, _, rest = part.strip().partition(".")
             modifiers = rest.split(".") if rest else []
+            if key == model.tenant_column and key not in targets:
+                _field(model, key, "order")
             if key not in targets:
                 raise validation_error(
                     "order",

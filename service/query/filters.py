@@ -133,6 +133,8 @@ def _parse_list(text: str, source: str, *, keep_quotes: bool = False) -> list[st
     if len(text) < 2 or text[0] != "(" or text[-1] != ")":
         raise _error(source, f"expected a parenthesised list, got {_preview(text)}")
     body = text[1:-1]
+    if not body:
+        return []
     items: list[str] = []
     current: list[str] = []
     depth = 0
@@ -172,8 +174,6 @@ def _parse_list(text: str, source: str, *, keep_quotes: bool = False) -> list[st
     if in_quotes or depth != 0:
         raise _error(source, "unbalanced quotes or parentheses")
     items.append("".join(current))
-    if items == [""]:
-        return []
     return items
 
 

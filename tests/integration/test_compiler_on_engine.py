@@ -10,7 +10,8 @@ escaped the tenant condition would count them. The checks:
 * counts under string filter trees (eq/neq/in/is, not, and/or) equal a three-valued-logic
   evaluation in Python over the rows as written, for tenant A and tenant B;
 * hostile tenant ids see exactly their own rows;
-* engine failures on values the compiler accepts are pinned by strict xfail tests.
+* edge values (LIKE escapes, empty aggregates, dates outside 1970-2106) behave; engine failures on
+  values the compiler accepts run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import math
 import random
 import uuid
 import zoneinfo
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -201,7 +202,7 @@ def insert_statement(catalog: Catalog, model: Model, rows: list[Row]) -> str:
         tuples.append("(" + ", ".join(sql_literal(v) for v in values) + ")")
     # Identifiers from the catalog, values escaped by sql_literal (independent of the service).
     return (
-        f"INSERT INTO `{catalog.database}`.`{model.table}` "  # noqa: S608
+        f"INSERT INTO `{catalog.database}`.`{model.table}` "
         f"({', '.join(f'`{c}`' for c in columns)}) VALUES " + ", ".join(tuples)
     )
 
@@ -305,7 +306,7 @@ def same_rows(left: list[dict[str, Any]], right: list[dict[str, Any]]) -> bool:
 async def test_rows_read_back_as_written(dataset: DataSet) -> None:
     model = CATALOG.models[("crm", "contacts")]
     rows = await dataset.backend.query_rows(
-        "SELECT tenant_id, id, email, status, lead_source FROM "  # noqa: S608
+        "SELECT tenant_id, id, email, status, lead_source FROM "
         f"`{dataset.full.database}`.`{model.table}` FINAL WHERE _is_deleted = 0"
     )
     got = sorted((r["tenant_id"], r["id"], r["email"], r["status"], r["lead_source"]) for r in rows)
@@ -533,7 +534,6 @@ async def test_every_available_time_zone_runs(dataset: DataSet) -> None:
             await run(dataset.backend, compiled)
         except AnalyticsError as error:
             failures.append((name, error.metadata.get("engine_message", "")[:80]))
-            await heal(dataset.backend)
     assert failures == []
 
 
@@ -561,16 +561,7 @@ async def test_interval_buckets_in_a_time_zone(dataset: DataSet) -> None:
     assert [r["created_at"] for r in rows] == sorted(expected)
 
 
-# --- bugs: values the compiler accepts but the engine rejects or mis-buckets -------------------
-
-
-async def heal(backend: EmbeddedBackend) -> None:
-    """Run a throwaway query: after an engine error the connection's next result is empty.
-
-    (See test_engine_error_does_not_empty_the_next_result; without this, a failing query here
-    would hand an empty result to whichever test uses the connection next.)
-    """
-    await backend.query_rows("SELECT 1 AS one")
+# --- edge values: rejected up front, or handled correctly by the engine ------------------------
 
 
 async def _outcome(
@@ -580,32 +571,70 @@ async def _outcome(
         compiled = compile_query(request, data.full, tenant)
         return await run(data.backend, compiled)
     except AnalyticsError as error:
-        if error.kind is ErrorKind.INTERNAL:
-            await heal(data.backend)
         return error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a like/ilike pattern ending in an unescaped backslash compiles, then the engine "
-    "fails (Code 25) and the caller gets INTERNAL instead of a validation error",
-)
-@pytest.mark.parametrize("pattern", ["abc\\", "\\", "*\\"])
-async def test_like_pattern_with_trailing_backslash(dataset: DataSet, pattern: str) -> None:
-    request = QueryRequest(model="contacts", filters={"email": f"like.{quote_value(pattern)}"})
-    outcome = await _outcome(dataset, request)
-    if isinstance(outcome, AnalyticsError):
-        assert outcome.kind is ErrorKind.VALIDATION, outcome.metadata
-    else:
-        assert outcome == [{"count": 0}]
+@pytest.mark.parametrize("pattern", ["abc\\", "\\", "*\\", "a\\\\\\"])
+async def test_like_pattern_ending_in_an_unpaired_backslash(dataset: DataSet, pattern: str) -> None:
+    # The engine cannot read such a pattern; the caller gets a validation error, not INTERNAL.
+    for operator in ("like", "ilike", "not.like"):
+        filters = {"email": f"{operator}.{quote_value(pattern)}"}
+        outcome = await _outcome(dataset, QueryRequest(model="contacts", filters=filters))
+        assert isinstance(outcome, AnalyticsError)
+        assert outcome.kind is ErrorKind.VALIDATION
+        assert outcome.violations[0].field == "filters.email"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: in.(...) with a decimal whose scaled value does not fit the column's storage "
-    "(|v| >= 2**63 / 100 for Decimal(18,2)) fails in the engine with DECIMAL_OVERFLOW (INTERNAL); "
-    "eq with the same value works",
-)
+async def test_like_patterns_with_backslashes_and_wildcards(dataset: DataSet) -> None:
+    model = CATALOG.models[("crm", "contacts")]
+    live = dataset.live(model, TENANT_B)
+    emails = [r.values["email"] for r in live if r.values["email"] is not None]
+    cases: list[tuple[str, Callable[[str], bool]]] = [
+        # (pattern as sent, Python predicate for the same LIKE)
+        ("\\\\", lambda e: e == "\\"),
+        ("*\\\\*", lambda e: "\\" in e),
+        ("\\%", lambda e: e == "%"),
+        ("\\_", lambda e: e == "_"),
+        ("*'*", lambda e: "'" in e),
+        ("*", lambda _: True),
+    ]
+    for pattern, predicate in cases:
+        got = await count(
+            dataset,
+            dataset.full,
+            TENANT_B,
+            model="contacts",
+            filters={"email": f"like.{quote_value(pattern)}"},
+        )
+        assert got == sum(1 for e in emails if predicate(e)), pattern
+    assert any("\\" in e for e in emails)
+
+
+async def test_min_max_sum_over_no_rows(dataset: DataSet) -> None:
+    request = QueryRequest(
+        model="deals",
+        metrics=(
+            MetricRequest("count"),
+            MetricRequest("sum", "amount"),
+            MetricRequest("min", "created_at"),
+            MetricRequest("max", "amount"),
+            MetricRequest("max", "title"),
+            MetricRequest("avg", "probability"),
+        ),
+    )
+    rows = await run(dataset.backend, compile_query(request, dataset.full, "nobody"))
+    assert rows == [
+        {
+            "count": 0,
+            "sum_amount": Decimal(0),
+            "min_created_at": None,
+            "max_amount": None,
+            "max_title": None,
+            "avg_probability": None,
+        }
+    ]
+
+
 @pytest.mark.parametrize("value", ["99999999999999999", "1e20", "-99999999999999999.99"])
 async def test_decimal_in_list_outside_the_column_range(dataset: DataSet, value: str) -> None:
     eq = await _outcome(dataset, QueryRequest(model="deals", filters={"amount": f"eq.{value}"}))
@@ -624,15 +653,24 @@ async def test_decimal_in_list_outside_the_column_range(dataset: DataSet, value:
         assert outcome == [{"count": expected}]
 
 
+async def test_decimal_in_list_inside_the_storage_range(dataset: DataSet) -> None:
+    # Wider than Decimal(18,2) but still within its Int64 storage: no error, nothing matches.
+    outcome = await _outcome(
+        dataset, QueryRequest(model="deals", filters={"amount": "in.(12345678901234567.5,0.001)"})
+    )
+    assert outcome == [{"count": 0}]
+
+
 @pytest_asyncio.fixture(scope="module")
 async def epoch_tenant(dataset: DataSet) -> str:
-    """A tenant whose deals lie before 1970 (the catalog's timestamps reach back to 1900)."""
+    """A tenant whose deals lie before 1970 and after 2106 (the range reaches 1900-2299)."""
     tenant = "tenant_epoch"
     model = CATALOG.models[("crm", "deals")]
     template = dataset.rows[model.table][0].values
     moments = [
         (dt.datetime(1969, 12, 31, 12, tzinfo=dt.UTC), dt.date(1969, 12, 31)),
         (dt.datetime(1950, 3, 15, 8, tzinfo=dt.UTC), dt.date(1950, 3, 15)),
+        (dt.datetime(2200, 7, 4, 23, 30, tzinfo=dt.UTC), dt.date(2200, 7, 4)),
     ]
     rows = [
         Row(
@@ -653,23 +691,52 @@ async def epoch_tenant(dataset: DataSet) -> str:
     return tenant
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: groupByInterval truncation returns 32-bit DateTime/Date, so buckets before 1970 "
-    "(and after 2106/2149) are clamped; enable_extended_results_for_datetime_functions fixes it",
-)
 @pytest.mark.parametrize(
-    ("group_by", "interval", "buckets"),
+    ("group_by", "interval", "time_zone", "buckets"),
     [
-        ("created_at", "day", ["1950-03-15T00:00:00Z", "1969-12-31T00:00:00Z"]),
-        ("created_at", "month", ["1950-03-01T00:00:00Z", "1969-12-01T00:00:00Z"]),
-        ("expected_close_date", "month", ["1950-03-01", "1969-12-01"]),
+        (
+            "created_at",
+            "day",
+            "",
+            ["1950-03-15T00:00:00Z", "1969-12-31T00:00:00Z", "2200-07-04T00:00:00Z"],
+        ),
+        (
+            "created_at",
+            "month",
+            "",
+            ["1950-03-01T00:00:00Z", "1969-12-01T00:00:00Z", "2200-07-01T00:00:00Z"],
+        ),
+        (
+            "created_at",
+            "week",
+            "",
+            ["1950-03-13T00:00:00Z", "1969-12-29T00:00:00Z", "2200-06-30T00:00:00Z"],
+        ),
+        (
+            "created_at",
+            "day",
+            "Asia/Tokyo",
+            [
+                "1950-03-15T00:00:00+09:00",
+                "1969-12-31T00:00:00+09:00",
+                "2200-07-05T00:00:00+09:00",
+            ],
+        ),
+        ("expected_close_date", "month", "", ["1950-03-01", "1969-12-01", "2200-07-01"]),
+        ("expected_close_date", "year", "", ["1950-01-01", "1969-01-01", "2200-01-01"]),
     ],
 )
-async def test_interval_buckets_before_1970(
-    dataset: DataSet, epoch_tenant: str, group_by: str, interval: str, buckets: list[str]
+async def test_interval_buckets_outside_1970_to_2106(
+    dataset: DataSet,
+    epoch_tenant: str,
+    group_by: str,
+    interval: str,
+    time_zone: str,
+    buckets: list[str],
 ) -> None:
-    request = QueryRequest(model="deals", group_by=group_by, group_by_interval=interval)
+    request = QueryRequest(
+        model="deals", group_by=group_by, group_by_interval=interval, time_zone=time_zone
+    )
     rows = await _outcome(dataset, request, epoch_tenant)
     assert rows == [{group_by: bucket, "count": 1} for bucket in buckets]
 
@@ -677,11 +744,11 @@ async def test_interval_buckets_before_1970(
 async def test_timestamps_before_1970_are_filtered_correctly(
     dataset: DataSet, epoch_tenant: str
 ) -> None:
-    # Filtering (unlike bucketing) handles the whole range.
     for text, expected in [
         ("lt.1960-01-01T00:00:00Z", 1),
         ("lt.1970-01-01", 2),
-        ("gte.1969-12-31T12:00:00Z", 1),
+        ("gte.1969-12-31T12:00:00Z", 2),
+        ("gt.2106-02-08", 1),
     ]:
         got = await count(
             dataset, dataset.full, epoch_tenant, model="deals", filters={"created_at": text}
@@ -689,28 +756,16 @@ async def test_timestamps_before_1970_are_filtered_correctly(
         assert got == expected, text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: parse_time_zone accepts names Python's tz database has but the engine's has not "
-    "(right/UTC); the query then fails in the engine with INTERNAL",
-)
-async def test_time_zones_accepted_by_validation_run(dataset: DataSet) -> None:
-    try:
-        parse_time_zone("right/UTC")
-    except AnalyticsError:
-        pytest.skip("this system's tz database has no right/ zones")
+async def test_time_zones_outside_the_iana_list_are_refused(dataset: DataSet) -> None:
+    """right/UTC loads in Python but not in the engine: validation refuses it up front."""
     request = QueryRequest(
         model="deals", group_by="created_at", group_by_interval="day", time_zone="right/UTC"
     )
     outcome = await _outcome(dataset, request)
-    assert not isinstance(outcome, AnalyticsError) or outcome.kind is ErrorKind.VALIDATION
+    assert isinstance(outcome, AnalyticsError)
+    assert (outcome.kind, outcome.reason) == (ErrorKind.VALIDATION, "INVALID_TIME_ZONE")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (service/backends/embedded.py): after a streamed query fails early in the engine, "
-    "the next query on the same pooled connection silently returns no rows",
-)
 async def test_engine_error_does_not_empty_the_next_result(dataset: DataSet) -> None:
     model = CATALOG.models[("crm", "deals")]
     columns = (OutputColumn("count", "c0", "int"),)
@@ -718,13 +773,12 @@ async def test_engine_error_does_not_empty_the_next_result(dataset: DataSet) -> 
         "SELECT throwIf(number = 3, 'boom') AS c0 FROM numbers(10)", {}, columns, model, 10
     )
     good = CompiledQuery("SELECT count() AS c0 FROM numbers(10)", {}, columns, model, 10)
-    with pytest.raises(AnalyticsError) as info:
-        await run(dataset.backend, failing)
-    assert info.value.kind is ErrorKind.INTERNAL
-    try:
+    for _ in range(3):
+        with pytest.raises(AnalyticsError) as info:
+            await run(dataset.backend, failing)
+        assert info.value.kind is ErrorKind.INTERNAL
         assert await run(dataset.backend, good) == [{"count": 10}]
-    finally:
-        await heal(dataset.backend)
+        assert await dataset.backend.query_rows("SELECT 1 AS one") == [{"one": 1}]
 
 
 # --- requests built from MetricRequest directly ----------------------------------------------

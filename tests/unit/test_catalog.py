@@ -293,10 +293,6 @@ def test_longest_field_name_is_accepted() -> None:
     assert name in catalog.models[("crm", "deals")].fields
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: IDENTIFIER uses `$`, which also matches before a trailing newline",
-)
 @pytest.mark.parametrize("where", ["field", "database", "module"])
 def test_identifier_with_trailing_newline_is_rejected(where: str) -> None:
     document = with_fields({"id": "int", "amount": "int"}, soft_delete_column=None)

@@ -130,9 +130,9 @@ def is_wrapped(text: str) -> bool:
 
 def test_reader_helpers_on_known_sql() -> None:
     where = "a = {p0:String} AND (b = 1 OR c = 2) AND (d IN ({p1:DateTime64(6, 'UTC')}))"
-    sql = f"SELECT x FROM (SELECT y FROM t WHERE {where} GROUP BY k0) ORDER BY k0 ASC"  # noqa: S608
+    sql = f"SELECT x FROM (SELECT y FROM t WHERE {where} GROUP BY k0) ORDER BY k0 ASC"
     assert inner_where(sql) == where
-    ungrouped = f"SELECT x FROM (SELECT y FROM t WHERE {where}) LIMIT 1"  # noqa: S608
+    ungrouped = f"SELECT x FROM (SELECT y FROM t WHERE {where}) LIMIT 1"
     assert inner_where(ungrouped) == where
     assert split_top_level(where) == [
         "a = {p0:String}",

@@ -114,10 +114,6 @@ def test_in_lists(text: str, values: tuple[str, ...]) -> None:
     assert item.values == values
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='bug: in.("") (a list holding one empty string) parses as the empty list in.()',
-)
 def test_in_list_of_one_quoted_empty_string() -> None:
     assert cond("stage", 'in.("")').values == ("",)
 
