@@ -1,4 +1,6 @@
-"""Replication worker: Debezium change events from Kafka into ClickHouse replicas.
+"""Replication worker: Debezium change events from Kafka into the ClickHouse replicas.
 
-The worker arrives with the replication issue; until then this package only reserves its place.
+``decoder`` turns Kafka records into typed events (pure), ``batch`` gathers them, ``worker``
+writes them and commits offsets after the write, ``sync_tracker`` knows how fresh each table is,
+``metrics`` exposes it all to Prometheus, ``cli`` is the ``analytics`` command with ``worker``.
 """

@@ -7,7 +7,7 @@ import asyncio
 import datetime as dt
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,9 @@ from analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from service.api import convert
 from service.api.server import serve
 from service.auth import mint_token
+from service.backends.base import AnalyticsBackend
 from service.backends.embedded import EmbeddedBackend
-from service.catalog import CatalogError, load_catalog
+from service.catalog import Catalog, CatalogError, load_catalog
 from service.demo.generator import generate_dataset
 from service.demo.loader import ensure_demo_loaded, load_dataset
 from service.log_config import configure_logging
@@ -32,9 +33,25 @@ log = structlog.get_logger(__name__)
 DEMO_PERMISSIONS = ("*.*.read",)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``analytics`` console script."""
-    parser = _parser()
+BackgroundTask = Callable[[Catalog, AnalyticsBackend, asyncio.Event], Coroutine[Any, Any, None]]
+ServeWorker = Callable[[Settings], BackgroundTask | None]
+"""Given the settings, what ``serve`` runs beside the server (the CDC worker), if anything."""
+AddCommands = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    serve_worker: ServeWorker | None = None,
+    add_commands: AddCommands | None = None,
+) -> int:
+    """Run one ``analytics`` command.
+
+    The replication package extends the command (``worker``, and the CDC worker inside
+    ``serve``) through ``serve_worker`` and ``add_commands``: the service never imports it.
+    """
+    parser = _parser(add_commands)
+    parser.set_defaults(serve_worker=serve_worker)
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {
         key: value
@@ -61,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(add_commands: AddCommands | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="analytics", description="Tenant-safe analytics over ClickHouse replicas, over gRPC."
     )
@@ -103,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--stream", action="store_true", help="use StreamQuery, print JSON lines")
     query.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
     query.set_defaults(handler=_query)
+    if add_commands is not None:
+        add_commands(commands)
     return parser
 
 
@@ -113,8 +132,9 @@ def _server_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--catalog", type=Path, default=None, help="model catalog file")
 
 
-def _serve(settings: Settings, _args: argparse.Namespace) -> int:
-    asyncio.run(serve(settings))
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    worker = args.serve_worker(settings) if args.serve_worker else None
+    asyncio.run(serve(settings, worker=worker))
     return 0
 
 

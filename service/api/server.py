@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import structlog
@@ -125,16 +127,35 @@ async def start_server(
 
 
 async def serve(
-    settings: Settings, *, catalog: Catalog | None = None, backend: AnalyticsBackend | None = None
+    settings: Settings,
+    *,
+    catalog: Catalog | None = None,
+    backend: AnalyticsBackend | None = None,
+    worker: Callable[[Catalog, AnalyticsBackend, asyncio.Event], Coroutine[Any, Any, None]]
+    | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    """Serve until SIGTERM or SIGINT, then shut down gracefully.
+
+    ``worker``, when given, runs beside the server on the same engine (the CDC worker on the
+    embedded engine, which only one process can open) and is stopped first on shutdown, so that
+    it writes and commits what it holds.
+    """
+    catalog = catalog or load_catalog(settings.catalog_path)
     running = await start_server(settings, catalog=catalog, backend=backend)
     running.owns_backend = True
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    background: asyncio.Task[None] | None = None
+    if worker is not None:
+        background = asyncio.create_task(worker(catalog, running.backend, stop))
+        # A worker that dies ends the process (its error is raised below) rather than leaving
+        # a server whose data silently stops moving.
+        background.add_done_callback(lambda _: stop.set())
     await stop.wait()
     log.info("shutting down", grace_seconds=settings.grace_seconds)
+    if background is not None:
+        await background
     await running.stop(settings.grace_seconds)
     log.info("stopped")

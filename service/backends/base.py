@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -63,6 +63,16 @@ class AnalyticsBackend(Protocol):
 
     async def command(self, sql: str, parameters: Mapping[str, str] | None = None) -> None:
         """Run a statement that returns nothing (DDL, INSERT ... SELECT)."""
+        ...
+
+    async def query_rows(
+        self, sql: str, parameters: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Run a small internal query (state tables, not user queries) and return its rows."""
+        ...
+
+    async def insert_arrow(self, database: str, table: str, data: pa.Table) -> int:
+        """Append ``data`` to ``database.table`` (columns matched by name); rows written."""
         ...
 
     async def last_sync_at(self, database: str, table: str) -> dt.datetime | None:

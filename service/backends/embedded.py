@@ -33,6 +33,7 @@ from service.schema import SYNC_STATE_TABLE
 log = structlog.get_logger(__name__)
 _ERROR_CODE = re.compile(r"Code: (\d+)")
 _TIMEOUT_CODES = {"159", "160", "209", "210"}
+_MISSING_CODES = {"60", "81"}
 
 
 class EmbeddedBackend:
@@ -306,6 +307,14 @@ def _map_error(exc: Exception, timeout_seconds: float) -> AnalyticsError:
     code = match.group(1) if match else ""
     if code in _TIMEOUT_CODES:
         return query_timeout(timeout_seconds, message)
+    if code in _MISSING_CODES:
+        # Nothing has created the replica yet (no loader has run): not ready, rather than broken.
+        return AnalyticsError(
+            ErrorKind.UNAVAILABLE,
+            "the model's replica table does not exist yet: no loader has created it",
+            "REPLICA_MISSING",
+            metadata={"engine_message": message[:500], "engine_code": code},
+        )
     if "Cannot open" in message or "Permission denied" in message:
         return engine_unavailable(message)
     log.error("engine error", engine_message=message[:2000])

@@ -84,8 +84,9 @@ async def _load_rows(backend: EmbeddedBackend, catalog: Catalog) -> None:
         f"updated_at, deleted_at, _version, _is_deleted) VALUES {values}"
     )
     await backend.command(
-        f"INSERT INTO `{catalog.database}`.`{SYNC_STATE_TABLE}` VALUES "
-        "('crm_deals', 'test', '2026-04-15 10:29:55', now64(6))"
+        f"INSERT INTO `{catalog.database}`.`{SYNC_STATE_TABLE}` "
+        "(table_name, source, last_sync_at, updated_at) "
+        "VALUES ('crm_deals', 'test', '2026-04-15 10:29:55', now64(6))"
     )
 
 

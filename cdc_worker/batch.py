@@ -1,0 +1,156 @@
+"""ChangeBatch: decoded change events gathered until they are written, with their offsets.
+
+Pure (no I/O): the worker adds events as it consumes them, asks whether the batch is due (by size
+or by the age of its oldest event), and turns it into one Arrow table per replica table. Only the
+newest version of each key within a batch is written: ReplacingMergeTree would keep only it anyway,
+and writing fewer rows keeps inserts small.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+
+from cdc_worker.events import RowChange, Truncate
+from service.catalog import FieldSpec, FieldType, Model
+from service.demo.generator import arrow_type
+
+_VERSION = "_version"
+_DELETED = "_is_deleted"
+
+
+@dataclass
+class TablePending:
+    """The newest change per key of one replica table, plus facts for the sync state."""
+
+    model: Model
+    rows: dict[tuple[Any, ...], RowChange] = field(default_factory=dict)
+    events: int = 0
+    max_source_ts_ms: int = 0
+
+    def add(self, change: RowChange) -> None:
+        """Keep ``change`` unless a newer version of its key is already here."""
+        self.events += 1
+        self.max_source_ts_ms = max(self.max_source_ts_ms, change.source_ts_ms)
+        key = (change.tenant, *change.key)
+        current = self.rows.get(key)
+        if current is not None and current.version > change.version:
+            return
+        if current is not None and change.unavailable:
+            # Unchanged TOAST columns keep the value the previous version of this batch had.
+            change = fill_unavailable(change, current.row)
+        self.rows[key] = change
+
+
+@dataclass
+class ChangeBatch:
+    """Events consumed since the last write, grouped by replica table."""
+
+    tables: dict[str, TablePending] = field(default_factory=dict)
+    truncates: list[Truncate] = field(default_factory=list)
+    heartbeats: list[tuple[int, dict[tuple[str, int], int]]] = field(default_factory=list)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    events: int = 0
+    started_at: float | None = None
+
+    def add(self, change: RowChange) -> None:
+        """Add a row change (and the tombstone of its old key if it moved to another tenant)."""
+        if change.previous_tenant is not None and change.previous_tenant != change.tenant:
+            self._add(
+                dataclasses.replace(
+                    change,
+                    tenant=change.previous_tenant,
+                    is_deleted=True,
+                    unavailable=frozenset(),
+                    previous_tenant=None,
+                )
+            )
+        self._add(change)
+
+    def truncate(self, truncate: Truncate) -> None:
+        """Add a truncate; it applies after the rows of this batch are written."""
+        self.truncates.append(truncate)
+        self.events += 1
+        self._touch()
+
+    def _add(self, change: RowChange) -> None:
+        pending = self.tables.get(change.model.table)
+        if pending is None:
+            pending = self.tables[change.model.table] = TablePending(change.model)
+        pending.add(change)
+        self.events += 1
+        self._touch()
+
+    def consumed(self, topic: str, partition: int, offset: int) -> None:
+        """Record that a message up to ``offset`` is accounted for by this batch."""
+        self.offsets[(topic, partition)] = max(offset, self.offsets.get((topic, partition), -1))
+        self._touch()
+
+    def _touch(self) -> None:
+        if self.started_at is None:
+            self.started_at = time.monotonic()
+
+    def is_due(self, max_rows: int, max_seconds: float) -> bool:
+        """Whether the batch should be written now."""
+        if self.started_at is None:
+            return False
+        return self.events >= max_rows or time.monotonic() - self.started_at >= max_seconds
+
+    @property
+    def empty(self) -> bool:
+        """Whether nothing at all was consumed (not even offsets to commit)."""
+        return not self.offsets and not self.tables
+
+
+def replica_rows(model: Model, changes: Iterable[RowChange]) -> pa.Table:
+    """The rows to insert into a model's replica: tenant, fields, ``_version``, ``_is_deleted``.
+
+    A delete carries only its key; its other columns get placeholder values of their type, which
+    no reader sees because FINAL keeps the tombstone and the compiler filters deleted rows.
+    """
+    changes = list(changes)
+    columns: dict[str, pa.Array] = {
+        model.tenant_column: pa.array([c.tenant for c in changes], pa.string())
+    }
+    for spec in model.fields.values():
+        values = [_column_value(spec, c) for c in changes]
+        columns[spec.name] = pa.array(values, arrow_type(spec))
+    columns[_VERSION] = pa.array([c.version for c in changes], pa.uint64())
+    columns[_DELETED] = pa.array([1 if c.is_deleted else 0 for c in changes], pa.uint8())
+    return pa.table(columns)
+
+
+def _column_value(spec: FieldSpec, change: RowChange) -> Any:
+    value = change.row.get(spec.name)
+    missing = change.is_deleted or spec.name in change.unavailable
+    if value is None and not spec.nullable and missing:
+        return _PLACEHOLDERS[spec.type]
+    return value
+
+
+def fill_unavailable(change: RowChange, previous: Mapping[str, Any]) -> RowChange:
+    """``change`` with its unchanged-TOAST columns taken from ``previous`` (the stored row)."""
+    row = dict(change.row)
+    for name in change.unavailable:
+        row[name] = previous.get(name)
+    return dataclasses.replace(change, row=row, unavailable=frozenset())
+
+
+_PLACEHOLDERS: dict[FieldType, Any] = {
+    FieldType.STRING: "",
+    FieldType.ENUM: "",
+    FieldType.UUID: "00000000-0000-0000-0000-000000000000",
+    FieldType.INT: 0,
+    FieldType.FLOAT: 0.0,
+    FieldType.DECIMAL: Decimal(0),
+    FieldType.BOOL: False,
+    FieldType.TIMESTAMP: dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
+    FieldType.DATE: dt.date(1970, 1, 1),
+}

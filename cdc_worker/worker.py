@@ -1,0 +1,364 @@
+"""CdcWorker: Debezium topics in, ClickHouse replica rows out, offsets committed after the write.
+
+The loop: fetch a bounded number of records, decode each (undecodable ones go to the dead-letter
+topic with the reason), gather them into a ChangeBatch, and when the batch is due (size or age)
+write it: fill unchanged-TOAST columns from the stored rows, insert one Arrow table per replica
+table, apply truncates, and only then commit the batch's offsets. A crash before the commit
+replays the batch; FINAL keeps one row per key, so a replay changes nothing. A failed write is
+retried with back-off while the partitions are paused: nothing is committed, nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from cdc_worker.batch import ChangeBatch, fill_unavailable, replica_rows
+from cdc_worker.decoder import DebeziumDecoder, DecodeError
+from cdc_worker.events import Heartbeat, RowChange, Truncate
+from cdc_worker.metrics import WorkerMetrics
+from cdc_worker.sync_tracker import SyncTracker
+from service.catalog import Catalog, Model
+from service.errors import AnalyticsError
+from service.schema import SYNC_STATE_TABLE, all_ddl
+from service.settings import Settings
+
+log = structlog.get_logger(__name__)
+_STATE_REPORT_SECONDS = 1.0
+
+
+class ReplicaSink(Protocol):
+    """What the worker needs from a ClickHouse backend (embedded or server)."""
+
+    async def command(self, sql: str, parameters: Mapping[str, str] | None = None) -> None:
+        """Run a statement."""
+        ...
+
+    async def query_rows(
+        self, sql: str, parameters: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Run a small query."""
+        ...
+
+    async def insert_arrow(self, database: str, table: str, data: pa.Table) -> int:
+        """Append rows."""
+        ...
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topic names the worker reads, derived from the catalog and the Debezium prefix."""
+
+    by_table: dict[str, str]
+    heartbeat: str
+
+    @classmethod
+    def for_catalog(cls, catalog: Catalog, prefix: str) -> Topics:
+        """``<prefix>.<schema>.<table>`` for every model, and Debezium's heartbeat topic."""
+        return cls(
+            by_table={m.table: f"{prefix}.{m.source}" for m in catalog.models.values()},
+            heartbeat=f"__debezium-heartbeat.{prefix}",
+        )
+
+    def pattern(self) -> str:
+        """A subscription pattern that also catches topics Debezium creates later."""
+        names = [*self.by_table.values(), self.heartbeat]
+        return "^(" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+class CdcWorker:
+    """Consumes the catalog's Debezium topics and keeps the ClickHouse replicas in sync."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        sink: ReplicaSink,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        """Prepare the decoder, the topic names and the progress tracker."""
+        if not settings.kafka_bootstrap_servers:
+            raise ValueError("set ANALYTICS_KAFKA_BOOTSTRAP_SERVERS to run the CDC worker")
+        self._settings = settings
+        self._bootstrap = settings.kafka_bootstrap_servers
+        self._catalog = catalog
+        self._sink = sink
+        self._topics = Topics.for_catalog(catalog, settings.kafka_topic_prefix)
+        self._decoder = DebeziumDecoder(
+            catalog,
+            topic_prefix=settings.kafka_topic_prefix,
+            heartbeat_topic=self._topics.heartbeat,
+        )
+        self.tracker = SyncTracker(
+            {m.table: m.qualified_name for m in catalog.models.values()}, self._topics.by_table
+        )
+        self.metrics = metrics or WorkerMetrics()
+        self._last_report = 0.0
+
+    async def prepare(self) -> None:
+        """Create the database, the replica tables and the sync-state table if missing."""
+        for statement in all_ddl(self._catalog):
+            await self._sink.command(statement)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then write what is pending and commit it."""
+        await self.prepare()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=self._settings.kafka_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            metadata_max_age_ms=5_000,
+            max_poll_interval_ms=600_000,
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
+        await consumer.start()
+        await producer.start()
+        consumer.subscribe(pattern=self._topics.pattern())
+        log.info("cdc worker started", topics=sorted(self._topics.by_table.values()))
+        batch = ChangeBatch()
+        try:
+            while not stop.is_set():
+                records = await consumer.getmany(timeout_ms=50, max_records=5_000)
+                for partition, messages in records.items():
+                    for message in messages:
+                        await self._take(message, batch, consumer, producer)
+                        batch.consumed(partition.topic, partition.partition, message.offset)
+                if batch.is_due(
+                    self._settings.cdc_batch_max_rows, self._settings.cdc_batch_max_seconds
+                ):
+                    await self._flush(batch, consumer)
+                    batch = ChangeBatch()
+                await self._report(consumer)
+            if not batch.empty:
+                await self._flush(batch, consumer)
+            await self._report(consumer, force=True)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            log.info("cdc worker stopped")
+
+    async def _take(
+        self,
+        message: Any,
+        batch: ChangeBatch,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+    ) -> None:
+        try:
+            decoded = self._decoder.decode(message.topic, message.key, message.value)
+        except DecodeError as error:
+            await self._dead_letter(producer, message, error.reason)
+            return
+        if isinstance(decoded, RowChange):
+            batch.add(decoded)
+        elif isinstance(decoded, Truncate):
+            batch.truncate(decoded)
+        elif isinstance(decoded, Heartbeat):
+            ends = await self._end_offsets(consumer)
+            batch.heartbeats.append((decoded.ts_ms, ends))
+
+    async def _dead_letter(self, producer: AIOKafkaProducer, message: Any, reason: str) -> None:
+        self.metrics.dead_letters += 1
+        log.warning(
+            "undecodable change event sent to the dead-letter topic",
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            reason=reason,
+        )
+        headers = [
+            ("reason", reason.encode()),
+            ("source.topic", message.topic.encode()),
+            ("source.partition", str(message.partition).encode()),
+            ("source.offset", str(message.offset).encode()),
+        ]
+        await producer.send_and_wait(
+            self._settings.dead_letter_topic, value=message.value, key=message.key, headers=headers
+        )
+
+    async def _end_offsets(self, consumer: AIOKafkaConsumer) -> dict[tuple[str, int], int]:
+        partitions = [
+            tp for tp in consumer.assignment() if tp.topic in self._topics.by_table.values()
+        ]
+        if not partitions:
+            return {}
+        ends = await consumer.end_offsets(partitions)
+        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
+    async def _flush(self, batch: ChangeBatch, consumer: AIOKafkaConsumer) -> None:
+        """Write the batch, retrying with back-off until it succeeds, then commit its offsets."""
+        delay = 0.2
+        paused = False
+        while True:
+            try:
+                await self._write(batch)
+                break
+            except AnalyticsError as error:
+                self.tracker.failed(error.message)
+                self.metrics.write_errors += 1
+                log.warning(
+                    "replica write failed; retrying",
+                    error=error.message,
+                    retry_in_seconds=delay,
+                    detail=error.metadata.get("engine_message", ""),
+                )
+                if not paused:
+                    consumer.pause(*consumer.assignment())
+                    paused = True
+                await self._report(consumer, force=True)
+                # Keep polling (paused partitions return nothing) so the group keeps us.
+                await consumer.getmany(timeout_ms=int(delay * 1000))
+                delay = min(delay * 2, self._settings.cdc_retry_max_seconds)
+        if paused:
+            consumer.resume(*consumer.assignment())
+        offsets = {
+            TopicPartition(topic, partition): OffsetAndMetadata(offset + 1, "")
+            for (topic, partition), offset in batch.offsets.items()
+        }
+        if offsets:
+            await consumer.commit(offsets)
+        self.tracker.committed({(tp.topic, tp.partition): o.offset for tp, o in offsets.items()})
+        for ts_ms, ends in batch.heartbeats:
+            self.tracker.heartbeat(ts_ms, ends)
+        self.metrics.batches += 1
+        self.metrics.last_batch_rows = batch.events
+        self.metrics.batch_rows_total += batch.events
+
+    async def _write(self, batch: ChangeBatch) -> None:
+        database = self._catalog.database
+        for table, pending in batch.tables.items():
+            changes = await self._with_stored_toast(pending.model, list(pending.rows.values()))
+            written = await self._sink.insert_arrow(
+                database, table, replica_rows(pending.model, changes)
+            )
+            log.debug("replica rows written", table=table, rows=written, events=pending.events)
+        for truncate in batch.truncates:
+            await self._truncate(truncate)
+        for table, pending in batch.tables.items():
+            self.tracker.written(table, pending.events, pending.max_source_ts_ms)
+            self.metrics.events[table] = self.metrics.events.get(table, 0) + pending.events
+        for truncate in batch.truncates:
+            self.tracker.written(truncate.model.table, 1, truncate.source_ts_ms)
+
+    async def _with_stored_toast(self, model: Model, changes: list[RowChange]) -> list[RowChange]:
+        """Fill columns Debezium left out (unchanged TOAST values) from the stored rows."""
+        missing = [c for c in changes if c.unavailable and not c.is_deleted]
+        if not missing:
+            return changes
+        stored = await self._stored_rows(model, missing)
+        filled = {id(c): fill_unavailable(c, stored.get((c.tenant, *c.key), {})) for c in missing}
+        return [filled.get(id(c), c) for c in changes]
+
+    async def _stored_rows(
+        self, model: Model, changes: Sequence[RowChange]
+    ) -> dict[tuple[Any, ...], dict[str, Any]]:
+        columns = sorted({name for c in changes for name in c.unavailable})
+        keys = [model.tenant_column, *model.primary_key]
+        parameters: dict[str, str] = {}
+        conditions = []
+        for index, change in enumerate(changes):
+            parts = []
+            for position, (column, value) in enumerate(
+                zip(keys, (change.tenant, *change.key), strict=True)
+            ):
+                name = f"k{index}_{position}"
+                parameters[name] = str(value)
+                spec = model.fields.get(column)
+                kind = spec.parameter_type if spec else "String"
+                parts.append(f"`{column}` = {{{name}:{kind}}}")
+            conditions.append("(" + " AND ".join(parts) + ")")
+        selected = ", ".join(f"`{c}`" for c in [*keys, *columns])
+        sql = (
+            f"SELECT {selected} FROM `{self._catalog.database}`.`{model.table}` FINAL "
+            f"WHERE _is_deleted = 0 AND ({' OR '.join(conditions)})"
+        )
+        rows = await self._sink.query_rows(sql, parameters)
+        return {tuple(row[k] for k in keys): row for row in rows}
+
+    async def _truncate(self, truncate: Truncate) -> None:
+        """Hide every row written before the truncate with a tombstone of the truncate's version.
+
+        Tombstones rather than TRUNCATE TABLE: a replay of older events after this point cannot
+        bring rows back, because their versions are lower.
+        """
+        model = truncate.model
+        keys = ", ".join(f"`{c}`" for c in (model.tenant_column, *model.primary_key))
+        table = f"`{self._catalog.database}`.`{model.table}`"
+        await self._sink.command(
+            f"INSERT INTO {table} ({keys}, _version, _is_deleted) "
+            f"SELECT {keys}, {{version:UInt64}}, 1 FROM {table} FINAL "
+            "WHERE _is_deleted = 0 AND _version < {version:UInt64}",
+            {"version": str(truncate.version)},
+        )
+
+    async def _report(self, consumer: AIOKafkaConsumer, *, force: bool = False) -> None:
+        """Write each table's progress to the sync-state table, about once a second."""
+        now = time.monotonic()
+        if not force and now - self._last_report < _STATE_REPORT_SECONDS:
+            return
+        self._last_report = now
+        try:
+            self.tracker.lag(await self._end_offsets(consumer))
+        except Exception as exc:
+            log.debug("could not read end offsets", error=str(exc))
+        rows = []
+        reported_at = dt.datetime.now(dt.UTC)
+        for progress in self.tracker.tables.values():
+            progress.roll_rate()
+            if not progress.last_sync_ms and not progress.last_error:
+                continue
+            rows.append(
+                {
+                    "table_name": progress.table,
+                    "source": "cdc",
+                    "last_sync_at": dt.datetime.fromtimestamp(progress.last_sync_ms / 1000, dt.UTC),
+                    "updated_at": reported_at,
+                    "state": progress.state,
+                    "pending_events": progress.pending_events,
+                    "events_per_second": progress.events_per_second,
+                    "events_applied": progress.events_applied,
+                    "last_error": progress.last_error,
+                }
+            )
+        self.metrics.tables = {p.table: p for p in self.tracker.tables.values()}
+        if not rows:
+            return
+        try:
+            await self._sink.insert_arrow(
+                self._catalog.database, SYNC_STATE_TABLE, _state_table(rows)
+            )
+        except AnalyticsError as error:
+            log.debug("could not record the sync state", error=error.message)
+
+
+def _state_table(rows: list[dict[str, Any]]) -> pa.Table:
+    timestamp = pa.timestamp("us", tz="UTC")
+    types = {
+        "table_name": pa.string(),
+        "source": pa.string(),
+        "last_sync_at": timestamp,
+        "updated_at": timestamp,
+        "state": pa.string(),
+        "pending_events": pa.int64(),
+        "events_per_second": pa.float64(),
+        "events_applied": pa.int64(),
+        "last_error": pa.string(),
+    }
+    return pa.table({name: pa.array([r[name] for r in rows], kind) for name, kind in types.items()})
+
+
+def heartbeat_value(ts_ms: int) -> bytes:
+    """A heartbeat message value as Debezium writes it (for tests and tools)."""
+    return json.dumps({"ts_ms": ts_ms}).encode()
