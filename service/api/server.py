@@ -13,9 +13,10 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from analytics.v1 import analytics_pb2, analytics_pb2_grpc, sync_pb2, sync_pb2_grpc
 from service.api.analytics_servicer import AnalyticsServicer
 from service.api.interceptors import AuthInterceptor
+from service.api.sync_servicer import SyncServicer
 from service.auth import TokenVerifier
 from service.backends.base import AnalyticsBackend
 from service.backends.embedded import EmbeddedBackend
@@ -26,6 +27,7 @@ from service.settings import Settings
 
 log = structlog.get_logger(__name__)
 ANALYTICS_SERVICE = analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
+SYNC_SERVICE = sync_pb2.DESCRIPTOR.services_by_name["SyncService"].full_name
 
 
 @dataclass
@@ -89,11 +91,13 @@ async def start_server(
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
         AnalyticsServicer(queries, settings.stream_chunk_rows), server
     )
+    sync_pb2_grpc.add_SyncServiceServicer_to_server(SyncServicer(catalog, backend), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             ANALYTICS_SERVICE,
+            SYNC_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -104,7 +108,7 @@ async def start_server(
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
     await backend.ping()
     await server.start()
-    for service_name in ("", ANALYTICS_SERVICE):
+    for service_name in ("", ANALYTICS_SERVICE, SYNC_SERVICE):
         await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
     if settings.uses_development_secret:
         log.warning(

@@ -9,6 +9,7 @@ computed by SQL in PostgreSQL. Tests use their own tenants; the truncate test ru
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import time
 import uuid
@@ -17,16 +18,18 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped, unused-ignore]
 from google.protobuf import json_format
 
-from analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from analytics.v1 import analytics_pb2, analytics_pb2_grpc, sync_pb2, sync_pb2_grpc
 from cdc_worker.runner import run_worker
 from cdc_worker.source_schema import source_schema_ddl
 from local_stack import LocalStack, make_stack_directory
+from local_stack._process import free_port
 from service.api import convert
 from service.api.server import RunningServer, start_server
 from service.auth import mint_token
@@ -139,6 +142,7 @@ async def replication(
             port=0,
             kafka_bootstrap_servers=stack.kafka.bootstrap_servers,
             kafka_group_id=f"test-{uuid.uuid4().hex[:8]}",
+            metrics_port=free_port(),
         )
         stop = asyncio.Event()
         worker = asyncio.create_task(run_worker(settings, moved, embedded_backend, stop))
@@ -221,6 +225,35 @@ async def test_last_sync_at_moves_for_quiet_tables(replication: Replication) -> 
     second = (await replication.stub.Query(request, metadata=metadata)).meta.last_sync_at
     assert second.ToDatetime() > first.ToDatetime()
     assert time.time() - second.ToSeconds() < 5
+
+
+async def test_sync_status_and_metrics_report_each_table(replication: Replication) -> None:
+    await insert_deal(replication.pg, "status", 4001, "won", "2.00")
+    await replication.wait_for("status", {"model": "deals"}, [{"count": 1}])
+    await asyncio.sleep(1.5)  # the worker reports its state about once a second
+    token = mint_token(replication.settings, subject="t", tenant="x", permissions=["crm.*.read"])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{replication.server.port}") as channel:
+        reply = await sync_pb2_grpc.SyncServiceStub(channel).GetSyncStatus(
+            sync_pb2.GetSyncStatusRequest(), metadata=(("authorization", f"Bearer {token}"),)
+        )
+    tables = {t.model: t for t in reply.tables}
+    assert set(tables) == {"crm.contacts", "crm.deals"}  # billing is not readable with crm.*
+    deals = tables["crm.deals"]
+    assert deals.source == "cdc"
+    assert deals.state == sync_pb2.SYNC_STATE_STREAMING
+    assert deals.events_applied > 0
+    assert deals.lag_seconds < 5
+    assert time.time() - deals.last_sync_at.ToSeconds() < 5
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{replication.settings.metrics_port}/metrics") as response,
+    ):
+        text = await response.text()
+    assert response.status == 200
+    events = re.search(r'^cdc_events_total\{table="crm_deals"\} (\d+)$', text, re.MULTILINE)
+    assert events and int(events.group(1)) > 0
+    assert re.search(r'^cdc_consumer_lag_events\{table="crm_deals"\} \d+$', text, re.MULTILINE)
+    assert re.search(r'^cdc_last_sync_timestamp_seconds\{table="billing_invoices"\} ', text, re.M)
 
 
 async def test_malformed_message_goes_to_the_dead_letter_topic(
