@@ -35,8 +35,7 @@ async def table_statuses(
 ) -> list[TableStatus]:
     """The latest report of each model's table (``unspecified`` where nothing reported yet)."""
     now = now or dt.datetime.now(dt.UTC)
-    # The database name comes from the validated catalog; nothing here is request text.
-    sql = (  # noqa: S608
+    sql = (
         "SELECT table_name, argMax(source, updated_at) AS source, "
         "argMax(last_sync_at, updated_at) AS last_sync_at, max(updated_at) AS reported_at, "
         "argMax(state, updated_at) AS state, argMax(pending_events, updated_at) AS pending, "

@@ -251,7 +251,8 @@ async def test_sync_status_and_metrics_report_each_table(replication: Replicatio
         text = await response.text()
     assert response.status == 200
     events = re.search(r'^cdc_events_total\{table="crm_deals"\} (\d+)$', text, re.MULTILINE)
-    assert events and int(events.group(1)) > 0
+    assert events is not None
+    assert int(events.group(1)) > 0
     assert re.search(r'^cdc_consumer_lag_events\{table="crm_deals"\} \d+$', text, re.MULTILINE)
     assert re.search(r'^cdc_last_sync_timestamp_seconds\{table="billing_invoices"\} ', text, re.M)
 
