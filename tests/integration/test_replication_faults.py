@@ -23,10 +23,10 @@ import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import grpc
 import pytest
 from google.protobuf import json_format
-from local_stack import LocalStack, make_stack_directory
 
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from cdc_worker.source_schema import source_schema_ddl
+from local_stack import LocalStack, make_stack_directory
 from service.api import convert
 from service.auth import mint_token
 from service.catalog import Catalog
