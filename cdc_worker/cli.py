@@ -13,7 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import asyncpg
+
 from cdc_worker.runner import run_worker
+from cdc_worker.source_schema import source_schema_ddl
 from service import cli as service_cli
 from service.api.server import open_backend
 from service.backends.base import AnalyticsBackend
@@ -50,6 +53,14 @@ def _add_worker_command(
     worker.add_argument("--catalog", type=Path, default=None, help="model catalog file")
     worker.set_defaults(handler=_worker)
 
+    schema = commands.add_parser(
+        "source-schema",
+        help="print (or apply to a PostgreSQL) the source tables the catalog describes",
+    )
+    schema.add_argument("--catalog", type=Path, default=None, help="model catalog file")
+    schema.add_argument("--apply", metavar="DSN", default=None, help="apply to this database")
+    schema.set_defaults(handler=_source_schema)
+
 
 def _worker(settings: Settings, _args: argparse.Namespace) -> int:
     async def run() -> None:
@@ -65,6 +76,24 @@ def _worker(settings: Settings, _args: argparse.Namespace) -> int:
             await backend.close()
 
     asyncio.run(run())
+    return 0
+
+
+def _source_schema(settings: Settings, args: argparse.Namespace) -> int:
+    statements = source_schema_ddl(load_catalog(settings.catalog_path))
+    if args.apply is None:
+        print(";\n\n".join(statements) + ";")
+        return 0
+
+    async def apply() -> None:
+        connection = await asyncpg.connect(args.apply)
+        try:
+            for statement in statements:
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(apply())
     return 0
 
 
