@@ -29,8 +29,10 @@ from cdc_worker.decoder import DebeziumDecoder, DecodeError
 from cdc_worker.events import Heartbeat, RowChange, Truncate
 from cdc_worker.metrics import WorkerMetrics
 from cdc_worker.sync_tracker import SyncTracker
-from service.catalog import Catalog, Model
+from service.backends.dialect import MODERN
+from service.catalog import Catalog, FieldType, Model
 from service.errors import AnalyticsError
+from service.query.values import encode_text_parameter
 from service.schema import SYNC_STATE_TABLE, all_ddl
 from service.settings import Settings
 
@@ -107,8 +109,13 @@ class CdcWorker:
         self._last_report = 0.0
 
     async def prepare(self) -> None:
-        """Create the database, the replica tables and the sync-state table if missing."""
-        for statement in all_ddl(self._catalog):
+        """Create the database, the replica tables and the sync-state table if missing.
+
+        A server sink says which DDL dialect it speaks; the embedded engine speaks the modern one.
+        """
+        dialect_of = getattr(self._sink, "dialect", None)
+        dialect = await dialect_of() if dialect_of is not None else MODERN
+        for statement in all_ddl(self._catalog, dialect=dialect):
             await self._sink.command(statement)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -274,7 +281,7 @@ class CdcWorker:
                 zip(keys, (change.tenant, *change.key), strict=True)
             ):
                 name = f"k{index}_{position}"
-                parameters[name] = str(value)
+                parameters[name] = encode_text_parameter(str(value))
                 spec = model.fields.get(column)
                 kind = spec.parameter_type if spec else "String"
                 parts.append(f"`{column}` = {{{name}:{kind}}}")
@@ -285,7 +292,10 @@ class CdcWorker:
             f"WHERE _is_deleted = 0 AND ({' OR '.join(conditions)})"
         )
         rows = await self._sink.query_rows(sql, parameters)
-        return {tuple(row[k] for k in keys): row for row in rows}
+        return {
+            tuple(row[k] for k in keys): {c: _stored_value(model, c, row[c]) for c in columns}
+            for row in rows
+        }
 
     async def _truncate(self, truncate: Truncate) -> None:
         """Hide every row written before the truncate with a tombstone of the truncate's version.
@@ -341,6 +351,22 @@ class CdcWorker:
             )
         except AnalyticsError as error:
             log.debug("could not record the sync state", error=error.message)
+
+
+def _stored_value(model: Model, column: str, value: Any) -> Any:
+    """A value read back from the replica, in the type the decoder produces.
+
+    The legacy server layout stores timestamps as Int64 microseconds and booleans as UInt8.
+    """
+    spec = model.fields[column]
+    if spec.type is FieldType.TIMESTAMP and isinstance(value, int):
+        return _EPOCH + dt.timedelta(microseconds=value)
+    if spec.type is FieldType.BOOL and isinstance(value, int):
+        return bool(value)
+    return value
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _state_table(rows: list[dict[str, Any]]) -> pa.Table:

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     clickhouse_url: str | None = Field(
         None, description="ClickHouse server HTTP URL; unset selects the embedded engine."
     )
+    clickhouse_user: str = Field("default", description="ClickHouse server user.")
+    clickhouse_password: SecretStr | None = Field(None, description="ClickHouse server password.")
     database: str = Field(
         "analytics", pattern=r"^[a-z_][a-z0-9_]*$", description="ClickHouse database."
     )
