@@ -126,7 +126,7 @@ class CdcWorker:
             group_id=self._settings.kafka_group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            metadata_max_age_ms=5_000,
+            metadata_max_age_ms=1_000,
             max_poll_interval_ms=600_000,
         )
         producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
