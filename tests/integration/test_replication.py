@@ -9,7 +9,9 @@ computed by SQL in PostgreSQL. Tests use their own tenants; the truncate test ru
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import secrets
 import statistics
 import time
 import uuid
@@ -199,6 +201,59 @@ async def test_inserts_updates_and_deletes_are_reflected(replication: Replicatio
     await replication.wait_for(
         tenant, {"model": "deals", "filters": {"deleted_at": "not.is.null"}}, [{"count": 1}]
     )
+
+
+@pytest.mark.parametrize("identity", ["DEFAULT", "FULL"])
+async def test_unchanged_toast_value_is_kept(replication: Replication, identity: str) -> None:
+    """An update that leaves a TOASTed column alone must not overwrite its stored value.
+
+    With REPLICA IDENTITY DEFAULT Debezium sends its unavailable-value placeholder for it.
+    """
+    pool, tenant = replication.pg, f"toast-{identity.lower()}"
+    deal_id = 5000 if identity == "DEFAULT" else 5001
+    big_title = secrets.token_hex(8000)  # 16 kB of random text: TOASTed, stored out of line
+    await pool.execute(f"ALTER TABLE deals REPLICA IDENTITY {identity}")
+    try:
+        await insert_deal(pool, tenant, deal_id, "lead", "1.00")
+        await pool.execute("UPDATE deals SET title = $1 WHERE id = $2", big_title, deal_id)
+        longest = {"model": "deals", "aggregate": "max", "field": "title"}
+        await replication.wait_for(tenant, longest, [{"max_title": big_title}])
+        await pool.execute("UPDATE deals SET stage = 'won' WHERE id = $1", deal_id)
+        await replication.wait_for(
+            tenant, {"model": "deals", "groupBy": "stage"}, [{"stage": "won", "count": 1}]
+        )
+        assert await replication.query(tenant, longest) == [{"max_title": big_title}]
+    finally:
+        await pool.execute("ALTER TABLE deals REPLICA IDENTITY FULL")
+    # What Debezium actually sent for the last update's title.
+    sent = await _last_change(replication, "analytics.public.deals", deal_id)
+    expected = "__debezium_unavailable_value" if identity == "DEFAULT" else big_title
+    assert sent["after"]["title"] == expected
+
+
+async def _last_change(replication: Replication, topic: str, key_id: int) -> dict[str, Any]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=replication.stack.kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    found: dict[str, Any] = {}
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=2_000)
+            if not batch:
+                return found
+            for records in batch.values():
+                for record in records:
+                    if record.value is None:
+                        continue
+                    event = json.loads(record.value)
+                    if (event.get("after") or {}).get("id") == key_id:
+                        found = event
+    finally:
+        await consumer.stop()
 
 
 async def test_freshness_from_commit_to_query(replication: Replication) -> None:
