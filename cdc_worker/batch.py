@@ -35,17 +35,21 @@ class TablePending:
     events: int = 0
     max_source_ts_ms: int = 0
 
-    def add(self, change: RowChange) -> None:
+    def add(self, change: RowChange, *, counted: bool = True) -> None:
         """Keep ``change`` unless a newer version of its key is already here."""
-        self.events += 1
+        if counted:
+            self.events += 1
         self.max_source_ts_ms = max(self.max_source_ts_ms, change.source_ts_ms)
         key = (change.tenant, *change.key)
         current = self.rows.get(key)
         if current is not None and current.version > change.version:
             return
         if current is not None and change.unavailable:
-            # Unchanged TOAST columns keep the value the previous version of this batch had.
-            change = fill_unavailable(change, current.row)
+            # Unchanged TOAST columns keep the value the previous version of this batch had,
+            # where it had one; the rest stay unavailable and are read from the replica.
+            change = fill_unavailable(
+                change, current.row, only=change.unavailable - current.unavailable
+            )
         self.rows[key] = change
 
 
@@ -63,6 +67,7 @@ class ChangeBatch:
     def add(self, change: RowChange) -> None:
         """Add a row change (and the tombstone of its old key if it moved to another tenant)."""
         if change.previous_tenant is not None and change.previous_tenant != change.tenant:
+            # One source event: the tombstone of the old key is not counted again.
             self._add(
                 dataclasses.replace(
                     change,
@@ -70,7 +75,8 @@ class ChangeBatch:
                     is_deleted=True,
                     unavailable=frozenset(),
                     previous_tenant=None,
-                )
+                ),
+                counted=False,
             )
         self._add(change)
 
@@ -80,12 +86,13 @@ class ChangeBatch:
         self.events += 1
         self._touch()
 
-    def _add(self, change: RowChange) -> None:
+    def _add(self, change: RowChange, *, counted: bool = True) -> None:
         pending = self.tables.get(change.model.table)
         if pending is None:
             pending = self.tables[change.model.table] = TablePending(change.model)
-        pending.add(change)
-        self.events += 1
+        pending.add(change, counted=counted)
+        if counted:
+            self.events += 1
         self._touch()
 
     def consumed(self, topic: str, partition: int, offset: int) -> None:
@@ -135,12 +142,15 @@ def _column_value(spec: FieldSpec, change: RowChange) -> Any:
     return value
 
 
-def fill_unavailable(change: RowChange, previous: Mapping[str, Any]) -> RowChange:
-    """``change`` with its unchanged-TOAST columns taken from ``previous`` (the stored row)."""
+def fill_unavailable(
+    change: RowChange, previous: Mapping[str, Any], only: frozenset[str] | None = None
+) -> RowChange:
+    """``change`` with its unchanged-TOAST columns (or those in ``only``) from ``previous``."""
+    filled = change.unavailable if only is None else change.unavailable & only
     row = dict(change.row)
-    for name in change.unavailable:
+    for name in filled:
         row[name] = previous.get(name)
-    return dataclasses.replace(change, row=row, unavailable=frozenset())
+    return dataclasses.replace(change, row=row, unavailable=change.unavailable - filled)
 
 
 _PLACEHOLDERS: dict[FieldType, Any] = {

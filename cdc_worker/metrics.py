@@ -23,12 +23,46 @@ class WorkerMetrics:
     tables: dict[str, TableProgress] = field(default_factory=dict)
 
     def render(self) -> str:
-        """The Prometheus text exposition format (version 0.0.4)."""
+        """The Prometheus text exposition format (version 0.0.4), one group per metric."""
         now = time.time()
-        lines = [
-            "# HELP cdc_events_total Change events written, per replica table.",
-            "# TYPE cdc_events_total counter",
-            *(f'cdc_events_total{{table="{t}"}} {n}' for t, n in sorted(self.events.items())),
+        tables = sorted(self.tables.items())
+        per_table: list[tuple[str, str, str, list[tuple[str, float]]]] = [
+            (
+                "cdc_events_total",
+                "counter",
+                "Change events written, per replica table.",
+                sorted((t, float(n)) for t, n in self.events.items()),
+            ),
+            (
+                "cdc_events_per_second",
+                "gauge",
+                "Events applied per second over the last interval.",
+                [(t, p.events_per_second) for t, p in tables],
+            ),
+            (
+                "cdc_consumer_lag_events",
+                "gauge",
+                "Events published but not yet written, per table.",
+                [(t, float(p.pending_events)) for t, p in tables],
+            ),
+            (
+                "cdc_last_sync_timestamp_seconds",
+                "gauge",
+                "Source time up to which a table is complete.",
+                [(t, p.last_sync_ms / 1000) for t, p in tables if p.last_sync_ms],
+            ),
+            (
+                "cdc_lag_seconds",
+                "gauge",
+                "Seconds between now and the table's last sync time.",
+                [(t, max(now - p.last_sync_ms / 1000, 0.0)) for t, p in tables if p.last_sync_ms],
+            ),
+        ]
+        lines: list[str] = []
+        for name, kind, help_text, samples in per_table:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            lines += [f'{name}{{table="{table}"}} {_number(value)}' for table, value in samples]
+        lines += [
             "# HELP cdc_batches_total Batches written.",
             "# TYPE cdc_batches_total counter",
             f"cdc_batches_total {self.batches}",
@@ -45,24 +79,12 @@ class WorkerMetrics:
             "# HELP cdc_write_errors_total Failed replica writes (each retried).",
             "# TYPE cdc_write_errors_total counter",
             f"cdc_write_errors_total {self.write_errors}",
-            "# HELP cdc_events_per_second Events applied per second over the last interval.",
-            "# TYPE cdc_events_per_second gauge",
-            "# HELP cdc_consumer_lag_events Events published but not yet written, per table.",
-            "# TYPE cdc_consumer_lag_events gauge",
-            "# HELP cdc_last_sync_timestamp_seconds Source time up to which a table is complete.",
-            "# TYPE cdc_last_sync_timestamp_seconds gauge",
-            "# HELP cdc_lag_seconds Seconds between now and the table's last sync time.",
-            "# TYPE cdc_lag_seconds gauge",
         ]
-        for table, progress in sorted(self.tables.items()):
-            label = f'{{table="{table}"}}'
-            lines.append(f"cdc_events_per_second{label} {progress.events_per_second:.3f}")
-            lines.append(f"cdc_consumer_lag_events{label} {progress.pending_events}")
-            if progress.last_sync_ms:
-                last = progress.last_sync_ms / 1000
-                lines.append(f"cdc_last_sync_timestamp_seconds{label} {last:.3f}")
-                lines.append(f"cdc_lag_seconds{label} {max(now - last, 0):.3f}")
         return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value.is_integer() else f"{value:.3f}"
 
 
 async def serve_metrics(metrics: WorkerMetrics, host: str, port: int) -> web.AppRunner:

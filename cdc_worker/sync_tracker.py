@@ -75,6 +75,14 @@ class SyncTracker:
         """A batch holding ``events`` events of ``table`` is written."""
         self.tables[table].note_written(events, max_source_ts_ms)
 
+    def seed(self, partition: TopicPartition, offset: int) -> None:
+        """The consumer group's committed offset of a partition this process has not committed."""
+        self._committed.setdefault(partition, offset)
+
+    def knows(self, partition: TopicPartition) -> bool:
+        """Whether the committed offset of ``partition`` is known (seeded or committed here)."""
+        return partition in self._committed
+
     def failed(self, error: str) -> None:
         """A write failed: every table is behind until the retry succeeds."""
         for progress in self.tables.values():
@@ -82,7 +90,15 @@ class SyncTracker:
             progress.last_error = error[:500]
 
     def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Offsets (next to read) are committed; resolve heartbeats they now cover."""
+        """Offsets (next to read) are committed; resolve heartbeats they now cover.
+
+        A commit follows a successful write only, so no table is failing any more, quiet
+        ones included.
+        """
+        for progress in self.tables.values():
+            if progress.state == "error":
+                progress.state = "streaming"
+                progress.last_error = ""
         for partition, offset in offsets.items():
             self._committed[partition] = max(offset, self._committed.get(partition, 0))
         self._resolve()

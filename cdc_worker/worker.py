@@ -174,6 +174,7 @@ class CdcWorker:
             batch.truncate(decoded)
         elif isinstance(decoded, Heartbeat):
             ends = await self._end_offsets(consumer)
+            await self._seed_committed(consumer, ends)
             batch.heartbeats.append((decoded.ts_ms, ends))
 
     async def _dead_letter(self, producer: AIOKafkaProducer, message: Any, reason: str) -> None:
@@ -194,6 +195,19 @@ class CdcWorker:
         await producer.send_and_wait(
             self._settings.dead_letter_topic, value=message.value, key=message.key, headers=headers
         )
+
+    async def _seed_committed(
+        self, consumer: AIOKafkaConsumer, partitions: Mapping[tuple[str, int], int]
+    ) -> None:
+        """Teach the tracker the group's committed offsets of partitions it has not seen.
+
+        After a restart a quiet partition gets no new commit from this process, and without its
+        committed offset no heartbeat could ever move its table.
+        """
+        for topic, partition in partitions:
+            if not self.tracker.knows((topic, partition)):
+                committed = await consumer.committed(TopicPartition(topic, partition))
+                self.tracker.seed((topic, partition), committed or 0)
 
     async def _end_offsets(self, consumer: AIOKafkaConsumer) -> dict[tuple[str, int], int]:
         partitions = [
