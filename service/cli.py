@@ -19,15 +19,17 @@ from grpc_status import rpc_status
 
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from service.api import convert
-from service.api.server import serve
+from service.api.server import open_backend, serve, tenant_provisioner
 from service.auth import mint_token
 from service.backends.base import AnalyticsBackend
 from service.backends.embedded import EmbeddedBackend
 from service.catalog import Catalog, CatalogError, load_catalog
 from service.demo.generator import generate_dataset
 from service.demo.loader import ensure_demo_loaded, load_dataset
+from service.errors import AnalyticsError
 from service.log_config import configure_logging
 from service.settings import Settings
+from service.tenants import TenantRecord
 
 log = structlog.get_logger(__name__)
 DEMO_PERMISSIONS = ("*.*.read",)
@@ -112,6 +114,16 @@ def _parser(add_commands: AddCommands | None) -> argparse.ArgumentParser:
     token.add_argument("--ttl-hours", type=float, default=12.0, help="lifetime in hours")
     token.set_defaults(handler=_token)
 
+    tenants = commands.add_parser(
+        "tenants", help="provision, deprovision, list or reconcile tenants (users, row policies)"
+    )
+    tenants.add_argument("action", choices=["provision", "deprovision", "list", "reconcile"])
+    tenants.add_argument("tenant_id", nargs="?", default=None, help="for provision/deprovision")
+    tenants.add_argument("--force", action="store_true", help="reconcile: re-apply every tenant")
+    tenants.add_argument("--data-dir", type=Path, default=None, help="embedded engine data")
+    tenants.add_argument("--catalog", type=Path, default=None, help="model catalog file")
+    tenants.set_defaults(handler=_tenants)
+
     query = commands.add_parser("query", help="send a request (DESIGN.md JSON) to a server")
     query.add_argument("request", help="the request as JSON, or @file.json")
     query.add_argument("--target", default=None, help="host:port (default: the settings')")
@@ -182,6 +194,59 @@ def _progress(model: str, done: int, total: int) -> None:
     print(f"\r  {model:<18} [{bar:<25}] {done:>9,}/{total:,} rows", end="", file=sys.stderr)
     if done >= total:
         print(file=sys.stderr)
+
+
+def _tenants(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action in ("provision", "deprovision") and not args.tenant_id:
+        print(f"analytics tenants {args.action}: a tenant id is required", file=sys.stderr)
+        return 2
+
+    async def run() -> dict[str, Any]:
+        catalog = load_catalog(settings.catalog_path)
+        backend = open_backend(settings)
+        try:
+            provisioner = tenant_provisioner(settings, catalog, backend)
+            if args.action == "provision":
+                result = await provisioner.provision(args.tenant_id)
+                return {"tenant": _tenant_json(result.record), "created": result.created}
+            if args.action == "deprovision":
+                return {"existed": await provisioner.deprovision(args.tenant_id) is not None}
+            if args.action == "reconcile":
+                reapplied = await provisioner.reconcile(force=args.force)
+                return {"reapplied": [record.tenant_id for record in reapplied]}
+            listed: list[dict[str, Any]] = []
+            after = ""
+            while True:
+                page = await provisioner.list_tenants(limit=1000, after=after)
+                listed += [_tenant_json(record) for record in page.tenants]
+                if page.next_after is None:
+                    break
+                after = page.next_after
+            return {
+                "tenants": listed,
+                "engineEnforcesRowPolicies": provisioner.enforces_row_policies,
+                "engineDetail": provisioner.engine_detail,
+            }
+        finally:
+            await backend.close()
+
+    try:
+        print(json.dumps(asyncio.run(run()), indent=2, ensure_ascii=False))
+    except AnalyticsError as error:
+        print(json.dumps({"error": error.reason, "message": error.message}), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tenant_json(record: TenantRecord) -> dict[str, Any]:
+    return {
+        "tenantId": record.tenant_id,
+        "userName": record.user_name,
+        "rowPoliciesEnforced": record.row_policies_enforced,
+        "tables": list(record.tables),
+        "createdAt": record.created_at.isoformat(),
+        "updatedAt": record.updated_at.isoformat(),
+    }
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     jwt_private_key: str | None = Field(
         None, description="RS256 private key (PEM or path) used only by `analytics token`."
     )
+    tenant_credential_secret: SecretStr | None = Field(
+        None,
+        description="Key (>= 32 bytes) tenant ClickHouse passwords are derived from (HMAC-SHA256); "
+        "required where the engine enforces row policies.",
+    )
     jwt_audience: str | None = Field(None, description="Required `aud` claim, if set.")
     jwt_issuer: str | None = Field(None, description="Required `iss` claim, if set.")
     tenant_claim: str = Field("tenant_id", description="Token claim that names the tenant.")

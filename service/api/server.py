@@ -13,10 +13,18 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from analytics.v1 import analytics_pb2, analytics_pb2_grpc, sync_pb2, sync_pb2_grpc
+from analytics.v1 import (
+    analytics_pb2,
+    analytics_pb2_grpc,
+    sync_pb2,
+    sync_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
+)
 from service.api.analytics_servicer import AnalyticsServicer
 from service.api.interceptors import AuthInterceptor
 from service.api.sync_servicer import SyncServicer
+from service.api.tenant_servicer import TenantServicer
 from service.auth import TokenVerifier
 from service.backends.base import AnalyticsBackend
 from service.backends.embedded import EmbeddedBackend
@@ -24,10 +32,12 @@ from service.catalog import Catalog, load_catalog
 from service.query.compiler import QueryLimits
 from service.query_service import QueryService
 from service.settings import Settings
+from service.tenants import TenantProvisioner, engine_detail
 
 log = structlog.get_logger(__name__)
 ANALYTICS_SERVICE = analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
 SYNC_SERVICE = sync_pb2.DESCRIPTOR.services_by_name["SyncService"].full_name
+TENANT_SERVICE = tenant_pb2.DESCRIPTOR.services_by_name["TenantService"].full_name
 
 
 @dataclass
@@ -46,6 +56,14 @@ class RunningServer:
         await self.server.stop(grace)
         if self.owns_backend:
             await self.backend.close()
+
+
+def tenant_provisioner(
+    settings: Settings, catalog: Catalog, backend: AnalyticsBackend
+) -> TenantProvisioner:
+    """The provisioner of tenant users and row policies, with the configured credential key."""
+    secret = settings.tenant_credential_secret
+    return TenantProvisioner(catalog, backend, secret.get_secret_value() if secret else None)
 
 
 def open_backend(settings: Settings) -> AnalyticsBackend:
@@ -92,12 +110,15 @@ async def start_server(
         AnalyticsServicer(queries, settings.stream_chunk_rows), server
     )
     sync_pb2_grpc.add_SyncServiceServicer_to_server(SyncServicer(catalog, backend), server)
+    provisioner = tenant_provisioner(settings, catalog, backend)
+    tenant_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(provisioner), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             ANALYTICS_SERVICE,
             SYNC_SERVICE,
+            TENANT_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -107,8 +128,10 @@ async def start_server(
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
     await backend.ping()
+    # A catalog that gained a table gets every tenant's grants and row policies re-applied.
+    await provisioner.reconcile()
     await server.start()
-    for service_name in ("", ANALYTICS_SERVICE, SYNC_SERVICE):
+    for service_name in ("", ANALYTICS_SERVICE, SYNC_SERVICE, TENANT_SERVICE):
         await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
     if settings.uses_development_secret:
         log.warning(
@@ -116,11 +139,7 @@ async def start_server(
             "set ANALYTICS_JWT_SECRET or ANALYTICS_JWT_PUBLIC_KEY in production"
         )
     if not backend.enforces_row_policies:
-        log.warning(
-            "tenant isolation: this engine cannot enforce per-tenant row policies; "
-            "the query compiler's tenant filter is the only layer",
-            backend=backend.name,
-        )
+        log.warning("tenant isolation: " + engine_detail(backend), backend=backend.name)
     log.info(
         "serving",
         address=f"{settings.host}:{port}",
