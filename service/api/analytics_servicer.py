@@ -4,19 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any, TypeAlias
 
 import pyarrow as pa
 
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from service.api import convert
-from service.api.interceptors import current_principal
+from service.api.interceptors import Context, current_principal
 from service.api.status import abort_with_error
 from service.errors import AnalyticsError
 from service.query_service import QueryService, StreamMeta
-
-# grpc ships no types; the aio servicer context is untyped here.
-Context: TypeAlias = Any
 
 
 class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, TypeAlias
 
 from google.protobuf import timestamp_pb2
 
 from analytics.v1 import sync_pb2, sync_pb2_grpc
-from service.api.interceptors import current_principal
+from service.api.interceptors import Context, current_principal
 from service.api.status import abort_with_error
 from service.backends.base import AnalyticsBackend
 from service.catalog import Catalog
 from service.errors import AnalyticsError, not_found
 from service.sync_status import TableStatus, table_statuses
 
-# grpc ships no types; the aio servicer context is untyped here.
-Context: TypeAlias = Any
 _STATES = {
     "streaming": sync_pb2.SYNC_STATE_STREAMING,
     "lagging": sync_pb2.SYNC_STATE_LAGGING,

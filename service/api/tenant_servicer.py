@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any, TypeAlias
 
 from google.protobuf import timestamp_pb2
 
 from analytics.v1 import tenant_pb2, tenant_pb2_grpc
 from service import audit
-from service.api.interceptors import current_principal
+from service.api.interceptors import Context, current_principal
 from service.api.status import abort_with_error
 from service.auth import ADMIN_PERMISSION, Principal
 from service.errors import AnalyticsError, forbidden, validation_error
@@ -30,9 +29,6 @@ from service.tenants import (
     enforcement_detail,
     validate_tenant_id,
 )
-
-# grpc ships no types; the aio servicer context is untyped here.
-Context: TypeAlias = Any
 
 
 def require_admin(principal: Principal) -> None:

@@ -426,12 +426,9 @@ async def test_stream_query_sends_chunks_then_meta_once(stub, settings) -> None:
         },
         analytics_pb2.StreamQueryRequest(),
     )
-    chunks: list[analytics_pb2.StreamQueryResponse] = []
-    metas: list[analytics_pb2.StreamQueryResponse] = []
-    async for message in stub.StreamQuery(request, metadata=auth(settings)):
-        (chunks if message.HasField("chunk") else metas).append(message)
-    assert len(metas) == 1
-    assert messages_are_chunks_then_meta(chunks, metas)
+    messages = [m async for m in stub.StreamQuery(request, metadata=auth(settings))]
+    assert [m.WhichOneof("payload") for m in messages] == ["chunk", "chunk", "chunk", "meta"]
+    chunks, metas = messages[:-1], messages[-1:]
     assert [c.chunk.row_count for c in chunks] == [2, 2, 1]
     rows = [row for c in chunks for row in convert.chunk_rows(c.chunk)]
     assert rows == [
@@ -444,10 +441,6 @@ async def test_stream_query_sends_chunks_then_meta_once(stub, settings) -> None:
     assert sum(Decimal(r["sum_amount"]) for r in rows) == Decimal("10350.75")
     assert metas[0].meta.rows_scanned > 0
     assert [c.name for c in metas[0].meta.columns] == ["id", "sum_amount"]
-
-
-def messages_are_chunks_then_meta(chunks, metas) -> bool:
-    return bool(chunks) and len(metas) == 1
 
 
 async def test_stream_query_errors_use_the_same_statuses(stub, settings) -> None:
