@@ -17,9 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import json_format
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from service.api import convert
@@ -30,6 +28,7 @@ from service.catalog import Catalog
 from service.schema import SYNC_STATE_TABLE, all_ddl
 from service.settings import PROJECT_ROOT, Settings
 from tests.conftest import catalog_in_database, unique_database
+from tests.grpc_errors import error_details
 
 pytestmark = pytest.mark.integration
 
@@ -131,21 +130,6 @@ def auth(
 
 def request_from(body: dict[str, object]) -> analytics_pb2.QueryRequest:
     return json_format.ParseDict(body, analytics_pb2.QueryRequest())
-
-
-def error_details(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, list[str]]:
-    status = rpc_status.from_call(error)
-    assert status is not None, "the error carries google.rpc details"
-    info = error_details_pb2.ErrorInfo()
-    fields: list[str] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields = [v.field for v in bad.field_violations]
-    return info, fields
 
 
 async def test_design_example_returns_exact_numbers(stub, settings) -> None:

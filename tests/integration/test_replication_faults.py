@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -61,15 +61,17 @@ async def pg_truth(pool: asyncpg.Pool, tenant: str) -> list[dict[str, Any]]:
         "WHERE tenant_id = $1 AND deleted_at IS NULL GROUP BY stage ORDER BY stage",
         tenant,
     )
-    return [
-        {
-            "stage": r["stage"],
-            "sum_amount": _number(r["total"]),
-            "count": r["n"],
-            "max_probability": r["top"],
-        }
-        for r in rows
-    ]
+    return [_stats_row(r) for r in rows]
+
+
+def _stats_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One stage's figures in the service's result keys (from PostgreSQL or ClickHouse rows)."""
+    return {
+        "stage": row["stage"],
+        "sum_amount": _number(row["total"]),
+        "count": row["n"],
+        "max_probability": row["top"],
+    }
 
 
 def _number(value: Decimal) -> float | int:
@@ -258,15 +260,7 @@ CH_TRUTH_SQL = (
 
 async def server_truth(sink: HttpBackend, database: str, tenant: str) -> list[dict[str, Any]]:
     rows = await sink.query_rows(CH_TRUTH_SQL.format(database=database), {"tenant": tenant})
-    return [
-        {
-            "stage": r["stage"],
-            "sum_amount": _number(r["total"]),
-            "count": r["n"],
-            "max_probability": r["top"],
-        }
-        for r in rows
-    ]
+    return [_stats_row(r) for r in rows]
 
 
 async def test_clickhouse_server_away_under_writes_loses_nothing(

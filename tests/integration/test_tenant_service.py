@@ -23,8 +23,6 @@ import grpc
 import pyarrow as pa
 import pytest
 import structlog
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -48,6 +46,7 @@ from service.tenants import (
     tenant_user_name,
 )
 from tests.conftest import catalog_in_database, unique_database
+from tests.grpc_errors import error_details
 from tests.strategies import HOSTILE_STRINGS
 
 pytestmark = pytest.mark.integration
@@ -362,21 +361,6 @@ def auth(settings: Settings, *permissions: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-def details(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, list[str]]:
-    status = rpc_status.from_call(cast(grpc.Call, error))
-    assert status is not None
-    info = error_details_pb2.ErrorInfo()
-    fields: list[str] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return info, fields
-
-
 async def test_admin_provisions_lists_and_removes(
     tenant_stub: tenant_pb2_grpc.TenantServiceStub, grpc_settings: Settings, catalog: Catalog
 ) -> None:
@@ -459,7 +443,7 @@ async def test_non_admins_are_denied(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await getattr(tenant_stub, rpc)(requests[rpc], metadata=auth(grpc_settings, *permissions))
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    info, _ = details(caught.value)
+    info, _ = error_details(caught.value)
     assert info.reason == "PERMISSION_DENIED"
     assert info.metadata["permission"] == ADMIN_PERMISSION
     admin = auth(grpc_settings, ADMIN_PERMISSION)
@@ -497,5 +481,5 @@ async def test_invalid_requests_name_the_field(
             request_message, metadata=auth(grpc_settings, ADMIN_PERMISSION)
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    _, fields = details(caught.value)
+    _, fields = error_details(caught.value)
     assert fields == [field]
