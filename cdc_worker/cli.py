@@ -18,9 +18,8 @@ import asyncpg
 from cdc_worker.runner import run_worker
 from cdc_worker.source_schema import source_schema_ddl
 from service import cli as service_cli
+from service.api.server import open_backend
 from service.backends.base import AnalyticsBackend
-from service.backends.embedded import EmbeddedBackend
-from service.backends.http import HttpBackend
 from service.catalog import Catalog, load_catalog
 from service.settings import Settings
 
@@ -63,22 +62,10 @@ def _add_worker_command(
     schema.set_defaults(handler=_source_schema)
 
 
-def open_sink(settings: Settings) -> HttpBackend | EmbeddedBackend:
-    """Where the worker writes: the ClickHouse server if a URL is set, else the embedded engine."""
-    if settings.clickhouse_url:
-        password = settings.clickhouse_password
-        return HttpBackend(
-            settings.clickhouse_url,
-            user=settings.clickhouse_user,
-            password=password.get_secret_value() if password else "",
-        )
-    return EmbeddedBackend(settings.data_dir, pool_size=settings.engine_pool_size)
-
-
 def _worker(settings: Settings, _args: argparse.Namespace) -> int:
     async def run() -> None:
         catalog = load_catalog(settings.catalog_path)
-        backend = open_sink(settings)
+        backend = open_backend(settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -47,7 +47,12 @@ async def table_statuses(
     try:
         rows = {row["table_name"]: row for row in await backend.query_rows(sql)}
     except AnalyticsError as error:
-        if error.reason != "REPLICA_MISSING":
+        # Nothing has created the state table yet: every table is simply unreported.
+        missing = error.reason == "REPLICA_MISSING" or error.metadata.get("engine_code") in (
+            "60",
+            "81",
+        )
+        if not missing:
             raise
         rows = {}
     statuses = []

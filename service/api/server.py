@@ -28,6 +28,7 @@ from service.api.tenant_servicer import TenantServicer
 from service.auth import TokenVerifier
 from service.backends.base import AnalyticsBackend
 from service.backends.embedded import EmbeddedBackend
+from service.backends.http import HttpBackend
 from service.catalog import Catalog, load_catalog
 from service.query.compiler import QueryLimits
 from service.query_service import QueryService
@@ -67,13 +68,30 @@ def tenant_provisioner(
 
 
 def open_backend(settings: Settings) -> AnalyticsBackend:
-    """The engine the settings select (the embedded one unless a server URL is set)."""
+    """The engine the settings select: a ClickHouse server if a URL is set, else chDB."""
     if settings.clickhouse_url:
-        raise NotImplementedError(
-            "the ClickHouse server backend arrives with the server-path issue; "
-            "unset ANALYTICS_CLICKHOUSE_URL to use the embedded engine"
+        password = settings.clickhouse_password
+        return HttpBackend(
+            settings.clickhouse_url,
+            user=settings.clickhouse_user,
+            password=password.get_secret_value() if password else "",
         )
     return EmbeddedBackend(settings.data_dir, pool_size=settings.engine_pool_size)
+
+
+async def check_query_features(backend: AnalyticsBackend) -> None:
+    """Refuse to serve queries on a server too old for the compiler's SQL (minimum: 23.8).
+
+    Every query would fail there; a clear error at start beats an INTERNAL on every call.
+    """
+    if isinstance(backend, HttpBackend):
+        missing = await backend.missing_compiler_features()
+        if missing:
+            version = ".".join(map(str, await backend.server_version()))
+            raise RuntimeError(
+                f"ClickHouse server {version} lacks what the query compiler needs "
+                f"({', '.join(missing)}); the service needs ClickHouse 23.8 or newer"
+            )
 
 
 async def start_server(
@@ -128,6 +146,7 @@ async def start_server(
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
     await backend.ping()
+    await check_query_features(backend)
     # A catalog that gained a table gets every tenant's grants and row policies re-applied.
     await provisioner.reconcile()
     await server.start()
