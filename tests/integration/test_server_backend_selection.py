@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from local_stack import ClickHouseServer, make_stack_directory
 
+from local_stack import ClickHouseServer, make_stack_directory
 from service.api.server import open_backend, start_server
 from service.backends.http import HttpBackend
 from service.settings import Settings
