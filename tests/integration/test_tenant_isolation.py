@@ -22,7 +22,9 @@ Every answer is checked twice: it must equal what ``tests.reference`` computes f
 caller's rows*, and no value in it may come from another tenant (no foreign marker in any string,
 every numeric value, bucket or UUID inside the caller's own range). Errors must be the documented
 ones (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, with ``google.rpc`` details)
-and never quote another tenant's data.
+and never quote another tenant's data. ``meta.lastSyncAt`` is per table by design (DESIGN.md
+section 5) and not checked; ``meta.rowsScanned`` leaks neighbours' row counts (a strict xfail at the
+end of this module, beside an hour-bucket bug found on the way that has nothing to do with tenants).
 
 Decision: a request naming the tenant column is rejected. The tenant comes from the verified
 token only and the tenant column is not a field of any model, so naming it anywhere in a request
@@ -184,8 +186,12 @@ class Isolated:
         return self.rows[model.qualified_name].get(tenant, [])
 
     def __repr__(self) -> str:
-        # Short: Hypothesis and pytest print the arguments of strategies and fixtures.
+        # Short: Hypothesis and pytest print the arguments of strategies and fixtures, and a
+        # repr of megabytes is a HypothesisWarning (an error here) that hides the real failure.
         return f"Isolated({self.catalog.database!r})"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
 
 
 def _distinct(rows: list[dict[str, Any]], name: str, count: int = 25) -> tuple[Any, ...]:
