@@ -12,13 +12,9 @@ import asyncio
 import dataclasses
 import datetime as dt
 import math
-import os
 import re
-import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -27,7 +23,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from local_stack import ClickHouseServer, make_stack_directory
 from service.backends.dialect import (
     MODERN,
     Dialect,
@@ -46,7 +41,8 @@ from service.demo.generator import arrow_type
 from service.errors import AnalyticsError, ErrorKind
 from service.query.values import encode_text_parameter, typed_parameter
 from service.schema import SYNC_STATE_TABLE, all_ddl, replica_table_ddl
-from tests.conftest import catalog_in_database, unique_database
+from tests.conftest import catalog_in_database
+from tests.integration.conftest import Server
 from tests.strategies import HOSTILE_STRINGS, hostile_text
 
 pytestmark = pytest.mark.integration
@@ -57,48 +53,6 @@ SERVER = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-@dataclass
-class Server:
-    """The server under test; ``process`` is None when it was started by someone else."""
-
-    url: str
-    process: ClickHouseServer | None
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    """A ClickHouse server of our own in a fresh directory (or the developer's, from the env)."""
-    url = os.environ.get("LOCAL_STACK_CLICKHOUSE_URL")
-    if url:
-        yield Server(url, None)
-        return
-    directory = make_stack_directory("http-backend-")
-    process = ClickHouseServer(directory / "clickhouse")
-    process.start()
-    try:
-        yield Server(process.http_url, process)
-    finally:
-        process.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-async def backend(server: Server) -> AsyncIterator[HttpBackend]:
-    """One backend (and connection pool) for the whole module, as a service would have."""
-    http = HttpBackend(server.url, pool_size=4)
-    yield http
-    await http.close()
-
-
-@pytest.fixture(scope="module")
-async def database(backend: HttpBackend) -> AsyncIterator[str]:
-    """A database of this module's own."""
-    name = unique_database("http_backend")
-    await backend.command(f"CREATE DATABASE `{name}`")
-    yield name
-    await backend.command(f"DROP DATABASE IF EXISTS `{name}`")
 
 
 @pytest.fixture(scope="module")

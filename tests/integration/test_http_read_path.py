@@ -19,15 +19,13 @@ import asyncio
 import datetime as dt
 import json
 import math
-import os
 import random
 import re
-import shutil
 import struct
 import time
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -38,7 +36,6 @@ import pytest
 from aiohttp import web
 from pyarrow import ipc
 
-from local_stack import ClickHouseServer, make_stack_directory
 from service.backends.base import AnalyticsBackend
 from service.backends.dialect import quote_string
 from service.backends.embedded import EmbeddedBackend, _reset_after_error
@@ -65,6 +62,7 @@ from service.query.values import encode_text_parameter
 from service.schema import all_ddl
 from service.settings import DEFAULT_CATALOG
 from tests.conftest import catalog_in_database, unique_database
+from tests.integration.conftest import Server
 from tests.reference import assert_results_equal, evaluate, result_dicts
 from tests.strategies import HOSTILE_STRINGS
 
@@ -79,49 +77,7 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 SOME_MODEL = next(iter(load_catalog(DEFAULT_CATALOG).models.values()))
 
 
-# --- servers ------------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    """The server under test; ``process`` is None when it was started by someone else."""
-
-    url: str
-    process: ClickHouseServer | None
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    """A ClickHouse server of our own in a fresh directory (or the developer's, from the env)."""
-    url = os.environ.get("LOCAL_STACK_CLICKHOUSE_URL")
-    if url:
-        yield Server(url, None)
-        return
-    directory = make_stack_directory("http-read-")
-    process = ClickHouseServer(directory / "clickhouse")
-    process.start()
-    try:
-        yield Server(process.http_url, process)
-    finally:
-        process.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-async def backend(server: Server) -> AsyncIterator[HttpBackend]:
-    """One backend (and connection pool) for the module, as a service would have."""
-    http = HttpBackend(server.url, pool_size=4)
-    yield http
-    await http.close()
-
-
-@pytest.fixture(scope="module")
-async def database(backend: HttpBackend) -> AsyncIterator[str]:
-    """A database of this module's own on the server."""
-    name = unique_database("http_read")
-    await backend.command(f"CREATE DATABASE `{name}`")
-    yield name
-    await backend.command(f"DROP DATABASE IF EXISTS `{name}`")
+# --- the compiler gate -----------------------------------------------------------------
 
 
 async def skip_unless_compiled_sql_runs(backend: HttpBackend) -> None:
