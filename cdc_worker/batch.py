@@ -9,18 +9,16 @@ and writing fewer rows keeps inserts small.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
 
 from cdc_worker.events import RowChange, Truncate
-from service.catalog import FieldSpec, FieldType, Model
-from service.demo.generator import arrow_type
+from service.catalog import FieldSpec, Model
+from service.schema import arrow_type, zero_value
 
 _VERSION = "_version"
 _DELETED = "_is_deleted"
@@ -138,7 +136,7 @@ def _column_value(spec: FieldSpec, change: RowChange) -> Any:
     value = change.row.get(spec.name)
     missing = change.is_deleted or spec.name in change.unavailable
     if value is None and not spec.nullable and missing:
-        return _PLACEHOLDERS[spec.type]
+        return zero_value(spec)
     return value
 
 
@@ -151,16 +149,3 @@ def fill_unavailable(
     for name in filled:
         row[name] = previous.get(name)
     return dataclasses.replace(change, row=row, unavailable=change.unavailable - filled)
-
-
-_PLACEHOLDERS: dict[FieldType, Any] = {
-    FieldType.STRING: "",
-    FieldType.ENUM: "",
-    FieldType.UUID: "00000000-0000-0000-0000-000000000000",
-    FieldType.INT: 0,
-    FieldType.FLOAT: 0.0,
-    FieldType.DECIMAL: Decimal(0),
-    FieldType.BOOL: False,
-    FieldType.TIMESTAMP: dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
-    FieldType.DATE: dt.date(1970, 1, 1),
-}

@@ -43,6 +43,7 @@ from cdc_worker.events import (
     Truncate,
 )
 from service.catalog import Catalog, FieldSpec, FieldType, Model
+from service.schema import zero_value
 
 DEFAULT_TOPIC_PREFIX: Final = "analytics"
 HEARTBEAT_TOPIC_PREFIX: Final = "__debezium-heartbeat"
@@ -409,7 +410,7 @@ class DebeziumDecoder:
                 # Other columns are the identity's fallbacks under REPLICA IDENTITY DEFAULT and
                 # are never read under FINAL (the deleted row hides the key): decoding them could
                 # only turn a delete into a dead letter.
-                row[spec.name] = None if spec.nullable else _zero(spec)
+                row[spec.name] = None if spec.nullable else zero_value(spec)
         return RowChange(
             model=model,
             op="d",
@@ -915,21 +916,6 @@ def _days_from_civil(year: int, month: int, day: int) -> int:
     day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
     day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
     return era * 146_097 + day_of_era - 719_468
-
-
-def _zero(spec: FieldSpec) -> Any:
-    """The value a tombstone carries in a non-nullable field (ClickHouse's default)."""
-    return {
-        FieldType.STRING: "",
-        FieldType.ENUM: "",
-        FieldType.UUID: "00000000-0000-0000-0000-000000000000",
-        FieldType.INT: 0,
-        FieldType.FLOAT: 0.0,
-        FieldType.DECIMAL: Decimal(0).scaleb(-spec.scale),
-        FieldType.BOOL: False,
-        FieldType.TIMESTAMP: _EPOCH,
-        FieldType.DATE: _EPOCH_DATE,
-    }[spec.type]
 
 
 def _kind(raw: Any) -> str:

@@ -33,7 +33,7 @@ from service.backends.dialect import MODERN
 from service.catalog import Catalog, FieldType, Model
 from service.errors import AnalyticsError
 from service.query.values import encode_text_parameter
-from service.schema import SYNC_STATE_TABLE, all_ddl
+from service.schema import SYNC_STATE_TABLE, all_ddl, sync_state_table
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -361,7 +361,7 @@ class CdcWorker:
             return
         try:
             await self._sink.insert_arrow(
-                self._catalog.database, SYNC_STATE_TABLE, _state_table(rows)
+                self._catalog.database, SYNC_STATE_TABLE, sync_state_table(rows)
             )
         except AnalyticsError as error:
             log.debug("could not record the sync state", error=error.message)
@@ -381,22 +381,6 @@ def _stored_value(model: Model, column: str, value: Any) -> Any:
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def _state_table(rows: list[dict[str, Any]]) -> pa.Table:
-    timestamp = pa.timestamp("us", tz="UTC")
-    types = {
-        "table_name": pa.string(),
-        "source": pa.string(),
-        "last_sync_at": timestamp,
-        "updated_at": timestamp,
-        "state": pa.string(),
-        "pending_events": pa.int64(),
-        "events_per_second": pa.float64(),
-        "events_applied": pa.int64(),
-        "last_error": pa.string(),
-    }
-    return pa.table({name: pa.array([r[name] for r in rows], kind) for name, kind in types.items()})
 
 
 def heartbeat_value(ts_ms: int) -> bytes:

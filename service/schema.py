@@ -8,8 +8,15 @@ The partition key is derived from the tenant only, so a row can never move to an
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+
 from service.backends.dialect import MODERN, Dialect
-from service.catalog import Catalog, Model
+from service.catalog import Catalog, FieldSpec, FieldType, Model
 
 PARTITIONS = 16
 SYNC_STATE_TABLE = "_sync_state"
@@ -55,6 +62,62 @@ def sync_state_ddl(catalog: Catalog, *, dialect: Dialect = MODERN) -> str:
         "    `last_error` String DEFAULT ''\n"
         f") ENGINE = {dialect.replacing_engine('updated_at')}\n"
         "ORDER BY table_name"
+    )
+
+
+def arrow_type(spec: FieldSpec) -> pa.DataType:
+    """The Arrow type that carries a catalog field exactly (UUIDs travel in canonical text)."""
+    if spec.type is FieldType.DECIMAL:
+        return pa.decimal128(spec.precision, spec.scale)
+    return {
+        FieldType.STRING: pa.string(),
+        FieldType.ENUM: pa.string(),
+        FieldType.UUID: pa.string(),
+        FieldType.INT: pa.int64(),
+        FieldType.FLOAT: pa.float64(),
+        FieldType.BOOL: pa.bool_(),
+        FieldType.TIMESTAMP: _TIMESTAMP,
+        FieldType.DATE: pa.date32(),
+    }[spec.type]
+
+
+def zero_value(spec: FieldSpec) -> Any:
+    """What a tombstone carries in a non-nullable field (ClickHouse's default for the type).
+
+    Nobody reads it: FINAL keeps the tombstone and every query filters deleted rows.
+    """
+    return {
+        FieldType.STRING: "",
+        FieldType.ENUM: "",
+        FieldType.UUID: "00000000-0000-0000-0000-000000000000",
+        FieldType.INT: 0,
+        FieldType.FLOAT: 0.0,
+        FieldType.DECIMAL: Decimal(0).scaleb(-spec.scale),
+        FieldType.BOOL: False,
+        FieldType.TIMESTAMP: dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
+        FieldType.DATE: dt.date(1970, 1, 1),
+    }[spec.type]
+
+
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+_SYNC_STATE_TYPES = {
+    "table_name": pa.string(),
+    "source": pa.string(),
+    "last_sync_at": _TIMESTAMP,
+    "updated_at": _TIMESTAMP,
+    "state": pa.string(),
+    "pending_events": pa.int64(),
+    "events_per_second": pa.float64(),
+    "events_applied": pa.int64(),
+    "last_error": pa.string(),
+}
+
+
+def sync_state_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Rows for the sync-state table; columns the rows leave out take their DDL defaults."""
+    names = [name for name in _SYNC_STATE_TYPES if rows and name in rows[0]]
+    return pa.table(
+        {name: pa.array([row[name] for row in rows], _SYNC_STATE_TYPES[name]) for name in names}
     )
 
 

@@ -24,7 +24,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from service.catalog import Catalog, FieldSpec, FieldType, Model
+from service.catalog import Catalog, Model
+from service.schema import arrow_type
 
 Array = npt.NDArray[Any]
 
@@ -234,22 +235,6 @@ class DemoDataset:
     def row_count(self) -> int:
         """Rows of all versions across all models."""
         return sum(table.num_rows for table in self.tables.values())
-
-
-def arrow_type(spec: FieldSpec) -> pa.DataType:
-    """The Arrow type that carries a catalog field exactly (UUIDs travel in canonical text)."""
-    if spec.type is FieldType.DECIMAL:
-        return pa.decimal128(spec.precision, spec.scale)
-    return {
-        FieldType.STRING: pa.string(),
-        FieldType.ENUM: pa.string(),
-        FieldType.UUID: pa.string(),
-        FieldType.INT: pa.int64(),
-        FieldType.FLOAT: pa.float64(),
-        FieldType.BOOL: pa.bool_(),
-        FieldType.TIMESTAMP: pa.timestamp("us", tz="UTC"),
-        FieldType.DATE: pa.date32(),
-    }[spec.type]
 
 
 def dataset_fingerprint(

@@ -28,7 +28,7 @@ from service.demo.generator import (
     dataset_fingerprint,
     generate_dataset,
 )
-from service.schema import SYNC_STATE_TABLE, all_ddl
+from service.schema import SYNC_STATE_TABLE, all_ddl, sync_state_table
 
 DEMO_SOURCE = "demo"
 DEMO_STATE_TABLE = "_demo_state"
@@ -91,13 +91,16 @@ async def load_dataset(
     await backend.insert_arrow(
         catalog.database,
         SYNC_STATE_TABLE,
-        pa.table(
-            {
-                "table_name": pa.array([table for table, _ in completed], pa.string()),
-                "source": pa.array([DEMO_SOURCE] * len(completed), pa.string()),
-                "last_sync_at": pa.array([moment for _, moment in completed], _TIMESTAMP),
-                "updated_at": pa.array([now] * len(completed), _TIMESTAMP),
-            }
+        sync_state_table(
+            [
+                {
+                    "table_name": table,
+                    "source": DEMO_SOURCE,
+                    "last_sync_at": moment,
+                    "updated_at": now,
+                }
+                for table, moment in completed
+            ]
         ),
     )
     await _record_fingerprint(backend, catalog, dataset.fingerprint)

@@ -37,10 +37,9 @@ from service.backends.embedded import EmbeddedBackend
 from service.backends.http import HttpBackend, encode_tsv
 from service.catalog import Catalog, FieldType, Model, parse_catalog
 from service.catalog import FieldSpec as Spec
-from service.demo.generator import arrow_type
 from service.errors import AnalyticsError, ErrorKind
 from service.query.values import encode_text_parameter, typed_parameter
-from service.schema import SYNC_STATE_TABLE, all_ddl, replica_table_ddl
+from service.schema import SYNC_STATE_TABLE, all_ddl, arrow_type, replica_table_ddl
 from tests.conftest import catalog_in_database
 from tests.integration.conftest import Server
 from tests.strategies import HOSTILE_STRINGS, hostile_text

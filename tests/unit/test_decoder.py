@@ -45,7 +45,7 @@ from cdc_worker.events import (
     Truncate,
 )
 from service.catalog import Catalog, FieldSpec, FieldType, Model
-from service.demo.generator import arrow_type
+from service.schema import arrow_type
 
 MESSAGES = Path(__file__).parent / "debezium_messages"
 UTC = dt.UTC

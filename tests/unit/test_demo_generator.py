@@ -22,11 +22,11 @@ from service.demo.generator import (
     VERSION_COLUMN,
     DemoDataset,
     DemoError,
-    arrow_type,
     current_rows,
     dataset_fingerprint,
     generate_dataset,
 )
+from service.schema import arrow_type
 
 CONTACTS, DEALS, INVOICES = "crm.contacts", "crm.deals", "billing.invoices"
 Current = dict[str, list[dict[str, Any]]]

@@ -27,7 +27,7 @@ from cdc_worker.metrics import WorkerMetrics
 from cdc_worker.sync_tracker import SyncTracker, TableProgress
 from cdc_worker.worker import Topics, _stored_value
 from service.catalog import Catalog, FieldType, Model
-from service.demo.generator import arrow_type
+from service.schema import arrow_type
 
 UTC = dt.UTC
 T0 = dt.datetime(2024, 3, 1, 12, 30, 15, 250_000, tzinfo=UTC)
