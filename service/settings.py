@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     cdc_retry_max_seconds: float = Field(
         30.0, gt=0, description="Longest back-off between retries of a failed ClickHouse write."
     )
+    source_database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL DSN of the source database, read by backfills and the "
+        "incremental loader; unset: neither can run.",
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus text endpoint of the CDC worker; unset: off."
     )
