@@ -318,10 +318,12 @@ def engine_detail(backend: AnalyticsBackend) -> str:
             f"the {backend.name} engine enforces per-tenant row policies: each provisioned tenant "
             "queries as its own ClickHouse user, restricted to its rows by the engine"
         )
+    gap = getattr(backend, "row_policy_gap", "")
     return (
-        f"the {backend.name} engine cannot enforce per-tenant row policies: no per-tenant "
-        "ClickHouse users or row policies exist, and the query compiler's tenant filter is the "
-        "only isolation layer"
+        f"the {backend.name} engine cannot enforce per-tenant row policies"
+        + (f" ({gap})" if gap else "")
+        + ": no per-tenant ClickHouse users or row policies exist, and the query compiler's "
+        "tenant filter is the only isolation layer"
     )
 
 

@@ -59,6 +59,13 @@ error of the embedded backend instead: no loader has created the replica yet. Wh
 cancelled, its stream left early or its client-side deadline passes, the query is killed by its
 id: a server keeps running a query whose HTTP client went away (18.16 always; newer ones unless
 ``cancel_http_readonly_queries_on_client_close`` is on, which it is not by default).
+
+Tenant users (DESIGN.md section 6, layer 2). Given ``tenant_login`` (tenant id -> user and
+password, derived from the tenant credential secret) and a server with SQL access control
+(``detect_row_policies``), every compiled query of a tenant is sent as that tenant's user, whose
+row policies the provisioner created; statements, state reads and writes stay the service's own
+user. A tenant that was never provisioned (unknown user, wrong password, no grant) is refused
+with FORBIDDEN ``TENANT_NOT_PROVISIONED``, never answered as the service user.
 """
 
 from __future__ import annotations
@@ -88,6 +95,7 @@ import yarl
 from service.backends.base import QueryResult, QueryStats
 from service.backends.dialect import (
     Dialect,
+    bind_client_side,
     parse_version,
     quote_string,
     unescape_bytes,
@@ -104,6 +112,22 @@ log = structlog.get_logger(__name__)
 TIMEOUT_CODES = frozenset({"159", "160", "209"})
 #: ClickHouse error codes for a missing table or database.
 MISSING_TABLE_CODES = frozenset({"60", "81"})
+#: ClickHouse error codes a tenant user gets when it was never provisioned (or lost a grant):
+#: UNKNOWN_USER, AUTHENTICATION_FAILED, ACCESS_DENIED, REQUIRED_PASSWORD, WRONG_PASSWORD.
+TENANT_LOGIN_CODES = frozenset({"192", "516", "497", "194", "193"})
+# What engine messages must never show when logged: passwords and password hashes in access
+# statements (the provisioner redacts its own errors too; this covers the log line written here).
+_SECRET_IN_STATEMENT = re.compile(
+    r"(IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY\s+)'(?:[^'\\]|\\.)*'", re.IGNORECASE
+)
+_HEX_DIGEST = re.compile(r"\b[0-9a-fA-F]{64}\b")
+
+#: Percent-encoded characters of query parameters beyond which they are sent as literals in the
+#: body rather than in the URL (see ``_read_request``).
+MAX_URL_PARAMETER_CHARS = 256 * 1024
+
+#: A tenant's ClickHouse login: tenant id -> (user, password).
+TenantLogin = Callable[[str], tuple[str, str]]
 _ERROR_CODE = re.compile(r"Code: (\d+)")
 _EXCEPTION_LINE = re.compile(rb"^Code: \d+, e\.displayText\(\) = |^Code: \d+\. DB::Exception")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -177,8 +201,6 @@ class HttpBackend:
     """A ClickHouse server over its HTTP interface."""
 
     name = "clickhouse-server"
-    #: True once tenants query as their own users with row policies (needs SQL RBAC, 20.x+).
-    enforces_row_policies = False
 
     def __init__(
         self,
@@ -189,13 +211,16 @@ class HttpBackend:
         database_for_state: str = "default",
         pool_size: int = 8,
         connect_timeout: float = 5.0,
+        tenant_login: TenantLogin | None = None,
     ) -> None:
         """Describe the server; nothing connects before the first call.
 
         ``database_for_state`` is the session's default database (HTTP ``database``): where
         unqualified table names resolve; it must exist. ``pool_size`` caps concurrent
         connections; further calls wait for a free one. Calls without a ``timeout_seconds``
-        have no deadline, as on the embedded backend.
+        have no deadline, as on the embedded backend. ``tenant_login`` gives each tenant's user
+        and password; tenants query as their users once ``detect_row_policies`` found the server
+        able to enforce row policies.
         """
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
@@ -213,11 +238,49 @@ class HttpBackend:
         self._kills: set[asyncio.Task[None]] = set()
         self._closing = False
         self._closed = False
+        self._tenant_login = tenant_login
+        #: True once tenants query as their own users under row policies (``detect_row_policies``).
+        self.enforces_row_policies = False
+        #: Why row policies are not enforced, once ``detect_row_policies`` has looked.
+        self.row_policy_gap = "the server has not been asked yet"
 
     @property
     def url(self) -> str:
         """The server's base URL."""
         return self._url
+
+    async def detect_row_policies(self) -> bool:
+        """Turn on tenant users if the server has SQL access control and logins are configured.
+
+        The server is asked whether it knows row policies (``system.row_policies``, 20.x and
+        newer); 18.16 and chDB-like engines do not, and a server the service user may not ask
+        either is treated the same way: the compiler's tenant filter is then the only layer,
+        which the service says at start.
+        """
+        probing = _PROBING.set(True)
+        try:
+            await self.query_rows(
+                "SELECT count() AS n FROM system.row_policies", timeout_seconds=10
+            )
+        except AnalyticsError as exc:
+            if exc.kind is not ErrorKind.INTERNAL:
+                raise
+            self.row_policy_gap = "the server has no SQL access control (row policies need 20.x+)"
+        else:
+            self.row_policy_gap = (
+                "" if self._tenant_login else "ANALYTICS_TENANT_CREDENTIAL_SECRET is not set"
+            )
+        finally:
+            _PROBING.reset(probing)
+        self.enforces_row_policies = not self.row_policy_gap
+        return self.enforces_row_policies
+
+    def _login_headers(self, tenant: str) -> dict[str, str] | None:
+        """The headers that make a read run as ``tenant``'s user (None: the service's user)."""
+        if not self.enforces_row_policies or self._tenant_login is None or not tenant:
+            return None
+        user, password = self._tenant_login(tenant)
+        return {"X-ClickHouse-User": user, "X-ClickHouse-Key": password}
 
     # --- the interface ---------------------------------------------------------------------
 
@@ -243,13 +306,17 @@ class HttpBackend:
         INTERNAL with the server's message.
         """
         started = time.perf_counter()
+        login: dict[str, str] | None = None
         try:
             dialect = await self.dialect()
             arrow = dialect.version[:2] >= ARROW_STREAM_SINCE
             sql, arguments = await self._read_request(query, dialect, arrow, timeout_seconds)
-            response = await self._open(sql, arguments, timeout=timeout_seconds, query_id=query_id)
+            login = self._login_headers(query.tenant)
+            response = await self._open(
+                sql, arguments, timeout=timeout_seconds, query_id=query_id, headers=login
+            )
         except AnalyticsError as exc:
-            raise _read_path_error(exc) from None
+            raise _read_path_error(exc, as_tenant=login is not None) from None
         stream = HttpResultStream(
             response,
             query.columns,
@@ -312,6 +379,12 @@ class HttpBackend:
         known = await self.server_settings()
         bound, parameters = dialect.bind(query.sql, query.parameters)
         arguments: dict[str, str] = {}
+        if _url_length(parameters) > MAX_URL_PARAMETER_CHARS:
+            # Servers cap the request URL (``http_max_uri_size``, 1 MiB by default) and the
+            # parameters travel in it: values this long go into the body as literals instead,
+            # with the parser's own cap (``max_query_size``) raised to the query's length.
+            bound, parameters = bind_client_side(query.sql, query.parameters), {}
+            arguments["max_query_size"] = str(len(bound.encode("utf-8")) + 65_536)
         for name, value in query.settings.items():
             if name in known:
                 arguments[name] = _setting_text(value)
@@ -581,6 +654,7 @@ class HttpBackend:
         *,
         timeout: float,  # noqa: ASYNC109 - it becomes the server's max_execution_time
         query_id: str,
+        headers: Mapping[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
         """POST a read; return the response once it is known to be a 200, its body unread.
 
@@ -593,7 +667,7 @@ class HttpBackend:
         for attempt in (1, 2):
             try:
                 response = await self._client().post(
-                    url, data=data, timeout=self._client_timeout(timeout)
+                    url, data=data, timeout=self._client_timeout(timeout), headers=headers
                 )
                 if response.status != 200:
                     try:
@@ -1138,6 +1212,14 @@ def conform_array(array: pa.Array, logical: str) -> pa.Array:
 # --- errors -----------------------------------------------------------------------------------
 
 
+def _url_length(arguments: Mapping[str, str]) -> int:
+    """How many characters ``arguments`` take in a URL query string."""
+    return sum(
+        len(urllib.parse.quote(name)) + len(urllib.parse.quote(value)) + 2
+        for name, value in arguments.items()
+    )
+
+
 def _setting_text(value: str) -> str:
     """A compiled setting's value as an HTTP argument.
 
@@ -1160,13 +1242,22 @@ def _stale_connection(exc: Exception) -> bool:
     ) and not isinstance(exc, aiohttp.ClientConnectorError)
 
 
-def _read_path_error(error: AnalyticsError) -> AnalyticsError:
+def _read_path_error(error: AnalyticsError, *, as_tenant: bool = False) -> AnalyticsError:
     """``error`` as the read path reports it: a missing table is ``REPLICA_MISSING``.
 
     Nothing has created the replica yet (no loader has run): not ready rather than broken, the
-    same error the embedded backend gives.
+    same error the embedded backend gives. A read sent as a tenant's user that the server
+    refuses to let in means the tenant was never provisioned (or lost its grants).
     """
     code = error.metadata.get("engine_code", "")
+    if as_tenant and error.kind is ErrorKind.INTERNAL and code in TENANT_LOGIN_CODES:
+        return AnalyticsError(
+            ErrorKind.FORBIDDEN,
+            "the tenant is not provisioned on the analytics engine; provision it with "
+            "TenantService.Provision or `analytics tenants provision`",
+            "TENANT_NOT_PROVISIONED",
+            metadata={"engine_code": code},
+        )
     if error.kind is not ErrorKind.INTERNAL or code not in MISSING_TABLE_CODES:
         return error
     return AnalyticsError(
@@ -1197,6 +1288,7 @@ def _engine_error(message: str, code: str, query_id: str) -> AnalyticsError:
         level = log.debug
     else:
         level = log.warning if code in MISSING_TABLE_CODES else log.error
+    message = redact_secrets(message)
     level("engine error", engine_message=message[:2000], engine_code=code, query_id=query_id)
     return AnalyticsError(
         ErrorKind.INTERNAL,
@@ -1204,6 +1296,16 @@ def _engine_error(message: str, code: str, query_id: str) -> AnalyticsError:
         "ENGINE_ERROR",
         metadata={"engine_message": message[:500], "engine_code": code, "query_id": query_id},
     )
+
+
+def redact_secrets(message: str) -> str:
+    """An engine message with any password or 64-digit hex digest replaced by ``[HIDDEN]``.
+
+    Servers quote the failing statement in their errors; for ``CREATE USER``/``ALTER USER`` that
+    statement holds a tenant's password hash, which must reach neither logs nor callers.
+    """
+    message = _SECRET_IN_STATEMENT.sub(r"\1'[HIDDEN]'", message)
+    return _HEX_DIGEST.sub("[HIDDEN]", message)
 
 
 # --- reading TSVWithNamesAndTypes --------------------------------------------------------------

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from service.backends.embedded import EmbeddedBackend
+from service.backends.base import AnalyticsBackend
 from service.catalog import Catalog, Model
 from service.demo.generator import (
     DEFAULT_END,
@@ -52,7 +52,7 @@ def demo_state_ddl(catalog: Catalog) -> str:
 
 
 async def load_dataset(
-    backend: EmbeddedBackend,
+    backend: AnalyticsBackend,
     catalog: Catalog,
     dataset: DemoDataset,
     progress: Progress | None = None,
@@ -107,7 +107,7 @@ async def load_dataset(
 
 
 async def dataset_fingerprint_loaded(
-    backend: EmbeddedBackend, catalog: Catalog, fingerprint: str
+    backend: AnalyticsBackend, catalog: Catalog, fingerprint: str
 ) -> bool:
     """Whether the catalog's database holds the completely loaded dataset named ``fingerprint``."""
     exists = await backend.query_rows(
@@ -125,7 +125,7 @@ async def dataset_fingerprint_loaded(
 
 
 async def ensure_demo_loaded(
-    backend: EmbeddedBackend,
+    backend: AnalyticsBackend,
     catalog: Catalog,
     *,
     seed: int = DEFAULT_SEED,
@@ -158,7 +158,9 @@ def _complete_up_to(data: pa.Table | None) -> dt.datetime:
     return newest if isinstance(newest, dt.datetime) else _now()
 
 
-async def _record_fingerprint(backend: EmbeddedBackend, catalog: Catalog, fingerprint: str) -> None:
+async def _record_fingerprint(
+    backend: AnalyticsBackend, catalog: Catalog, fingerprint: str
+) -> None:
     await backend.insert_arrow(
         catalog.database,
         DEMO_STATE_TABLE,

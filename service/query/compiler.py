@@ -64,6 +64,9 @@ class CompiledQuery:
     model: Model
     limit: int
     settings: dict[str, str] = field(default_factory=dict)
+    #: The tenant the query was compiled for: the engine runs it as that tenant's user where
+    #: row policies are enforced (empty for queries that are not a tenant's).
+    tenant: str = ""
 
 
 @dataclass
@@ -181,7 +184,9 @@ def compile_query(
     # Without extended results, date functions clamp or wrap outside 1970-2106 instead of
     # bucketing the 1900-2299 range that filters and columns accept.
     settings = {"enable_extended_results_for_datetime_functions": "1"} if interval else {}
-    return CompiledQuery(sql, builder.parameters, tuple(columns), model, limit, settings)
+    return CompiledQuery(
+        sql, builder.parameters, tuple(columns), model, limit, settings, tenant=tenant
+    )
 
 
 def _field(model: Model, name: str, source: str) -> FieldSpec:

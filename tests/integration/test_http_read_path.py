@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import math
 import random
-import re
 import struct
 import time
 import tracemalloc
@@ -33,12 +31,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from aiohttp import web
-from pyarrow import ipc
 
 from service.backends.base import AnalyticsBackend
 from service.backends.dialect import quote_string
-from service.backends.embedded import EmbeddedBackend, _reset_after_error
+from service.backends.embedded import EmbeddedBackend
 from service.backends.http import (
     ARROW_STREAM_SINCE,
     HttpBackend,
@@ -61,6 +57,7 @@ from service.query.request import MetricRequest, QueryRequest
 from service.query.values import encode_text_parameter
 from service.schema import all_ddl
 from service.settings import DEFAULT_CATALOG
+from tests.chdb_http import ChdbOverHttp
 from tests.conftest import catalog_in_database, unique_database
 from tests.integration.conftest import Server
 from tests.reference import assert_results_equal, evaluate, result_dicts
@@ -658,124 +655,6 @@ async def test_stopped_server_is_unavailable_then_recovers(
 
 
 # --- the modern engine over HTTP -------------------------------------------------------------
-
-
-class ChdbOverHttp:
-    """ClickHouse's HTTP interface in front of the embedded engine (chDB, a current ClickHouse).
-
-    What a modern server does for the requests the backend sends: ``default_format``,
-    ``param_*`` query parameters, a few settings, ``X-ClickHouse-Summary`` with ``read_rows``
-    (the engine's rows read from storage) and ``elapsed_ns``, errors with
-    ``X-ClickHouse-Exception-Code`` (404 for a missing table, as servers since 22.x answer). The
-    body goes out in small pieces, so that Arrow messages straddle network reads.
-    """
-
-    #: Settings passed on to the engine (others the front takes and ignores, like readonly).
-    APPLIED = frozenset(
-        {
-            "max_execution_time",
-            "timeout_overflow_mode",
-            "enable_extended_results_for_datetime_functions",
-            "output_format_arrow_string_as_string",
-            "output_format_arrow_low_cardinality_as_dictionary",
-        }
-    )
-
-    def __init__(self, engine: EmbeddedBackend, chunk_bytes: int = 1000) -> None:
-        self.engine = engine
-        self.chunk_bytes = chunk_bytes
-        self.legacy_arrow = False
-        self.requests: list[dict[str, str]] = []
-        self.summaries: dict[str, dict[str, str]] = {}
-        self.kills: list[str] = []
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        arguments = dict(request.query)
-        sql = await request.text()
-        self.requests.append(arguments)
-        if sql.lstrip().upper().startswith("KILL QUERY"):
-            self.kills.append(sql)
-            return web.Response(text="")
-        fmt = arguments.get("default_format", "TabSeparated")
-        parameters = {k[6:]: v for k, v in arguments.items() if k.startswith("param_")}
-        settings = {k: v for k, v in arguments.items() if k in self.APPLIED}
-        try:
-            payload, rows_read, elapsed = await self._run(sql, fmt, parameters, settings)
-        except Exception as exc:  # the engine's error, as a server reports it
-            message = str(exc)
-            match = re.search(r"Code: (\d+)", message)
-            code = match.group(1) if match else ""
-            return web.Response(
-                status=404 if code in ("60", "81") else 500,
-                text=message,
-                headers={"X-ClickHouse-Exception-Code": code},
-            )
-        if self.legacy_arrow and fmt == "ArrowStream" and payload:
-            payload = legacy_arrow_stream(payload)
-        summary = {
-            "read_rows": str(rows_read),
-            "read_bytes": "0",
-            "written_rows": "0",
-            "written_bytes": "0",
-            "total_rows_to_read": str(rows_read),
-            "elapsed_ns": str(int(elapsed * 1e9)),
-        }
-        self.summaries[arguments.get("query_id", "")] = summary
-        response = web.StreamResponse(
-            headers={"X-ClickHouse-Summary": json.dumps(summary), "X-ClickHouse-Format": fmt}
-        )
-        await response.prepare(request)
-        for offset in range(0, len(payload), self.chunk_bytes):
-            await response.write(payload[offset : offset + self.chunk_bytes])
-        await response.write_eof()
-        return response
-
-    async def _run(
-        self, sql: str, fmt: str, parameters: dict[str, str], settings: dict[str, str]
-    ) -> tuple[bytes, int, float]:
-        if settings:
-            sql += " SETTINGS " + ", ".join(
-                f"{name} = {value if re.fullmatch(r'[0-9.]+', value) else quote_string(value)}"
-                for name, value in settings.items()
-            )
-
-        def query(connection: Any) -> tuple[bytes, int, float]:
-            try:
-                result = connection.query(sql, fmt, params=parameters or None)
-            except Exception:
-                _reset_after_error(connection)
-                raise
-            return result.bytes(), int(result.storage_rows_read()), float(result.elapsed())
-
-        async with self.engine._slots:
-            with self.engine._connection() as connection:
-                return await asyncio.to_thread(query, connection)
-
-
-def legacy_arrow_stream(payload: bytes) -> bytes:
-    """The same batches in the framing of Arrow writers before 0.15, zstd-compressed."""
-    table = ipc.open_stream(payload).read_all()
-    sink = pa.BufferOutputStream()
-    options = ipc.IpcWriteOptions(use_legacy_format=True, compression="zstd")
-    with ipc.new_stream(sink, table.schema, options=options) as writer:
-        writer.write_table(table, max_chunksize=5000)
-    return bytes(sink.getvalue().to_pybytes())
 
 
 @pytest.fixture(scope="module")
