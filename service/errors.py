@@ -19,6 +19,7 @@ class ErrorKind(enum.Enum):
     UNAUTHORIZED = "unauthorized"
     TIMEOUT = "gateway-timeout"
     UNAVAILABLE = "unavailable"
+    PRECONDITION = "failed-precondition"
     INTERNAL = "internal"
 
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,6 +33,13 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    rest_port: int | None = Field(
+        8080,
+        ge=0,
+        le=65535,
+        description="REST port (same host and process as gRPC); 0 picks a free one; "
+        "None (ANALYTICS_REST_PORT=off) serves no REST.",
+    )
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="Where the embedded engine keeps data.")
     catalog_path: Path = Field(DEFAULT_CATALOG, description="The model catalog (TOML).")
     clickhouse_url: str | None = Field(
@@ -107,6 +114,24 @@ class Settings(BaseSettings):
         description="PostgreSQL DSN of the source database, read by backfills and the "
         "incremental loader; unset: neither can run.",
     )
+    loader_poll_seconds: float = Field(
+        1.0, gt=0, description="How often the incremental loader polls each source table."
+    )
+    loader_batch_rows: int = Field(
+        50_000, ge=1, description="Rows the incremental loader reads and writes per batch."
+    )
+    loader_lookback_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How far behind the poll's start the loader's watermark stays (write stamps "
+        "that lag their commit); open transactions hold it back further.",
+    )
+    loader_reconcile_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How often the loader compares replica and source keys to find hard "
+        "deletes; 0: never.",
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus text endpoint of the CDC worker; unset: off."
     )
@@ -114,6 +139,14 @@ class Settings(BaseSettings):
         "auto", description="auto: readable on a terminal, JSON otherwise."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+
+    @field_validator("rest_port", mode="before")
+    @classmethod
+    def _rest_port_off(cls, value: object) -> object:
+        # An environment variable cannot be None: "off" (or empty) disables the REST site.
+        if isinstance(value, str) and value.strip().lower() in ("", "off", "none"):
+            return None
+        return value
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:

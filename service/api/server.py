@@ -22,18 +22,21 @@ from analytics.v1 import (
     tenant_pb2_grpc,
 )
 from service.api.analytics_servicer import AnalyticsServicer
+from service.api.health import IsolationReportingHealth
 from service.api.interceptors import AuthInterceptor
+from service.api.rest_app import RestServer
 from service.api.sync_servicer import SyncServicer
 from service.api.tenant_servicer import TenantServicer
 from service.auth import TokenVerifier
 from service.backends.base import AnalyticsBackend
 from service.backends.embedded import EmbeddedBackend
-from service.backends.http import HttpBackend
+from service.backends.http import HttpBackend, TenantLogin
+from service.backfill_jobs import BackfillLauncherFactory
 from service.catalog import Catalog, load_catalog
 from service.query.compiler import QueryLimits
 from service.query_service import QueryService
 from service.settings import Settings
-from service.tenants import TenantProvisioner, engine_detail
+from service.tenants import TenantProvisioner, derive_credentials, engine_detail, secret_bytes
 
 log = structlog.get_logger(__name__)
 ANALYTICS_SERVICE = analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
@@ -43,18 +46,23 @@ TENANT_SERVICE = tenant_pb2.DESCRIPTOR.services_by_name["TenantService"].full_na
 
 @dataclass
 class RunningServer:
-    """A started server, the port it bound and its health servicer."""
+    """A started server, the ports it bound (gRPC, REST) and its health servicer."""
 
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
     backend: AnalyticsBackend
     owns_backend: bool
+    rest: RestServer | None = None
+    rest_port: int | None = None
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish, then release an engine it opened."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        stopping = [self.server.stop(grace)]
+        if self.rest is not None:
+            stopping.append(self.rest.stop(grace))
+        await asyncio.gather(*stopping)
         if self.owns_backend:
             await self.backend.close()
 
@@ -67,6 +75,20 @@ def tenant_provisioner(
     return TenantProvisioner(catalog, backend, secret.get_secret_value() if secret else None)
 
 
+def tenant_login(settings: Settings) -> TenantLogin | None:
+    """Each tenant's ClickHouse user and password, derived from the credential secret if set."""
+    secret = settings.tenant_credential_secret
+    if secret is None:
+        return None
+    key = secret_bytes(secret.get_secret_value())
+
+    def login(tenant_id: str) -> tuple[str, str]:
+        credentials = derive_credentials(key, tenant_id)
+        return credentials.user, credentials.password
+
+    return login
+
+
 def open_backend(settings: Settings) -> AnalyticsBackend:
     """The engine the settings select: a ClickHouse server if a URL is set, else chDB."""
     if settings.clickhouse_url:
@@ -75,6 +97,7 @@ def open_backend(settings: Settings) -> AnalyticsBackend:
             settings.clickhouse_url,
             user=settings.clickhouse_user,
             password=password.get_secret_value() if password else "",
+            tenant_login=tenant_login(settings),
         )
     return EmbeddedBackend(settings.data_dir, pool_size=settings.engine_pool_size)
 
@@ -95,9 +118,17 @@ async def check_query_features(backend: AnalyticsBackend) -> None:
 
 
 async def start_server(
-    settings: Settings, *, catalog: Catalog | None = None, backend: AnalyticsBackend | None = None
+    settings: Settings,
+    *,
+    catalog: Catalog | None = None,
+    backend: AnalyticsBackend | None = None,
+    backfills: BackfillLauncherFactory | None = None,
 ) -> RunningServer:
-    """Build and start the server on ``settings.host:settings.port`` (port 0: a free one)."""
+    """Build and start the server on ``settings.host:settings.port`` (port 0: a free one).
+
+    ``backfills`` makes the launcher SyncService.StartBackfill uses (the replication package's,
+    injected by the composition root); without it StartBackfill answers FAILED_PRECONDITION.
+    """
     catalog = catalog or load_catalog(settings.catalog_path)
     owns_backend = backend is None
     backend = backend or open_backend(settings)
@@ -110,8 +141,9 @@ async def start_server(
         ),
         timeout_seconds=settings.query_timeout_seconds,
     )
+    verifier = TokenVerifier(settings)
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(TokenVerifier(settings))],
+        interceptors=[AuthInterceptor(verifier)],
         options=[
             # With reuseport a second server on the same port would silently take traffic.
             ("grpc.so_reuseport", 0),
@@ -127,10 +159,13 @@ async def start_server(
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
         AnalyticsServicer(queries, settings.stream_chunk_rows), server
     )
-    sync_pb2_grpc.add_SyncServiceServicer_to_server(SyncServicer(catalog, backend), server)
+    launcher = backfills(catalog, backend) if backfills is not None else None
+    sync_pb2_grpc.add_SyncServiceServicer_to_server(
+        SyncServicer(catalog, backend, launcher), server
+    )
     provisioner = tenant_provisioner(settings, catalog, backend)
     tenant_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(provisioner), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = IsolationReportingHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
@@ -147,9 +182,21 @@ async def start_server(
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
     await backend.ping()
     await check_query_features(backend)
+    if isinstance(backend, HttpBackend):
+        await backend.detect_row_policies()
+    health_servicer.isolation = engine_detail(backend)
     # A catalog that gained a table gets every tenant's grants and row policies re-applied.
     await provisioner.reconcile()
     await server.start()
+    rest: RestServer | None = None
+    rest_port: int | None = None
+    if settings.rest_port is not None:
+        rest = RestServer(queries, verifier, max_body_bytes=settings.max_message_bytes)
+        try:
+            rest_port = await rest.start(settings.host, settings.rest_port)
+        except OSError:
+            await server.stop(None)
+            raise
     for service_name in ("", ANALYTICS_SERVICE, SYNC_SERVICE, TENANT_SERVICE):
         await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
     if settings.uses_development_secret:
@@ -162,10 +209,11 @@ async def start_server(
     log.info(
         "serving",
         address=f"{settings.host}:{port}",
+        rest_address=f"http://{settings.host}:{rest_port}" if rest_port is not None else None,
         backend=backend.name,
         models=sorted(m.qualified_name for m in catalog.models.values()),
     )
-    return RunningServer(server, port, health_servicer, backend, owns_backend)
+    return RunningServer(server, port, health_servicer, backend, owns_backend, rest, rest_port)
 
 
 async def serve(
@@ -175,6 +223,7 @@ async def serve(
     backend: AnalyticsBackend | None = None,
     worker: Callable[[Catalog, AnalyticsBackend, asyncio.Event], Coroutine[Any, Any, None]]
     | None = None,
+    backfills: BackfillLauncherFactory | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully.
 
@@ -183,7 +232,7 @@ async def serve(
     it writes and commits what it holds.
     """
     catalog = catalog or load_catalog(settings.catalog_path)
-    running = await start_server(settings, catalog=catalog, backend=backend)
+    running = await start_server(settings, catalog=catalog, backend=backend, backfills=backfills)
     running.owns_backend = True
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

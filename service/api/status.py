@@ -19,6 +19,7 @@ _CODES = {
     ErrorKind.UNAUTHORIZED: code_pb2.UNAUTHENTICATED,
     ErrorKind.TIMEOUT: code_pb2.DEADLINE_EXCEEDED,
     ErrorKind.UNAVAILABLE: code_pb2.UNAVAILABLE,
+    ErrorKind.PRECONDITION: code_pb2.FAILED_PRECONDITION,
     ErrorKind.INTERNAL: code_pb2.INTERNAL,
 }
 

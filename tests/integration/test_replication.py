@@ -142,6 +142,7 @@ async def replication(
         await asyncio.to_thread(stack.register_connector)
         settings = Settings(
             port=0,
+            rest_port=0,
             kafka_bootstrap_servers=stack.kafka.bootstrap_servers,
             kafka_group_id=f"test-{uuid.uuid4().hex[:8]}",
             metrics_port=free_port(),

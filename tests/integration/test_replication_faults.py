@@ -140,6 +140,7 @@ class ServeProcess:
             "ANALYTICS_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "ANALYTICS_KAFKA_GROUP_ID": group,
             "ANALYTICS_LOG_FORMAT": "json",
+            "ANALYTICS_REST_PORT": "0",
         }
         self.process: asyncio.subprocess.Process | None = None
         self.port = 0

@@ -82,7 +82,12 @@ async def _pump(stream: asyncio.StreamReader, sink: list[str]) -> None:
 @pytest.fixture(scope="module")
 async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServedProcess]:
     data_dir = tmp_path_factory.mktemp("served")
-    env = {**os.environ, "ANALYTICS_DATA_DIR": str(data_dir), "ANALYTICS_LOG_FORMAT": "json"}
+    env = {
+        **os.environ,
+        "ANALYTICS_DATA_DIR": str(data_dir),
+        "ANALYTICS_LOG_FORMAT": "json",
+        "ANALYTICS_REST_PORT": "0",
+    }
     prepare = await asyncio.create_subprocess_exec(
         sys.executable, "-c", PREPARE, str(data_dir), env=env, cwd=PROJECT_ROOT
     )

@@ -42,7 +42,7 @@ async def test_a_server_too_old_for_the_compiler_is_refused_at_start(
             pytest.skip("this ClickHouse server has every feature the compiler needs")
         with pytest.raises(RuntimeError, match=r"needs ClickHouse 23\.8 or newer") as caught:
             await start_server(
-                Settings(port=0, clickhouse_url=clickhouse.http_url), backend=backend
+                Settings(port=0, rest_port=0, clickhouse_url=clickhouse.http_url), backend=backend
             )
         assert "DateTime64" in str(caught.value)
     finally:

@@ -1,0 +1,327 @@
+"""The REST transport: ``POST /v1/data/{module}/analytics`` and its OpenAPI document.
+
+It runs in the gRPC server's process and event loop (aiohttp.web) and shares its QueryService,
+TokenVerifier and audit trail. The body is the proto3 JSON of the gRPC ``QueryRequest``, parsed
+into that same message, so REST and grpcurl accept the same documents; the response is the JSON
+the gRPC ``Query`` returns. Every failure is an ``application/problem+json`` document, never a
+stack trace.
+
+``{module}`` scopes the model: ``"model": "deals"`` under ``/v1/data/crm/analytics`` is
+``crm.deals``; ``"model": "crm.deals"`` is accepted there too, but under any other module it is
+404 ``not-found``, like every model the module does not have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import structlog
+from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from analytics.v1 import analytics_pb2
+from service import audit
+from service.api import convert
+from service.api.interceptors import TRACE_HEADER, trace_id_from
+from service.api.openapi import OPENAPI_PATH, QUERY_PATH, openapi_document
+from service.api.problem import (
+    PROBLEM_CONTENT_TYPE,
+    http_problem_document,
+    problem_document,
+    www_authenticate,
+)
+from service.auth import Principal, TokenVerifier
+from service.catalog import Catalog
+from service.errors import AnalyticsError, ErrorKind, not_found, validation_error
+from service.query.request import QueryRequest
+from service.query_service import QueryService
+
+if TYPE_CHECKING:
+    from google._upb._message import FieldDescriptor as UpbFieldDescriptor
+
+# The stubs give descriptors of generated messages as either implementation's class.
+_Field: TypeAlias = "FieldDescriptor | UpbFieldDescriptor"
+log = structlog.get_logger(__name__)
+# The audit records' `rpc` of REST calls, beside gRPC's method names.
+REST_RPC = "POST " + QUERY_PATH
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RestServer:
+    """The aiohttp application and its site, started and stopped with the gRPC server."""
+
+    def __init__(
+        self,
+        queries: QueryService,
+        verifier: TokenVerifier,
+        *,
+        max_body_bytes: int,
+    ) -> None:
+        """Serve ``queries`` to callers ``verifier`` accepts; bodies up to ``max_body_bytes``."""
+        self._queries = queries
+        self._verifier = verifier
+        self._openapi = openapi_document(queries.catalog)
+        self._app = web.Application(middlewares=[self._problems], client_max_size=max_body_bytes)
+        self._app.router.add_post(QUERY_PATH, self._query)
+        self._app.router.add_get(OPENAPI_PATH, self._openapi_json)
+        self._runner: web.AppRunner | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self, host: str, port: int) -> int:
+        """Bind ``host:port`` (0: a free port) and serve; return the bound port."""
+        # handler_cancellation: a client that hangs up cancels its handler, and so its engine
+        # query, as a cancelled gRPC call does. The access log is off: the audit records every
+        # query. Shutdown waits in stop(), so aiohttp's own wait is zero.
+        runner = web.AppRunner(
+            self._app, access_log=None, handler_cancellation=True, shutdown_timeout=0.0
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port, reuse_port=False)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        return int(runner.addresses[0][1])
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, give in-flight requests ``grace`` seconds, then close everything."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        for site in list(runner.sites):
+            await site.stop()
+        if not self._idle.is_set():
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace)
+            except TimeoutError:
+                log.warning("REST requests still running after the grace period are cancelled")
+        await runner.cleanup()
+
+    @web.middleware
+    async def _problems(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """Trace id in and out, and every failure as a problem document."""
+        trace_id = trace_id_from({"traceparent": request.headers.get("traceparent", "")})
+        # Requests on one keep-alive connection share a task, so its context is reset here.
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(trace_id=trace_id, rpc=REST_RPC)
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            response = await handler(request)
+        except AnalyticsError as error:
+            response = _problem_response(problem_document(error, trace_id))
+            if error.kind is ErrorKind.UNAUTHORIZED:
+                sent = bool(request.headers.get("Authorization"))
+                response.headers["WWW-Authenticate"] = www_authenticate(sent)
+        except web.HTTPException as exc:
+            response = _problem_response(
+                http_problem_document(exc.status, _http_detail(request, exc), trace_id)
+            )
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+        except Exception:
+            log.exception("REST request failed")
+            response = _problem_response(
+                problem_document(
+                    AnalyticsError(ErrorKind.INTERNAL, "internal error", "INTERNAL"), trace_id
+                )
+            )
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+        response.headers[TRACE_HEADER] = trace_id
+        return response
+
+    async def _openapi_json(self, _request: web.Request) -> web.Response:
+        return web.json_response(self._openapi)
+
+    async def _query(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        principal = self._authenticate(request, started)
+        model = ""
+        try:
+            message = parse_query_body(request.content_type, await request.read())
+            model = message.model
+            scoped = scope_to_module(
+                convert.query_request(message), request.match_info["module"], self._queries.catalog
+            )
+        except AnalyticsError as error:
+            # The QueryService audits the failures it sees; these happen before it.
+            _audit_failure(principal, model, started, error)
+            raise
+        outcome = await self._queries.run(principal, scoped, remaining=None, rpc=REST_RPC)
+        response = analytics_pb2.QueryResponse(
+            data=convert.struct_rows(outcome.columns, outcome.table),
+            meta=convert.query_meta(outcome.columns, outcome.stats, outcome.last_sync_at),
+        )
+        return web.json_response(convert.response_json(response))
+
+    def _authenticate(self, request: web.Request, started: float) -> Principal:
+        try:
+            principal = self._verifier.verify_header(request.headers.get("Authorization"))
+        except AnalyticsError as error:
+            audit.record_query(
+                tenant="",
+                subject="",
+                model="",
+                rpc=REST_RPC,
+                outcome=error.kind.value,
+                reason=error.reason,
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )
+            raise
+        structlog.contextvars.bind_contextvars(tenant=principal.tenant, subject=principal.subject)
+        return principal
+
+
+def parse_query_body(content_type: str, body: bytes) -> analytics_pb2.QueryRequest:
+    """The ``QueryRequest`` a JSON body holds; a validation error naming the fault otherwise.
+
+    The proto3 JSON mapping decides what is accepted (camelCase or proto field names, integers
+    also as strings); the body is checked property by property first so that an error names
+    the offending property (``limit``, ``metrics[0].alias``).
+    """
+    if content_type != "application/json":
+        raise validation_error(
+            "Content-Type",
+            f"Content-Type: send the body as application/json, not {content_type or 'nothing'}",
+            "UNSUPPORTED_CONTENT_TYPE",
+        )
+    try:
+        document = json.loads(body.decode("utf-8"), object_pairs_hook=_refuse_duplicates)
+    except UnicodeDecodeError:
+        raise validation_error("body", "body: not UTF-8 text", "INVALID_JSON") from None
+    except (ValueError, RecursionError) as exc:
+        raise validation_error("body", f"body: not valid JSON: {exc}", "INVALID_JSON") from None
+    message = analytics_pb2.QueryRequest()
+    _parse_object(document, message, "")
+    return message
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"the property {key!r} is given twice")
+        result[key] = value
+    return result
+
+
+def _parse_object(document: object, message: Message, path: str) -> None:
+    where = path or "body"
+    descriptor = message.DESCRIPTOR
+    if not isinstance(document, dict):
+        raise validation_error(
+            where, f"{where}: must be a JSON object ({descriptor.name})", "INVALID_JSON"
+        )
+    fields = _json_fields(message)
+    seen: set[str] = set()
+    for key, value in document.items():
+        name = f"{path}.{key}" if path else key
+        field = fields.get(key)
+        if field is None:
+            known = ", ".join(f.json_name for f in descriptor.fields)
+            raise validation_error(
+                name, f"{name}: unknown property; {descriptor.name} has {known}", "UNKNOWN_PROPERTY"
+            )
+        if field.name in seen:
+            raise validation_error(
+                name, f"{name}: given twice (as {field.name} and {field.json_name})", "INVALID_JSON"
+            )
+        seen.add(field.name)
+        if _is_message_list(field) and isinstance(value, list):
+            for index, item in enumerate(value):
+                _parse_object(item, getattr(message, field.name).add(), f"{name}[{index}]")
+            continue
+        if _is_map(field) and isinstance(value, dict):
+            for entry, text in value.items():
+                if not isinstance(text, str):
+                    raise validation_error(
+                        f"{name}.{entry}",
+                        f"{name}.{entry}: must be a string such as eq.closed_won",
+                        "INVALID_TYPE",
+                    )
+        try:
+            json_format.ParseDict({key: value}, message)
+        except json_format.ParseError as exc:
+            reason = str(exc).split("\n", 1)[0]
+            raise validation_error(name, f"{name}: {reason}", "INVALID_TYPE") from None
+
+
+def _is_map(field: _Field) -> bool:
+    return field.message_type is not None and bool(field.message_type.GetOptions().map_entry)
+
+
+def _is_message_list(field: _Field) -> bool:
+    return field.is_repeated and field.message_type is not None and not _is_map(field)
+
+
+def _json_fields(message: Message) -> dict[str, _Field]:
+    fields: dict[str, _Field] = {}
+    for field in message.DESCRIPTOR.fields:
+        fields[field.name] = field
+        fields[field.json_name] = field
+    return fields
+
+
+def scope_to_module(request: QueryRequest, module: str, catalog: Catalog) -> QueryRequest:
+    """The request with its model qualified by the path's module.
+
+    A bare name is looked up in the module; ``module.model`` must name the path's module. Either
+    way a model the module lacks is ``not-found``. An empty model is left to the compiler, which
+    reports it as required.
+    """
+    if not request.model:
+        return request
+    prefix, dot, name = request.model.partition(".")
+    if not dot:
+        name = prefix
+    elif prefix != module:
+        raise not_found(
+            f"model: {request.model[:200]!r} is not a model of module {module[:100]!r}",
+            model=request.model[:200],
+        )
+    if catalog.get(module, name) is None:
+        raise not_found(
+            f"model: module {module[:100]!r} has no model {name[:200]!r}",
+            model=f"{module[:100]}.{name[:200]}",
+        )
+    return dataclasses.replace(request, model=f"{module}.{name}")
+
+
+def _http_detail(request: web.Request, exc: web.HTTPException) -> str:
+    if isinstance(exc, web.HTTPNotFound):
+        return f"no endpoint at {request.path[:200]}; queries go to POST {QUERY_PATH}"
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return f"{request.method} is not allowed here; use {', '.join(sorted(exc.allowed_methods))}"
+    return exc.text or exc.reason
+
+
+def _problem_response(document: dict[str, Any]) -> web.Response:
+    return web.json_response(
+        document, status=int(document["status"]), content_type=PROBLEM_CONTENT_TYPE
+    )
+
+
+def _audit_failure(principal: Principal, model: str, started: float, error: AnalyticsError) -> None:
+    audit.record_query(
+        tenant=principal.tenant,
+        subject=principal.subject,
+        model=model[:200],
+        rpc=REST_RPC,
+        outcome=error.kind.value,
+        reason=error.reason,
+        duration_ms=(time.perf_counter() - started) * 1000,
+    )
