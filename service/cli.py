@@ -23,6 +23,7 @@ from service.api.server import open_backend, serve, tenant_provisioner
 from service.auth import mint_token
 from service.backends.base import AnalyticsBackend
 from service.backends.embedded import EmbeddedBackend
+from service.backfill_jobs import BackfillLauncherFactory
 from service.catalog import Catalog, CatalogError, load_catalog
 from service.demo.generator import generate_dataset
 from service.demo.loader import ensure_demo_loaded, load_dataset
@@ -39,6 +40,8 @@ BackgroundTask = Callable[[Catalog, AnalyticsBackend, asyncio.Event], Coroutine[
 ServeWorker = Callable[[Settings], BackgroundTask | None]
 """Given the settings, what ``serve`` runs beside the server (the CDC worker), if anything."""
 AddCommands = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+ServeBackfills = Callable[[Settings], BackfillLauncherFactory]
+"""Given the settings, how ``serve`` makes the launcher behind SyncService.StartBackfill."""
 
 
 def main(
@@ -46,14 +49,16 @@ def main(
     *,
     serve_worker: ServeWorker | None = None,
     add_commands: AddCommands | None = None,
+    backfills: ServeBackfills | None = None,
 ) -> int:
     """Run one ``analytics`` command.
 
     The replication package extends the command (``worker``, and the CDC worker inside
-    ``serve``) through ``serve_worker`` and ``add_commands``: the service never imports it.
+    ``serve``) through ``serve_worker`` and ``add_commands``, and gives ``serve`` its backfill
+    engine through ``backfills``: the service never imports it.
     """
     parser = _parser(add_commands)
-    parser.set_defaults(serve_worker=serve_worker)
+    parser.set_defaults(serve_worker=serve_worker, serve_backfills=backfills)
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {
         key: value
@@ -146,7 +151,8 @@ def _server_options(command: argparse.ArgumentParser) -> None:
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     worker = args.serve_worker(settings) if args.serve_worker else None
-    asyncio.run(serve(settings, worker=worker))
+    backfills = args.serve_backfills(settings) if args.serve_backfills else None
+    asyncio.run(serve(settings, worker=worker, backfills=backfills))
     return 0
 
 

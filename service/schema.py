@@ -19,7 +19,10 @@ from service.backends.dialect import MODERN, Dialect
 from service.catalog import Catalog, FieldSpec, FieldType, Model
 
 PARTITIONS = 16
+FORCE_MERGE_AFTER_SECONDS = 60
+"""Seconds without inserts after which a replica partition is merged into one part."""
 SYNC_STATE_TABLE = "_sync_state"
+BACKFILL_CHECKPOINTS_TABLE = "_backfill_checkpoints"
 
 
 def replica_table_ddl(catalog: Catalog, model: Model, *, dialect: Dialect = MODERN) -> str:
@@ -33,17 +36,34 @@ def replica_table_ddl(catalog: Catalog, model: Model, *, dialect: Dialect = MODE
     columns += [dialect.column_definition(spec.name, spec) for spec in model.fields.values()]
     columns += ["`_version` UInt64", "`_is_deleted` UInt8"]
     order_by = ", ".join(f"`{c}`" for c in (model.tenant_column, *model.primary_key))
+    settings = ""
+    if dialect.is_modern:
+        # FINAL has nothing to merge in a partition of one part (bench/README.md: unmerged
+        # versions cost FINAL 3-7 times a plain scan). A partition left alone for a while is
+        # merged into one part; one still being written is left to the usual merges, so a
+        # steady stream of inserts never rewrites a whole partition again and again.
+        settings = (
+            f"\nSETTINGS min_age_to_force_merge_seconds = {FORCE_MERGE_AFTER_SECONDS}, "
+            "min_age_to_force_merge_on_partition_only = 1"
+        )
     return (
         f"CREATE TABLE IF NOT EXISTS `{catalog.database}`.`{model.table}` (\n    "
         + ",\n    ".join(columns)
         + f"\n) ENGINE = {dialect.replacing_engine('_version', '_is_deleted')}\n"
         f"PARTITION BY cityHash64(`{model.tenant_column}`) % {PARTITIONS}\n"
         f"ORDER BY ({order_by})"
+        f"{settings}"
     )
 
 
 def sync_state_ddl(catalog: Catalog, *, dialect: Dialect = MODERN) -> str:
     """The table whatever loads data writes: per replica table, the time it is complete up to.
+
+    One row per (table, source) survives merges, so a backfill's report does not replace the
+    CDC worker's (and the reader can prefer a running backfill). Writers append a row per
+    report with the ``sync_state_table`` columns: ``table_name``, ``source`` (``cdc``,
+    ``loader``, ``backfill``), ``last_sync_at``, ``updated_at`` (now), ``state`` (``streaming``,
+    ``error``, ``snapshot``, ``idle``), and optionally the counters and ``last_error``.
 
     On a legacy server (see ``service.backends.dialect``) the two times are Int64 microseconds
     since the epoch, so ``updated_at`` stays an exact, monotonic version, and the low-cardinality
@@ -61,7 +81,34 @@ def sync_state_ddl(catalog: Catalog, *, dialect: Dialect = MODERN) -> str:
         "    `events_applied` Int64 DEFAULT 0,\n"
         "    `last_error` String DEFAULT ''\n"
         f") ENGINE = {dialect.replacing_engine('updated_at')}\n"
-        "ORDER BY table_name"
+        "ORDER BY (table_name, source)"
+    )
+
+
+def backfill_checkpoints_ddl(catalog: Catalog, *, dialect: Dialect = MODERN) -> str:
+    """Where backfills keep their progress: one row per (table, backfill, key range).
+
+    ``range_index`` -1 is the backfill itself (its state and plan); every other row is one
+    primary-key range ``[range_start, range_end)`` whose keys below ``next_key`` are copied.
+    ``snapshot_lsn`` is the WAL position of the snapshot the range's rows were first read in
+    (their versions are ``2 * snapshot_lsn``). The newest ``updated_at`` of a row wins.
+    """
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{catalog.database}`.`{BACKFILL_CHECKPOINTS_TABLE}` (\n"
+        "    `table_name` String,\n"
+        "    `backfill_id` String,\n"
+        "    `range_index` Int32,\n"
+        "    `range_start` Int64,\n"
+        "    `range_end` Int64,\n"
+        "    `next_key` Int64,\n"
+        "    `rows_copied` Int64,\n"
+        "    `snapshot_lsn` UInt64,\n"
+        f"    `state` {dialect.string_key_type()},\n"
+        "    `rows_total` Int64 DEFAULT 0,\n"
+        "    `error` String DEFAULT '',\n"
+        f"    {dialect.timestamp_column_definition('updated_at')}\n"
+        f") ENGINE = {dialect.replacing_engine('updated_at')}\n"
+        "ORDER BY (table_name, backfill_id, range_index)"
     )
 
 
@@ -121,6 +168,32 @@ def sync_state_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     )
 
 
+_CHECKPOINT_TYPES = {
+    "table_name": pa.string(),
+    "backfill_id": pa.string(),
+    "range_index": pa.int32(),
+    "range_start": pa.int64(),
+    "range_end": pa.int64(),
+    "next_key": pa.int64(),
+    "rows_copied": pa.int64(),
+    "snapshot_lsn": pa.uint64(),
+    "state": pa.string(),
+    "rows_total": pa.int64(),
+    "error": pa.string(),
+    "updated_at": _TIMESTAMP,
+}
+
+
+def backfill_checkpoint_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Rows for the backfill checkpoint table (every column given)."""
+    return pa.table(
+        {
+            name: pa.array([row[name] for row in rows], kind)
+            for name, kind in _CHECKPOINT_TYPES.items()
+        }
+    )
+
+
 def database_ddl(catalog: Catalog) -> str:
     """``CREATE DATABASE IF NOT EXISTS`` for the catalog's database."""
     return f"CREATE DATABASE IF NOT EXISTS `{catalog.database}`"
@@ -128,7 +201,11 @@ def database_ddl(catalog: Catalog) -> str:
 
 def all_ddl(catalog: Catalog, *, dialect: Dialect = MODERN) -> list[str]:
     """Every statement that prepares an empty engine for the catalog, in order."""
-    statements = [database_ddl(catalog), sync_state_ddl(catalog, dialect=dialect)]
+    statements = [
+        database_ddl(catalog),
+        sync_state_ddl(catalog, dialect=dialect),
+        backfill_checkpoints_ddl(catalog, dialect=dialect),
+    ]
     statements += [
         replica_table_ddl(catalog, model, dialect=dialect) for model in catalog.models.values()
     ]

@@ -1,9 +1,16 @@
-"""Replication status per table, read from the sync-state table the loaders write."""
+"""Replication status per table, read from the sync-state table the loaders write.
+
+Each source (``cdc``, ``loader``, ``backfill``) keeps its own latest row per table. The status
+of a table is its running backfill's while one reports (state ``snapshot``, fresh), else the
+most recent report of any source. ``rows`` is counted in the replica when the status is read:
+live rows after FINAL, the number a ``count`` query would answer across all tenants.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from service.backends.base import AnalyticsBackend
 from service.catalog import Catalog, Model
@@ -28,6 +35,9 @@ class TableStatus:
     state: str
     last_error: str
     reported_at: dt.datetime | None
+    rows: int = 0
+    backfill_rows_copied: int = 0
+    backfill_rows_total: int = 0
 
 
 async def table_statuses(
@@ -36,39 +46,43 @@ async def table_statuses(
     """The latest report of each model's table (``unspecified`` where nothing reported yet)."""
     now = now or dt.datetime.now(dt.UTC)
     sql = (
-        "SELECT table_name, argMax(source, updated_at) AS source, "
-        "argMax(last_sync_at, updated_at) AS last_sync_at, max(updated_at) AS reported_at, "
+        "SELECT table_name, source, argMax(last_sync_at, updated_at) AS last_sync_at, "
+        "max(updated_at) AS reported_at, "
         "argMax(state, updated_at) AS state, argMax(pending_events, updated_at) AS pending, "
         "argMax(events_per_second, updated_at) AS rate, "
         "argMax(events_applied, updated_at) AS applied, "
         "argMax(last_error, updated_at) AS last_error "
-        f"FROM `{catalog.database}`.`{SYNC_STATE_TABLE}` GROUP BY table_name"
+        f"FROM `{catalog.database}`.`{SYNC_STATE_TABLE}` GROUP BY table_name, source"
     )
     try:
-        rows = {row["table_name"]: row for row in await backend.query_rows(sql)}
+        reports = await backend.query_rows(sql)
     except AnalyticsError as error:
-        # Nothing has created the state table yet: every table is simply unreported.
-        missing = error.reason == "REPLICA_MISSING" or error.metadata.get("engine_code") in (
-            "60",
-            "81",
-        )
-        if not missing:
+        if not _is_missing(error):
             raise
-        rows = {}
+        reports = []
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for report in reports:
+        report["reported_at"] = _utc(report["reported_at"])
+        report["last_sync_at"] = _utc(report["last_sync_at"])
+        by_table.setdefault(str(report["table_name"]), []).append(report)
     statuses = []
     for model in models:
-        row = rows.get(model.table)
+        rows = await replica_rows(backend, catalog, model)
+        row = _chosen(by_table.get(model.table, []), now)
         if row is None:
-            statuses.append(TableStatus(model, "", None, 0.0, 0, 0.0, 0, "unspecified", "", None))
+            statuses.append(
+                TableStatus(model, "", None, 0.0, 0, 0.0, 0, "unspecified", "", None, rows)
+            )
             continue
-        last_sync = _utc(row["last_sync_at"])
-        reported = _utc(row["reported_at"])
+        last_sync: dt.datetime = row["last_sync_at"]
+        reported: dt.datetime = row["reported_at"]
         lag = (now - last_sync).total_seconds()
         state = str(row["state"])
         if state == "streaming" and now - reported > STALE_AFTER:
             state = "stale"
         elif state == "streaming" and lag > LAGGING_AFTER.total_seconds():
             state = "lagging"
+        copying = row["source"] == "backfill" and state == "snapshot"
         statuses.append(
             TableStatus(
                 model=model,
@@ -81,10 +95,47 @@ async def table_statuses(
                 state=state,
                 last_error=str(row["last_error"]),
                 reported_at=reported,
+                rows=rows,
+                backfill_rows_copied=int(row["applied"]) if copying else 0,
+                backfill_rows_total=int(row["applied"]) + int(row["pending"]) if copying else 0,
             )
         )
     return statuses
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
+async def replica_rows(backend: AnalyticsBackend, catalog: Catalog, model: Model) -> int:
+    """Live rows of a model's replica (0 while nothing has created it)."""
+    sql = (
+        f"SELECT count() AS n FROM `{catalog.database}`.`{model.table}` FINAL WHERE _is_deleted = 0"
+    )
+    try:
+        found = await backend.query_rows(sql)
+    except AnalyticsError as error:
+        if not _is_missing(error):
+            raise
+        return 0
+    return int(found[0]["n"]) if found else 0
+
+
+def _chosen(reports: list[dict[str, Any]], now: dt.datetime) -> dict[str, Any] | None:
+    """A running backfill's report if one is fresh, else the most recent report."""
+    for report in reports:
+        if (
+            report["source"] == "backfill"
+            and report["state"] == "snapshot"
+            and now - report["reported_at"] <= STALE_AFTER
+        ):
+            return report
+    return max(reports, key=lambda report: report["reported_at"], default=None)
+
+
+def _is_missing(error: AnalyticsError) -> bool:
+    """Nothing has created the table (or database) yet: every table is simply unreported."""
+    return error.reason == "REPLICA_MISSING" or error.metadata.get("engine_code") in ("60", "81")
+
+
+def _utc(value: dt.datetime | int) -> dt.datetime:
+    if isinstance(value, int):
+        # The legacy server layout stores the times as microseconds since the epoch.
+        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=value)
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

@@ -25,21 +25,31 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61nalytics/v1/sync.proto\x12\x0c\x61nalytics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\x14GetSyncStatusRequest\x12\x16\n\x06models\x18\x01 \x03(\tR\x06models\"\xb9\x03\n\x0fTableSyncStatus\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n\x05table\x18\x02 \x01(\tR\x05table\x12\x16\n\x06source\x18\x03 \x01(\tR\x06source\x12<\n\x0clast_sync_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastSyncAt\x12\x1f\n\x0blag_seconds\x18\x05 \x01(\x01R\nlagSeconds\x12%\n\x0epending_events\x18\x06 \x01(\x03R\rpendingEvents\x12*\n\x11\x65vents_per_second\x18\x07 \x01(\x01R\x0f\x65ventsPerSecond\x12%\n\x0e\x65vents_applied\x18\x08 \x01(\x03R\reventsApplied\x12-\n\x05state\x18\t \x01(\x0e\x32\x17.analytics.v1.SyncStateR\x05state\x12\x1d\n\nlast_error\x18\n \x01(\tR\tlastError\x12;\n\x0breported_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nreportedAt\"N\n\x15GetSyncStatusResponse\x12\x35\n\x06tables\x18\x01 \x03(\x0b\x32\x1d.analytics.v1.TableSyncStatusR\x06tables*\x9e\x01\n\tSyncState\x12\x1a\n\x16SYNC_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SYNC_STATE_STREAMING\x10\x01\x12\x16\n\x12SYNC_STATE_LAGGING\x10\x02\x12\x14\n\x10SYNC_STATE_ERROR\x10\x03\x12\x17\n\x13SYNC_STATE_SNAPSHOT\x10\x04\x12\x14\n\x10SYNC_STATE_STALE\x10\x05\x32g\n\x0bSyncService\x12X\n\rGetSyncStatus\x12\".analytics.v1.GetSyncStatusRequest\x1a#.analytics.v1.GetSyncStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61nalytics/v1/sync.proto\x12\x0c\x61nalytics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\x14GetSyncStatusRequest\x12\x16\n\x06models\x18\x01 \x03(\tR\x06models\"\xaf\x04\n\x0fTableSyncStatus\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n\x05table\x18\x02 \x01(\tR\x05table\x12\x16\n\x06source\x18\x03 \x01(\tR\x06source\x12<\n\x0clast_sync_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastSyncAt\x12\x1f\n\x0blag_seconds\x18\x05 \x01(\x01R\nlagSeconds\x12%\n\x0epending_events\x18\x06 \x01(\x03R\rpendingEvents\x12*\n\x11\x65vents_per_second\x18\x07 \x01(\x01R\x0f\x65ventsPerSecond\x12%\n\x0e\x65vents_applied\x18\x08 \x01(\x03R\reventsApplied\x12-\n\x05state\x18\t \x01(\x0e\x32\x17.analytics.v1.SyncStateR\x05state\x12\x1d\n\nlast_error\x18\n \x01(\tR\tlastError\x12;\n\x0breported_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nreportedAt\x12\x12\n\x04rows\x18\x0c \x01(\x03R\x04rows\x12\x30\n\x14\x62\x61\x63kfill_rows_copied\x18\r \x01(\x03R\x12\x62\x61\x63kfillRowsCopied\x12.\n\x13\x62\x61\x63kfill_rows_total\x18\x0e \x01(\x03R\x11\x62\x61\x63kfillRowsTotal\"N\n\x15GetSyncStatusResponse\x12\x35\n\x06tables\x18\x01 \x03(\x0b\x32\x1d.analytics.v1.TableSyncStatusR\x06tables\"[\n\x16WatchSyncStatusRequest\x12\x16\n\x06models\x18\x01 \x03(\tR\x06models\x12)\n\x10interval_seconds\x18\x02 \x01(\x01R\x0fintervalSeconds\"P\n\x17WatchSyncStatusResponse\x12\x35\n\x06tables\x18\x01 \x03(\x0b\x32\x1d.analytics.v1.TableSyncStatusR\x06tables\"\x85\x01\n\x14StartBackfillRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12 \n\x0bparallelism\x18\x02 \x01(\x05R\x0bparallelism\x12\x16\n\x06resume\x18\x03 \x01(\x08R\x06resume\x12\x1d\n\nbatch_rows\x18\x04 \x01(\x05R\tbatchRows\"\xbb\x03\n\x15StartBackfillResponse\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x1f\n\x0b\x62\x61\x63kfill_id\x18\x02 \x01(\tR\nbackfillId\x12\x1f\n\x0brows_copied\x18\x03 \x01(\x03R\nrowsCopied\x12\x1d\n\nrows_total\x18\x04 \x01(\x03R\trowsTotal\x12&\n\x0frows_per_second\x18\x05 \x01(\x01R\rrowsPerSecond\x12\x18\n\x07percent\x18\x06 \x01(\x01R\x07percent\x12\x1f\n\x0b\x65ta_seconds\x18\x07 \x01(\x01R\netaSeconds\x12\x31\n\x05state\x18\x08 \x01(\x0e\x32\x1b.analytics.v1.BackfillStateR\x05state\x12\x18\n\x07resumed\x18\t \x01(\x08R\x07resumed\x12\x1f\n\x0branges_done\x18\n \x01(\x05R\nrangesDone\x12!\n\x0cranges_total\x18\x0b \x01(\x05R\x0brangesTotal\x12!\n\x0crows_removed\x18\x0c \x01(\x03R\x0browsRemoved\x12\x14\n\x05\x65rror\x18\r \x01(\tR\x05\x65rror*\xb3\x01\n\tSyncState\x12\x1a\n\x16SYNC_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SYNC_STATE_STREAMING\x10\x01\x12\x16\n\x12SYNC_STATE_LAGGING\x10\x02\x12\x14\n\x10SYNC_STATE_ERROR\x10\x03\x12\x17\n\x13SYNC_STATE_SNAPSHOT\x10\x04\x12\x14\n\x10SYNC_STATE_STALE\x10\x05\x12\x13\n\x0fSYNC_STATE_IDLE\x10\x06*\x9d\x01\n\rBackfillState\x12\x1e\n\x1a\x42\x41\x43KFILL_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x42\x41\x43KFILL_STATE_RUNNING\x10\x01\x12\x17\n\x13\x42\x41\x43KFILL_STATE_DONE\x10\x02\x12\x1c\n\x18\x42\x41\x43KFILL_STATE_CANCELLED\x10\x03\x12\x19\n\x15\x42\x41\x43KFILL_STATE_FAILED\x10\x04\x32\xa5\x02\n\x0bSyncService\x12X\n\rGetSyncStatus\x12\".analytics.v1.GetSyncStatusRequest\x1a#.analytics.v1.GetSyncStatusResponse\x12`\n\x0fWatchSyncStatus\x12$.analytics.v1.WatchSyncStatusRequest\x1a%.analytics.v1.WatchSyncStatusResponse0\x01\x12Z\n\rStartBackfill\x12\".analytics.v1.StartBackfillRequest\x1a#.analytics.v1.StartBackfillResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'analytics.v1.sync_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SYNCSTATE']._serialized_start=647
-  _globals['_SYNCSTATE']._serialized_end=805
+  _globals['_SYNCSTATE']._serialized_start=1522
+  _globals['_SYNCSTATE']._serialized_end=1701
+  _globals['_BACKFILLSTATE']._serialized_start=1704
+  _globals['_BACKFILLSTATE']._serialized_end=1861
   _globals['_GETSYNCSTATUSREQUEST']._serialized_start=74
   _globals['_GETSYNCSTATUSREQUEST']._serialized_end=120
   _globals['_TABLESYNCSTATUS']._serialized_start=123
-  _globals['_TABLESYNCSTATUS']._serialized_end=564
-  _globals['_GETSYNCSTATUSRESPONSE']._serialized_start=566
-  _globals['_GETSYNCSTATUSRESPONSE']._serialized_end=644
-  _globals['_SYNCSERVICE']._serialized_start=807
-  _globals['_SYNCSERVICE']._serialized_end=910
+  _globals['_TABLESYNCSTATUS']._serialized_end=682
+  _globals['_GETSYNCSTATUSRESPONSE']._serialized_start=684
+  _globals['_GETSYNCSTATUSRESPONSE']._serialized_end=762
+  _globals['_WATCHSYNCSTATUSREQUEST']._serialized_start=764
+  _globals['_WATCHSYNCSTATUSREQUEST']._serialized_end=855
+  _globals['_WATCHSYNCSTATUSRESPONSE']._serialized_start=857
+  _globals['_WATCHSYNCSTATUSRESPONSE']._serialized_end=937
+  _globals['_STARTBACKFILLREQUEST']._serialized_start=940
+  _globals['_STARTBACKFILLREQUEST']._serialized_end=1073
+  _globals['_STARTBACKFILLRESPONSE']._serialized_start=1076
+  _globals['_STARTBACKFILLRESPONSE']._serialized_end=1519
+  _globals['_SYNCSERVICE']._serialized_start=1864
+  _globals['_SYNCSERVICE']._serialized_end=2157
 # @@protoc_insertion_point(module_scope)

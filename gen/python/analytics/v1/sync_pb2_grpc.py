@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class SyncServiceStub:
-    """SyncService reports how fresh each replicated table is.
+    """SyncService reports how fresh each replicated table is and runs backfills.
     """
 
     def __init__(self, channel):
@@ -40,14 +40,41 @@ class SyncServiceStub:
                 request_serializer=analytics_dot_v1_dot_sync__pb2.GetSyncStatusRequest.SerializeToString,
                 response_deserializer=analytics_dot_v1_dot_sync__pb2.GetSyncStatusResponse.FromString,
                 _registered_method=True)
+        self.WatchSyncStatus = channel.unary_stream(
+                '/analytics.v1.SyncService/WatchSyncStatus',
+                request_serializer=analytics_dot_v1_dot_sync__pb2.WatchSyncStatusRequest.SerializeToString,
+                response_deserializer=analytics_dot_v1_dot_sync__pb2.WatchSyncStatusResponse.FromString,
+                _registered_method=True)
+        self.StartBackfill = channel.unary_stream(
+                '/analytics.v1.SyncService/StartBackfill',
+                request_serializer=analytics_dot_v1_dot_sync__pb2.StartBackfillRequest.SerializeToString,
+                response_deserializer=analytics_dot_v1_dot_sync__pb2.StartBackfillResponse.FromString,
+                _registered_method=True)
 
 
 class SyncServiceServicer:
-    """SyncService reports how fresh each replicated table is.
+    """SyncService reports how fresh each replicated table is and runs backfills.
     """
 
     def GetSyncStatus(self, request, context):
         """GetSyncStatus returns the replication state of every table of the catalog.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSyncStatus(self, request, context):
+        """WatchSyncStatus sends the statuses at once, then again whenever they change (checked every
+        interval), until the caller cancels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartBackfill(self, request, context):
+        """StartBackfill copies a table from PostgreSQL into its replica and streams the progress.
+        Needs the `analytics.admin` permission. Cancelling the call stops the copy; a later call
+        with `resume` continues from the last checkpoint of each key range.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -61,6 +88,16 @@ def add_SyncServiceServicer_to_server(servicer, server):
                     request_deserializer=analytics_dot_v1_dot_sync__pb2.GetSyncStatusRequest.FromString,
                     response_serializer=analytics_dot_v1_dot_sync__pb2.GetSyncStatusResponse.SerializeToString,
             ),
+            'WatchSyncStatus': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSyncStatus,
+                    request_deserializer=analytics_dot_v1_dot_sync__pb2.WatchSyncStatusRequest.FromString,
+                    response_serializer=analytics_dot_v1_dot_sync__pb2.WatchSyncStatusResponse.SerializeToString,
+            ),
+            'StartBackfill': grpc.unary_stream_rpc_method_handler(
+                    servicer.StartBackfill,
+                    request_deserializer=analytics_dot_v1_dot_sync__pb2.StartBackfillRequest.FromString,
+                    response_serializer=analytics_dot_v1_dot_sync__pb2.StartBackfillResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'analytics.v1.SyncService', rpc_method_handlers)
@@ -70,7 +107,7 @@ def add_SyncServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SyncService:
-    """SyncService reports how fresh each replicated table is.
+    """SyncService reports how fresh each replicated table is and runs backfills.
     """
 
     @staticmethod
@@ -90,6 +127,60 @@ class SyncService:
             '/analytics.v1.SyncService/GetSyncStatus',
             analytics_dot_v1_dot_sync__pb2.GetSyncStatusRequest.SerializeToString,
             analytics_dot_v1_dot_sync__pb2.GetSyncStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSyncStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/analytics.v1.SyncService/WatchSyncStatus',
+            analytics_dot_v1_dot_sync__pb2.WatchSyncStatusRequest.SerializeToString,
+            analytics_dot_v1_dot_sync__pb2.WatchSyncStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartBackfill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/analytics.v1.SyncService/StartBackfill',
+            analytics_dot_v1_dot_sync__pb2.StartBackfillRequest.SerializeToString,
+            analytics_dot_v1_dot_sync__pb2.StartBackfillResponse.FromString,
             options,
             channel_credentials,
             insecure,
