@@ -10,11 +10,14 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import asyncpg
+import structlog
 
+from cdc_worker.backfill_command import add_backfill_command, backfill_launchers
+from cdc_worker.incremental_loader import run_loader
 from cdc_worker.runner import run_worker
 from cdc_worker.source_schema import source_schema_ddl
 from service import cli as service_cli
@@ -23,35 +26,66 @@ from service.backends.base import AnalyticsBackend
 from service.catalog import Catalog, load_catalog
 from service.settings import Settings
 
+log = structlog.get_logger(__name__)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``analytics``."""
-    return service_cli.main(argv, serve_worker=_serve_worker, add_commands=_add_worker_command)
+    return service_cli.main(
+        argv,
+        serve_worker=_serve_worker,
+        add_commands=_add_worker_command,
+        backfills=backfill_launchers,
+    )
 
 
 def _serve_worker(settings: Settings) -> service_cli.BackgroundTask | None:
-    """With Kafka configured, ``serve`` runs the CDC worker in-process on the same engine.
+    """What ``serve`` runs in-process on its engine: the CDC worker, else the incremental loader.
 
-    The embedded engine can be opened by one process only, so on it this is the only way.
+    With Kafka configured the CDC worker runs (and the loader does not, even with a source
+    database set: two writers would only duplicate work); with only a source database the
+    incremental loader runs. The embedded engine can be opened by one process only, so on it
+    this is the only way to keep it in sync.
     """
-    if not settings.kafka_bootstrap_servers:
-        return None
+    if settings.kafka_bootstrap_servers:
+        if settings.source_database_url is not None:
+            log.info(
+                "both Kafka and a source database are configured: the CDC worker runs, "
+                "the incremental loader does not"
+            )
 
-    async def worker(catalog: Catalog, backend: AnalyticsBackend, stop: asyncio.Event) -> None:
-        await run_worker(settings, catalog, backend, stop)
+        async def worker(catalog: Catalog, backend: AnalyticsBackend, stop: asyncio.Event) -> None:
+            await run_worker(settings, catalog, backend, stop)
 
-    return worker
+        return worker
+    if settings.source_database_url is not None:
+
+        async def loader(catalog: Catalog, backend: AnalyticsBackend, stop: asyncio.Event) -> None:
+            await run_loader(settings, catalog, backend, stop)
+
+        return loader
+    return None
 
 
 def _add_worker_command(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
+    add_backfill_command(commands)
     worker = commands.add_parser(
         "worker", help="run the CDC worker: Debezium topics into the ClickHouse replicas"
     )
     worker.add_argument("--data-dir", type=Path, default=None, help="embedded engine data")
     worker.add_argument("--catalog", type=Path, default=None, help="model catalog file")
     worker.set_defaults(handler=_worker)
+
+    loader = commands.add_parser(
+        "loader",
+        help="run the incremental loader: PostgreSQL (ANALYTICS_SOURCE_DATABASE_URL) polled "
+        "into the ClickHouse replicas, for deployments without Kafka",
+    )
+    loader.add_argument("--data-dir", type=Path, default=None, help="embedded engine data")
+    loader.add_argument("--catalog", type=Path, default=None, help="model catalog file")
+    loader.set_defaults(handler=_loader)
 
     schema = commands.add_parser(
         "source-schema",
@@ -63,6 +97,22 @@ def _add_worker_command(
 
 
 def _worker(settings: Settings, _args: argparse.Namespace) -> int:
+    return _run_until_signal(settings, run_worker)
+
+
+def _loader(settings: Settings, _args: argparse.Namespace) -> int:
+    if settings.source_database_url is None:
+        print("analytics loader: set ANALYTICS_SOURCE_DATABASE_URL", file=sys.stderr)
+        return 2
+    return _run_until_signal(settings, run_loader)
+
+
+def _run_until_signal(
+    settings: Settings,
+    task: Callable[[Settings, Catalog, AnalyticsBackend, asyncio.Event], Awaitable[None]],
+) -> int:
+    """Run ``task`` on the engine the settings select until SIGTERM or SIGINT."""
+
     async def run() -> None:
         catalog = load_catalog(settings.catalog_path)
         backend = open_backend(settings)
@@ -71,7 +121,7 @@ def _worker(settings: Settings, _args: argparse.Namespace) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         try:
-            await run_worker(settings, catalog, backend, stop)
+            await task(settings, catalog, backend, stop)
         finally:
             await backend.close()
 

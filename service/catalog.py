@@ -101,6 +101,9 @@ class Model:
     tenant_column: str
     soft_delete_column: str | None
     fields: Mapping[str, FieldSpec]
+    watermark_column: str | None = None
+    """The non-nullable timestamp the incremental loader orders changes by (the source must set
+    it to the write time on every insert and update); None: the loader cannot read the model."""
 
     @property
     def qualified_name(self) -> str:
@@ -184,6 +187,7 @@ def _parse_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Mod
             "primary_key",
             "tenant_column",
             "soft_delete_column",
+            "watermark_column",
             "fields",
         },
         where,
@@ -227,6 +231,22 @@ def _parse_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Mod
             raise CatalogError(
                 f"{where}.soft_delete_column: {soft_delete!r} must be a nullable timestamp or bool"
             )
+    watermark = raw.get("watermark_column")
+    if watermark is not None:
+        spec = fields.get(watermark) if isinstance(watermark, str) else None
+        if spec is None:
+            raise CatalogError(f"{where}.watermark_column: {watermark!r} is not a field")
+        if spec.type is not FieldType.TIMESTAMP or spec.nullable:
+            raise CatalogError(
+                f"{where}.watermark_column: {watermark!r} must be a non-nullable timestamp"
+            )
+    elif (
+        (updated := fields.get("updated_at")) is not None
+        and updated.type is FieldType.TIMESTAMP
+        and not updated.nullable
+    ):
+        # The conventional write-time column serves unless the model names another one.
+        watermark = "updated_at"
     return Model(
         module=module,
         name=name,
@@ -236,6 +256,7 @@ def _parse_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Mod
         tenant_column=tenant_column,
         soft_delete_column=soft_delete,
         fields=fields,
+        watermark_column=watermark,
     )
 
 
