@@ -6,7 +6,11 @@ so that a log pipeline can route them apart from operational logs.
 
 from __future__ import annotations
 
+import time
+
 import structlog
+
+from service.errors import AnalyticsError
 
 _audit = structlog.get_logger("audit")
 
@@ -36,4 +40,20 @@ def record_query(
         duration_ms=round(duration_ms, 3),
         rows=rows,
         rows_scanned=rows_scanned,
+    )
+
+
+def record_unauthenticated(rpc: str, error: AnalyticsError, started: float) -> None:
+    """Log the audit record of a call refused before any tenant was known (bad or no token).
+
+    ``started`` is the call's ``time.perf_counter()`` at arrival.
+    """
+    record_query(
+        tenant="",
+        subject="",
+        model="",
+        rpc=rpc,
+        outcome=error.kind.value,
+        reason=error.reason,
+        duration_ms=(time.perf_counter() - started) * 1000,
     )

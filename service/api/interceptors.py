@@ -82,15 +82,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             principal = self._verifier.verify_header(metadata.get("authorization"))
         except AnalyticsError as error:
-            audit.record_query(
-                tenant="",
-                subject="",
-                model="",
-                rpc=method,
-                outcome=error.kind.value,
-                reason=error.reason,
-                duration_ms=(time.perf_counter() - started) * 1000,
-            )
+            audit.record_unauthenticated(method, error, started)
             await abort_with_error(context, error)
         structlog.contextvars.bind_contextvars(tenant=principal.tenant, subject=principal.subject)
         current_principal.set(principal)

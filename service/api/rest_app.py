@@ -172,15 +172,7 @@ class RestServer:
         try:
             principal = self._verifier.verify_header(request.headers.get("Authorization"))
         except AnalyticsError as error:
-            audit.record_query(
-                tenant="",
-                subject="",
-                model="",
-                rpc=REST_RPC,
-                outcome=error.kind.value,
-                reason=error.reason,
-                duration_ms=(time.perf_counter() - started) * 1000,
-            )
+            audit.record_unauthenticated(REST_RPC, error, started)
             raise
         structlog.contextvars.bind_contextvars(tenant=principal.tenant, subject=principal.subject)
         return principal

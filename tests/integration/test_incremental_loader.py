@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import os
 import signal
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,8 +33,9 @@ from service.auth import mint_token
 from service.backends.embedded import EmbeddedBackend
 from service.catalog import Catalog, Model
 from service.errors import AnalyticsError
-from service.settings import PROJECT_ROOT, Settings
+from service.settings import Settings
 from tests.conftest import catalog_in_database, unique_database
+from tests.served import start_serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -383,38 +382,13 @@ async def test_analytics_serve_runs_the_loader_against_a_source_database(
     env.update(
         ANALYTICS_SOURCE_DATABASE_URL=dsn,
         ANALYTICS_DATA_DIR=str(tmp_path / "chdb"),
-        ANALYTICS_LOG_FORMAT="json",
         ANALYTICS_LOADER_POLL_SECONDS="0.2",
-        # The checkout's code and generated modules, whatever copy the environment installed.
-        PYTHONPATH=os.pathsep.join(
-            str(PROJECT_ROOT / part) for part in (".", "gen/python", "deploy")
-        ),
+        ANALYTICS_REST_PORT="off",
     )
-    if "rest_port" in Settings.model_fields:
-        env["ANALYTICS_REST_PORT"] = "off"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cdc_worker.cli",
-        "serve",
-        "--port",
-        "0",
-        env=env,
-        cwd=PROJECT_ROOT,
-        stderr=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    assert process.stderr is not None
-    lines: list[str] = []
+    served = await start_serve(env)
+    lines = served.lines
+    port = served.port
     try:
-        port = 0
-        while not port:
-            line = (await asyncio.wait_for(process.stderr.readline(), 60)).decode()
-            assert line, "\n".join(lines)
-            lines.append(line)
-            if '"serving"' in line:
-                port = int(json.loads(line)["address"].rsplit(":", 1)[1])
-        pump = asyncio.create_task(_pump(process.stderr, lines))
         token = mint_token(Settings(), subject="t", tenant="acme", permissions=["crm.*.read"])
         request = {
             "model": "deals",
@@ -463,13 +437,10 @@ async def test_analytics_serve_runs_the_loader_against_a_source_database(
             assert first_sync
             assert later_sync > first_sync
         assert any('"incremental loader started"' in line for line in lines)
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 30) == 0
-        await pump
+        served.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.process.wait(), 30) == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await served.stop()
         await pool.close()
 
 
@@ -484,8 +455,3 @@ async def _until_served(check: Callable[[], Awaitable[None]]) -> None:
             await asyncio.sleep(0.1)
         else:
             return
-
-
-async def _pump(stream: asyncio.StreamReader, sink: list[str]) -> None:
-    while line := await stream.readline():
-        sink.append(line.decode())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import os
 import signal
 import sys
@@ -40,6 +39,7 @@ from service.catalog import Catalog
 from service.schema import SYNC_STATE_TABLE, all_ddl
 from service.settings import PROJECT_ROOT, Settings
 from tests.conftest import catalog_in_database, unique_database
+from tests.served import start_serve
 
 pytestmark = pytest.mark.integration
 
@@ -722,35 +722,16 @@ async def test_analytics_serve_serves_grpc_and_rest(tmp_path: Path, http) -> Non
     env = {
         **os.environ,
         "ANALYTICS_DATA_DIR": str(tmp_path),
-        "ANALYTICS_LOG_FORMAT": "json",
         "ANALYTICS_REST_PORT": "0",
     }
     prepare = await asyncio.create_subprocess_exec(
         sys.executable, "-c", PREPARE, str(tmp_path), str(catalog_path), env=env, cwd=PROJECT_ROOT
     )
     assert await asyncio.wait_for(prepare.wait(), 120) == 0
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service.cli",
-        "serve",
-        "--port",
-        "0",
-        env=env,
-        cwd=PROJECT_ROOT,
-        stderr=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    assert process.stderr is not None
+    served = await start_serve(env)
+    process = served.process
+    serving = served.serving
     try:
-        serving: dict[str, Any] = {}
-        lines: list[str] = []
-        while not serving:
-            line = (await asyncio.wait_for(process.stderr.readline(), 60)).decode()
-            assert line, "\n".join(lines)
-            lines.append(line)
-            if '"serving"' in line:
-                serving = json.loads(line)
         grpc_port = int(serving["address"].rsplit(":", 1)[1])
         rest_url = serving["rest_address"]
         settings = Settings()
@@ -768,6 +749,4 @@ async def test_analytics_serve_serves_grpc_and_rest(tmp_path: Path, http) -> Non
         with pytest.raises(aiohttp.ClientConnectionError):
             await post(http, rest_url, {"model": "deals"}, bearer(settings))
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await served.stop()

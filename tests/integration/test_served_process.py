@@ -23,6 +23,7 @@ import pytest
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from service.auth import mint_token
 from service.settings import PROJECT_ROOT, Settings
+from tests.served import start_serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -74,50 +75,21 @@ class ServedProcess:
         return records
 
 
-async def _pump(stream: asyncio.StreamReader, sink: list[str]) -> None:
-    while line := await stream.readline():
-        sink.append(line.decode().rstrip("\n"))
-
-
 @pytest.fixture(scope="module")
 async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServedProcess]:
     data_dir = tmp_path_factory.mktemp("served")
     env = {
         **os.environ,
         "ANALYTICS_DATA_DIR": str(data_dir),
-        "ANALYTICS_LOG_FORMAT": "json",
         "ANALYTICS_REST_PORT": "0",
     }
     prepare = await asyncio.create_subprocess_exec(
         sys.executable, "-c", PREPARE, str(data_dir), env=env, cwd=PROJECT_ROOT
     )
     assert await asyncio.wait_for(prepare.wait(), 120) == 0
-    process = await asyncio.create_subprocess_exec(
-        *ANALYTICS,
-        "serve",
-        "--port",
-        "0",
-        env=env,
-        cwd=PROJECT_ROOT,
-        stderr=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    assert process.stderr is not None
-    lines: list[str] = []
-    port = 0
-    for _ in range(200):
-        line = (await asyncio.wait_for(process.stderr.readline(), 60)).decode()
-        lines.append(line.rstrip("\n"))
-        if '"serving"' in line:
-            port = int(json.loads(line)["address"].rsplit(":", 1)[1])
-            break
-    assert port, "\n".join(lines)
-    pump = asyncio.create_task(_pump(process.stderr, lines))
-    yield ServedProcess(process, port, lines)
-    if process.returncode is None:
-        process.kill()
-        await process.wait()
-    await pump
+    served = await start_serve(env, command=ANALYTICS)
+    yield ServedProcess(served.process, served.port, served.lines)
+    await served.stop()
 
 
 def _metadata() -> tuple[tuple[str, str], ...]:
