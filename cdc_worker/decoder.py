@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import json
 import math
 import re
@@ -61,6 +62,8 @@ MAX_LSN: Final = 2**63 - 1
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_DATE: Final = dt.date(1970, 1, 1)
+# Timestamps in UTC wall time parse naive and count from the naive epoch.
+_NAIVE_EPOCH: Final = dt.datetime(1970, 1, 1)
 _MICROS_PER_DAY: Final = 86_400_000_000
 _MIN_MICROS: Final = (MIN_TIMESTAMP - _EPOCH) // dt.timedelta(microseconds=1)
 _MAX_MICROS: Final = (MAX_TIMESTAMP - _EPOCH) // dt.timedelta(microseconds=1)
@@ -126,6 +129,10 @@ _ISO: Final = re.compile(
     r"(?P<offset>[Zz]|[+-]\d{2}(?::?\d{2}(?::?\d{2})?)?)?",
     re.ASCII,
 )
+_SEQUENCE: Final = re.compile(r'\[(?:null|"(\d{1,20})"),(?:null|"\d{1,20}")\]', re.ASCII)
+# Decimal keeps JSON numbers exact (decimal.format=NUMERIC, double decimals); floats are made
+# from them only for float fields. One decoder for every record.
+_JSON: Final = json.JSONDecoder(parse_float=Decimal)
 # Exact decimal arithmetic far beyond decimal128's 38 digits; magnitudes are bounded before use.
 _DECIMAL_CONTEXT: Final = Context(prec=100, Emax=10_000, Emin=-10_000)
 _IDENTITY_HINT: Final = (
@@ -233,6 +240,15 @@ class DebeziumDecoder:
         self._prefix = topic_prefix
         self._heartbeat_topic = heartbeat_topic or f"{HEARTBEAT_TOPIC_PREFIX}.{topic_prefix}"
         self._models = {f"{topic_prefix}.{m.source}": m for m in catalog.models.values()}
+        # Per topic, each field with its message path and converter, resolved once: the
+        # per-event loop then does no enum hashing or string formatting (bench/README.md).
+        self._plans = {
+            topic: tuple(
+                (spec, f"after.{spec.name}", _CONVERTERS[spec.type])
+                for spec in model.fields.values()
+            )
+            for topic, model in self._models.items()
+        }
         self._placeholder = unavailable_value_placeholder
         # With binary.handling.mode=base64 (and in the schema form, where BYTES travel as base64)
         # a bytes column's placeholder is the placeholder's bytes in base64.
@@ -312,7 +328,9 @@ class DebeziumDecoder:
         position = _Position(version, source_ts_ms, lsn, last_commit_lsn)
         if op == "d":
             return self._delete(model, payload, schema, position)
-        return self._upsert(model, _UPSERT_OPS[op], payload, schema, position)
+        return self._upsert(
+            model, _UPSERT_OPS[op], payload, schema, position, plan=self._plans[topic]
+        )
 
     def _ignore_reason(self, topic: str) -> str:
         if topic.startswith(f"{self._prefix}."):
@@ -331,6 +349,8 @@ class DebeziumDecoder:
         payload: Mapping[str, Any],
         schema: Mapping[str, Any] | None,
         position: _Position,
+        *,
+        plan: tuple[tuple[FieldSpec, str, _Converter], ...],
     ) -> RowChange:
         after = payload.get("after")
         if not isinstance(after, dict):
@@ -339,24 +359,29 @@ class DebeziumDecoder:
         tenant = self._tenant(after, model, "after", "")
         row: dict[str, Any] = {model.tenant_column: tenant}
         unavailable: set[str] = set()
-        for spec in model.fields.values():
-            where = f"after.{spec.name}"
-            if spec.name not in after:
+        for spec, where, converter in plan:
+            name = spec.name
+            if name not in after:
                 raise DecodeError(
                     f"{where}: column missing from the event (the source table or the "
                     "connector's column filters do not match the catalog)"
                 )
-            raw = after[spec.name]
-            field_schema = schemas.get(spec.name) if schemas is not None else None
+            raw = after[name]
+            field_schema = schemas.get(name) if schemas is not None else None
             # Only an update can carry the placeholder: inserts and snapshot reads always
             # have every value (Debezium docs, "Toasted values").
             if op == "u" and self._is_placeholder(raw, field_schema):
-                if spec.name in model.primary_key:
+                if name in model.primary_key:
                     raise DecodeError(f"{where}: unchanged-TOAST placeholder in a key column")
-                unavailable.add(spec.name)
-                row[spec.name] = None
+                unavailable.add(name)
+                row[name] = None
                 continue
-            row[spec.name] = _convert(spec, raw, field_schema, where)
+            if raw is None:
+                if not spec.nullable:
+                    raise DecodeError(f"{where}: null in the non-nullable {spec.type.value} field")
+                row[name] = None
+                continue
+            row[name] = converter(spec, raw, field_schema, where)
         previous_tenant = None
         before = payload.get("before")
         if op == "u" and isinstance(before, dict):
@@ -476,9 +501,12 @@ def _parse_json(value: object) -> Any:
     if not data:
         raise DecodeError("value: empty (a tombstone has a null value, not an empty one)")
     try:
-        # Decimal keeps JSON numbers exact (decimal.format=NUMERIC, double decimals); floats
-        # are made from them only for float fields.
-        return json.loads(data, parse_float=Decimal)
+        if isinstance(data, bytes):
+            # What json.loads does with bytes, without building a decoder for every record.
+            data = data.decode(json.detect_encoding(data), "surrogatepass")
+        elif data.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
+        return _JSON.decode(data)
     except RecursionError as exc:
         raise DecodeError("value: JSON nests too deeply") from exc
     except (ValueError, ArithmeticError) as exc:
@@ -575,6 +603,10 @@ def _last_commit_lsn(source: Mapping[str, Any]) -> int | None:
         return None
     if not isinstance(raw, str) or len(raw) > 100:
         raise DecodeError(f"source.sequence: expected a short JSON array text, got {_kind(raw)}")
+    # The form Debezium writes, read without a JSON parser; anything else takes the full path.
+    plain = _SEQUENCE.fullmatch(raw)
+    if plain is not None:
+        return _commit_lsn(plain.group(1)) if plain.group(1) is not None else None
     try:
         sequence = json.loads(raw)
     except ValueError as exc:
@@ -586,7 +618,11 @@ def _last_commit_lsn(source: Mapping[str, Any]) -> int | None:
         return None
     if not isinstance(first, str) or not first.isascii() or not first.isdigit():
         raise DecodeError(f"source.sequence: {_show(first)} is not an LSN")
-    value = int(first)
+    return _commit_lsn(first)
+
+
+def _commit_lsn(digits: str) -> int:
+    value = int(digits)
     if value >= MAX_LSN:
         raise DecodeError(f"source.sequence: LSN {value} is out of range")
     return value
@@ -661,24 +697,33 @@ def _to_float(spec: FieldSpec, raw: Any, schema: _FieldSchema | None, where: str
 
 def _to_decimal(spec: FieldSpec, raw: Any, schema: _FieldSchema | None, where: str) -> Decimal:
     number = _number(raw, schema, where)
-    target = f"decimal({spec.precision},{spec.scale})"
     if isinstance(number, float):
         if not math.isfinite(number):
+            target = f"decimal({spec.precision},{spec.scale})"
             raise DecodeError(f"{where}: {_show(raw)} cannot be stored in {target}")
         number = Decimal(repr(number))
     if number and number.adjusted() >= spec.precision - spec.scale:
-        raise DecodeError(f"{where}: {_show(raw)} does not fit {target}")
+        raise DecodeError(f"{where}: {_show(raw)} does not fit {_decimal_type(spec)}")
     try:
         # ROUND_HALF_UP is PostgreSQL's rounding for numeric: exact when the source column has
         # the catalog's scale, which is the expected set-up.
         value = number.quantize(
-            Decimal(1).scaleb(-spec.scale), rounding=ROUND_HALF_UP, context=_DECIMAL_CONTEXT
+            _quantum(spec.scale), rounding=ROUND_HALF_UP, context=_DECIMAL_CONTEXT
         )
     except InvalidOperation:
-        raise DecodeError(f"{where}: {_show(raw)} does not fit {target}") from None
+        raise DecodeError(f"{where}: {_show(raw)} does not fit {_decimal_type(spec)}") from None
     if len(value.as_tuple().digits) > spec.precision:
-        raise DecodeError(f"{where}: {_show(raw)} does not fit {target}")
+        raise DecodeError(f"{where}: {_show(raw)} does not fit {_decimal_type(spec)}")
     return value
+
+
+def _decimal_type(spec: FieldSpec) -> str:
+    return f"decimal({spec.precision},{spec.scale})"
+
+
+@functools.lru_cache(maxsize=64)
+def _quantum(scale: int) -> Decimal:
+    return Decimal(1).scaleb(-scale)
 
 
 def _number(raw: Any, schema: _FieldSchema | None, where: str) -> Decimal | float:
@@ -758,6 +803,11 @@ def _looks_base64(text: str) -> bool:
 def _to_timestamp(
     spec: FieldSpec, raw: Any, schema: _FieldSchema | None, where: str
 ) -> dt.datetime:
+    if schema is None and isinstance(raw, str) and "1900" <= raw[:4] <= "2299":
+        # isostring's usual shape inside the range: no sentinel, no clamping to do.
+        common = _parse_common_iso(raw)
+        if common is not None and common[1] is not None:
+            return _EPOCH + dt.timedelta(days=common[0], microseconds=common[1])
     micros = min(max(_timestamp_micros(raw, schema, where), _MIN_MICROS), _MAX_MICROS)
     return _EPOCH + dt.timedelta(microseconds=micros)
 
@@ -869,6 +919,9 @@ def _parse_iso(text: str, where: str) -> tuple[int, int | None]:
     of the infinity sentinels, ``+294247-01-10T04:00:25.2Z``) read like any other instant. A
     bare date keeps its calendar day whatever its offset: IsoDate writes ``2000-02-29Z``.
     """
+    common = _parse_common_iso(text)
+    if common is not None:
+        return common
     match = _ISO.fullmatch(text) if len(text) <= 48 else None
     if match is None:
         raise DecodeError(f"{where}: {_show(text)} is not an ISO-8601 date or timestamp")
@@ -887,6 +940,41 @@ def _parse_iso(text: str, where: str) -> tuple[int, int | None]:
     micros = ((hour * 60 + minute) * 60 + second) * 1_000_000 + fraction
     micros -= _offset_seconds(match["offset"], text, where) * 1_000_000
     return days, micros
+
+
+def _parse_common_iso(text: str) -> tuple[int, int | None] | None:
+    """``_parse_iso`` for the shapes isostring mode writes, through the C date parser.
+
+    ``2026-02-01``, ``2026-02-01Z`` and ``2026-02-01T08:30:00[.f{1,9}]Z``; None for anything
+    else (including invalid values), which the general parser then reads or rejects. The
+    separators are checked first so that ``fromisoformat`` sees no other ISO form (week dates,
+    basic format, hour 24).
+    """
+    length = len(text)
+    if length < 10 or text[4] != "-" or text[7] != "-":
+        return None
+    if length == 10 or (length == 11 and text[10] == "Z"):
+        try:
+            return (dt.date.fromisoformat(text[:10]) - _EPOCH_DATE).days, None
+        except ValueError:
+            return None
+    if length < 20 or text[10] != "T" or text[13] + text[16] + text[-1] != "::Z":
+        return None
+    fraction = 0
+    if length > 20:
+        digits = text[20:-1]
+        if text[19] != "." or not 2 <= length - 20 <= 10:
+            return None
+        if not (digits.isascii() and digits.isdigit()):
+            return None
+        fraction = int(digits[:6].ljust(6, "0"))
+    if text[11:13] > "23":
+        return None
+    try:
+        delta = dt.datetime.fromisoformat(text[:19]) - _NAIVE_EPOCH
+    except ValueError:
+        return None
+    return delta.days, delta.seconds * 1_000_000 + fraction
 
 
 def _offset_seconds(offset: str | None, text: str, where: str) -> int:
@@ -908,6 +996,7 @@ def _days_in_month(year: int, month: int) -> int:
     return 30 if month in (4, 6, 9, 11) else 31
 
 
+@functools.lru_cache(maxsize=65_536)
 def _days_from_civil(year: int, month: int, day: int) -> int:
     """Days since 1970-01-01 of a proleptic Gregorian date, any year (H. Hinnant's algorithm)."""
     year -= month <= 2
