@@ -61,9 +61,9 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
                 async for columns, batch in batches:
                     for offset in range(0, batch.num_rows, chunk_rows):
                         part: pa.RecordBatch = batch.slice(offset, chunk_rows)
-                        yield analytics_pb2.StreamQueryResponse(
-                            chunk=convert.column_chunk(columns, part)
-                        )
+                        response = analytics_pb2.StreamQueryResponse()
+                        convert.column_chunk(columns, part, into=response.chunk)
+                        yield response
         except AnalyticsError as error:
             await abort_with_error(context, error)
         final = meta[0]

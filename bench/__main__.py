@@ -1,0 +1,176 @@
+"""``python -m bench``: run the benchmarks, print one table of figures, save it.
+
+Usage: ``scripts/bench [--rows 1m,10m] [--only query,final,stream,ingest,fresh] [--quick]``.
+See bench/README.md for the method behind each figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from bench import dataset, final_cost, freshness, ingestion, query_overhead, streaming
+from bench.raw_engine import RawEngine
+from bench.report import Figure, render
+from bench.served_process import ServedProcess, copy_data
+from service.backends.embedded import EmbeddedBackend
+from service.settings import PROJECT_ROOT
+
+BENCHMARKS = ("query", "final", "stream", "ingest", "fresh")
+DEFAULT_WORK_DIR = PROJECT_ROOT / ".data" / "bench"
+DEFAULT_OUTPUT = PROJECT_ROOT / "bench" / "results" / "latest.md"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options; a bad value exits with a message naming the option."""
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser.add_argument(
+        "--rows", default=None, help="dataset sizes (default 1m,10m; quick 20k,100k)"
+    )
+    parser.add_argument(
+        "--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}"
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repetitions")
+    parser.add_argument("--repetitions", type=int, default=None, help="timed runs per query")
+    parser.add_argument("--fresh-seconds", type=float, default=None, help="freshness load time")
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="scratch data")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results file")
+    parser.add_argument("--no-output", action="store_true", help="print only")
+    parser.add_argument("--keep-data", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in only if name not in BENCHMARKS]
+    if unknown or not only:
+        parser.error(f"--only: unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
+    args.only = only
+    try:
+        args.sizes = dataset.parse_sizes(args.rows or ("20k,100k" if args.quick else "1m,10m"))
+    except ValueError as error:
+        parser.error(str(error))
+    if args.repetitions is None:
+        args.repetitions = 5 if args.quick else 30
+    if args.repetitions < 1:
+        parser.error("--repetitions: must be at least 1")
+    return args
+
+
+async def run(args: argparse.Namespace) -> list[Figure]:
+    """Run the selected benchmarks in order and return their figures."""
+    work: Path = args.work_dir
+    await asyncio.to_thread(_fresh_directory, work)
+    figures: list[Figure] = []
+    backend = EmbeddedBackend(work / "raw", pool_size=2)
+    try:
+        if {"query", "final", "stream"} & set(args.only):
+            figures += await _engine_benchmarks(args, backend, work)
+        if "ingest" in args.only:
+            events = 20_000 if args.quick else 300_000
+            _say(f"ingestion, {events:,} events")
+            figures += await ingestion.measure(backend, events)
+        if "fresh" in args.only:
+            seconds = args.fresh_seconds or (10.0 if args.quick else 60.0)
+            _say(f"freshness, {seconds:.0f} s of load")
+            figures += await freshness.measure(backend, seconds)
+    finally:
+        await backend.close()
+        if not args.keep_data:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+    return figures
+
+
+async def _engine_benchmarks(
+    args: argparse.Namespace, backend: EmbeddedBackend, work: Path
+) -> list[Figure]:
+    sizes: list[dataset.Size] = args.sizes
+    _say(f"preparing {', '.join(s.label for s in sizes)} rows")
+    data = await dataset.prepare(backend, sizes, optimize=args.quick)
+    _say(f"tables settled after {data.settled_seconds:.0f} s")
+    engine = RawEngine(work / "raw")
+    figures: list[Figure] = []
+    warmup = 1 if args.quick else 3
+    try:
+        if {"query", "stream"} & set(args.only):
+            catalog_path = work / "catalog.toml"
+            catalog_path.write_text(data.catalog_text)
+            copy_data(work / "raw", work / "served")
+            served = await ServedProcess.start(work / "served", catalog_path, work / "serve.log")
+            try:
+                if "query" in args.only:
+                    for size in sizes:
+                        _say(f"query overhead, {size.label}")
+                        figures += await query_overhead.measure(
+                            served, engine, data, size, repetitions=args.repetitions, warmup=warmup
+                        )
+                if "stream" in args.only:
+                    for size in sizes:
+                        _say(f"streaming, {size.label}")
+                        figures += await streaming.measure(
+                            served,
+                            engine,
+                            data,
+                            size,
+                            repetitions=max(2, args.repetitions // (10 * size.copies)),
+                            warmup=1,
+                        )
+            finally:
+                await served.stop()
+        if "final" in args.only:
+            for size in sizes:
+                _say(f"FINAL cost, {size.label}")
+                for unmerged in (False, True):
+                    if unmerged:
+                        await dataset.load(backend, data, size, unmerged=True)
+                    model = data.model(size, unmerged=unmerged)
+                    state = await dataset.table_state(backend, data.catalog.database, model)
+                    figures += final_cost.measure(
+                        engine,
+                        data,
+                        size,
+                        state,
+                        unmerged=unmerged,
+                        repetitions=args.repetitions,
+                        warmup=warmup,
+                    )
+    finally:
+        engine.close()
+    return figures
+
+
+def _fresh_directory(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def _say(message: str) -> None:
+    print(f"[bench {dt.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run, print the table, write it to the results file; exit 1 if a target was missed."""
+    args = parse_args(argv)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    figures = asyncio.run(run(args))
+    heading = (
+        f"bench {' '.join(sys.argv[1:]) or '(defaults)'} - "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+        f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f} at the end"
+    )
+    table = render(figures, heading)
+    print(table)
+    if not args.no_output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(table + "\n")
+    return 1 if any(f.passed is False for f in figures) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""The benchmark dataset: deals with history at 1 M and 10 M current rows, and its ground truth.
+
+The demo generator (``service.demo.generator``) makes the rows: every version of every key, about
+10 % of keys with older versions, about 3 % soft-deleted and 1 % ending in a tombstone, in the
+order a CDC log has them. One tenant owns them all, so a query covers the whole table. Sizes above
+``BASE_LIMIT`` are the base generated once and inserted several times with ids shifted by
+``ID_STRIDE`` per copy (generating 10 M rows with contacts and invoices besides would take minutes
+and gigabytes for no different shape). Each size is one model of a bench catalog
+(``bench.deals_<size>``) with the fields of the shipped ``crm.deals``.
+
+The ground truth comes from the generated Arrow rows alone (latest version per key, tombstones and
+soft deletes dropped), never from the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from service.backends.embedded import EmbeddedBackend
+from service.catalog import Catalog, FieldSpec, FieldType, Model, load_catalog, parse_catalog
+from service.demo.generator import (
+    DELETED_COLUMN,
+    MODEL_SHARES,
+    VERSION_COLUMN,
+    generate_dataset,
+)
+from service.schema import (
+    FORCE_MERGE_AFTER_SECONDS,
+    database_ddl,
+    replica_table_ddl,
+    sync_state_ddl,
+)
+from service.settings import DEFAULT_CATALOG
+
+TENANT = "bench"
+DATABASE = "bench"
+BASE_LIMIT = 1_000_000
+ID_STRIDE = 1_000_000_000
+INSERT_BATCH_ROWS = 100_000
+_SOURCE_MODEL = ("crm", "deals")
+_SIZE = re.compile(r"^(\d+)([km]?)$")
+
+
+@dataclass(frozen=True)
+class Size:
+    """One dataset size: its label (``1m``), current rows, and how it is built."""
+
+    label: str
+    rows: int
+    base_rows: int
+    copies: int
+
+    @property
+    def model_name(self) -> str:
+        """The bench catalog's model of this size."""
+        return f"deals_{self.label}"
+
+
+def parse_sizes(text: str) -> list[Size]:
+    """Sizes from ``1m,10m`` (suffix k or m); a size above 1 M must be a multiple of 1 M."""
+    sizes: list[Size] = []
+    for part in text.split(","):
+        label = part.strip().lower()
+        match = _SIZE.fullmatch(label)
+        if not match:
+            raise ValueError(f"--rows: {part!r} is not a size like 100k, 1m or 10m")
+        rows = int(match.group(1)) * {"": 1, "k": 1_000, "m": 1_000_000}[match.group(2)]
+        if rows < 1_000:
+            raise ValueError(f"--rows: {part!r} is below 1k rows")
+        base = min(rows, BASE_LIMIT)
+        if rows % base:
+            raise ValueError(f"--rows: {part!r} above 1m must be a whole number of millions")
+        sizes.append(Size(label, rows, base, rows // base))
+    return sizes
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What a correct engine answers for the three benchmark queries on one size."""
+
+    count: int
+    by_stage: Mapping[str, tuple[int, Decimal]]
+    """stage -> (count, sum of amount)."""
+    by_day: Mapping[dt.date, tuple[int, Decimal]]
+    """UTC day of created_at -> (count, sum of amount)."""
+
+
+@dataclass
+class TableState:
+    """What the engine holds physically for one table when it is measured."""
+
+    parts: int
+    physical_rows: int
+    keys: int
+
+    def describe(self) -> str:
+        """A short note for the table of figures."""
+        superseded = (self.physical_rows - self.keys) / max(self.physical_rows, 1)
+        plural = "" if self.parts == 1 else "s"
+        return f"{self.parts} part{plural}, {superseded:.1%} of rows superseded"
+
+
+@dataclass
+class BenchData:
+    """The prepared engine data: catalog, sizes and their ground truth."""
+
+    catalog: Catalog
+    catalog_text: str
+    sizes: list[Size]
+    truth: dict[str, GroundTruth] = field(default_factory=dict)
+    base_tables: dict[int, pa.Table] = field(default_factory=dict)
+    settled_seconds: float = 0.0
+
+    def model(self, size: Size, *, unmerged: bool = False) -> Model:
+        """The catalog model of ``size`` (or of its unmerged twin)."""
+        name = size.model_name + ("_unmerged" if unmerged else "")
+        found = self.catalog.get("bench", name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+
+def bench_catalog(sizes: Sequence[Size]) -> tuple[Catalog, str]:
+    """A catalog with ``bench.deals_<size>`` and ``bench.deals_<size>_unmerged`` per size.
+
+    Returned as text too: the served process reads it from a file.
+    """
+    shipped = load_catalog(DEFAULT_CATALOG).get(*_SOURCE_MODEL)
+    if shipped is None:
+        raise RuntimeError("the shipped catalog has no crm.deals model")
+    lines = [f'database = "{DATABASE}"', ""]
+    for size in sizes:
+        for suffix in ("", "_unmerged"):
+            name = size.model_name + suffix
+            lines += [
+                "[[models]]",
+                'module = "bench"',
+                f'name = "{name}"',
+                f'table = "{name}"',
+                f'source = "public.{name}"',
+                f"primary_key = [{', '.join(repr(k) for k in shipped.primary_key)}]",
+                f'tenant_column = "{shipped.tenant_column}"',
+                f'soft_delete_column = "{shipped.soft_delete_column}"',
+                "",
+                "[models.fields]",
+                *(f'{spec.name} = "{_field_type(spec)}"' for spec in shipped.fields.values()),
+                "",
+            ]
+    text = "\n".join(lines).replace("'", '"')
+    return parse_catalog(tomllib.loads(text), origin="bench catalog"), text
+
+
+def _field_type(spec: FieldSpec) -> str:
+    base = spec.type.value
+    if spec.type is FieldType.DECIMAL:
+        base = f"decimal({spec.precision},{spec.scale})"
+    return base + ("?" if spec.nullable else "")
+
+
+def generate_base(rows: int, tenants: Sequence[str] = (TENANT,)) -> pa.Table:
+    """Every version of ``rows`` current deals of ``tenants`` (the bench tenant), in CDC order."""
+    # The generator splits its row count over the models by their shares.
+    total = round(rows / MODEL_SHARES["crm.deals"])
+    catalog = load_catalog(DEFAULT_CATALOG)
+    dataset = generate_dataset(catalog, rows=total, tenants=tenants)
+    deals: pa.Table = dataset.tables["crm.deals"]
+    return deals
+
+
+def ground_truth(base: pa.Table, copies: int) -> GroundTruth:
+    """The answers computed from the generated rows: latest version per key, live rows only."""
+    ids = base.column("id").to_numpy()
+    versions = base.column(VERSION_COLUMN).to_numpy()
+    order = np.lexsort((versions, ids))
+    sorted_ids = ids[order]
+    last = np.ones(len(order), bool)
+    last[:-1] = sorted_ids[:-1] != sorted_ids[1:]
+    latest = base.take(pa.array(order[last]))
+    live = latest.filter(
+        pc.and_(pc.equal(latest.column(DELETED_COLUMN), 0), pc.is_null(latest.column("deleted_at")))
+    )
+    by_stage = live.group_by("stage").aggregate([("id", "count"), ("amount", "sum")])
+    days = pc.cast(live.column("created_at"), pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    day_numbers = pc.floor(pc.divide(days.cast(pa.float64()), 86_400_000_000.0)).cast(pa.int32())
+    by_day = (
+        pa.table({"day": day_numbers.cast(pa.date32()), "amount": live.column("amount")})
+        .group_by("day")
+        .aggregate([("amount", "count"), ("amount", "sum")])
+    )
+    return GroundTruth(
+        count=live.num_rows * copies,
+        by_stage={
+            stage: (count * copies, total * copies)
+            for stage, count, total in zip(
+                by_stage.column("stage").to_pylist(),
+                by_stage.column("id_count").to_pylist(),
+                by_stage.column("amount_sum").to_pylist(),
+                strict=True,
+            )
+        },
+        by_day={
+            day: (count * copies, total * copies)
+            for day, count, total in zip(
+                by_day.column("day").to_pylist(),
+                by_day.column("amount_count").to_pylist(),
+                by_day.column("amount_sum").to_pylist(),
+                strict=True,
+            )
+        },
+    )
+
+
+def shifted(base: pa.Table, copy: int) -> pa.Table:
+    """Copy number ``copy`` of the base rows: the same rows with ids moved out of the way."""
+    if copy == 0:
+        return base
+    index = base.column_names.index("id")
+    moved = pc.add(base.column("id"), pa.scalar(copy * ID_STRIDE, pa.int64()))
+    return base.set_column(index, "id", moved)
+
+
+async def load(
+    backend: EmbeddedBackend, data: BenchData, size: Size, *, unmerged: bool = False
+) -> None:
+    """Create the size's table (or its unmerged twin, merges stopped) and insert every copy."""
+    base = data.base_tables[size.base_rows]
+    model = data.model(size, unmerged=unmerged)
+    table = f"`{data.catalog.database}`.`{model.table}`"
+    await backend.command(f"DROP TABLE IF EXISTS {table} SYNC")
+    for statement in (
+        database_ddl(data.catalog),
+        sync_state_ddl(data.catalog),
+        replica_table_ddl(data.catalog, model),
+    ):
+        await backend.command(statement)
+    if unmerged:
+        # The worst case for FINAL: every version still in the parts it was inserted into.
+        await backend.command(f"SYSTEM STOP MERGES {table}")
+    columns = [model.tenant_column, *model.fields, VERSION_COLUMN, DELETED_COLUMN]
+    for copy in range(size.copies):
+        rows = shifted(base, copy).select(columns)
+        for offset in range(0, rows.num_rows, INSERT_BATCH_ROWS):
+            await backend.insert_arrow(
+                data.catalog.database, model.table, rows.slice(offset, INSERT_BATCH_ROWS)
+            )
+
+
+async def settle(
+    backend: EmbeddedBackend, database: str, *, optimize: bool, limit_seconds: float = 900.0
+) -> float:
+    """Wait until every partition of the model tables is one part; return the seconds waited.
+
+    That is the replica's state once its partitions have been left alone for
+    ``FORCE_MERGE_AFTER_SECONDS`` (the table's ``min_age_to_force_merge_seconds``).
+    ``optimize`` runs the same merge at once (``OPTIMIZE ... FINAL``) instead of waiting for it.
+    """
+    started = time.monotonic()
+    tables = [
+        str(row["name"])
+        for row in await backend.query_rows(
+            "SELECT name FROM system.tables WHERE database = {db:String} AND name LIKE 'deals%'",
+            {"db": database},
+        )
+    ]
+    if optimize:
+        for table in tables:
+            await backend.command(f"OPTIMIZE TABLE `{database}`.`{table}` FINAL")
+    while time.monotonic() - started < limit_seconds:
+        merging = await backend.query_rows(
+            "SELECT count() AS n FROM system.merges WHERE database = {db:String}", {"db": database}
+        )
+        parts = await backend.query_rows(
+            "SELECT max(n) AS most FROM (SELECT count() AS n FROM system.parts "
+            "WHERE active AND database = {db:String} AND table LIKE 'deals%' "
+            "GROUP BY table, partition)",
+            {"db": database},
+        )
+        if not merging[0]["n"] and int(parts[0]["most"] or 0) <= 1:
+            return time.monotonic() - started
+        await asyncio.sleep(1.0)
+    raise TimeoutError(
+        f"partitions in {database} still hold several parts after {limit_seconds:.0f} s "
+        f"(expected a merge {FORCE_MERGE_AFTER_SECONDS} s after the last insert)"
+    )
+
+
+async def table_state(backend: EmbeddedBackend, database: str, model: Model) -> TableState:
+    """Parts, physical rows and distinct keys of a model's table right now."""
+    parts = await backend.query_rows(
+        "SELECT count() AS n FROM system.parts "
+        "WHERE active AND database = {db:String} AND table = {t:String}",
+        {"db": database, "t": model.table},
+    )
+    rows = await backend.query_rows(
+        f"SELECT count() AS n, uniqExact(id) AS k FROM `{database}`.`{model.table}`"  # noqa: S608
+    )
+    return TableState(int(parts[0]["n"]), int(rows[0]["n"]), int(rows[0]["k"]))
+
+
+async def prepare(backend: EmbeddedBackend, sizes: Sequence[Size], *, optimize: bool) -> BenchData:
+    """Generate the bases, compute the ground truth and load every size's table, then settle.
+
+    ``optimize``: merge at once rather than wait for the tables' forced merge.
+    """
+    catalog, text = bench_catalog(sizes)
+    data = BenchData(catalog, text, list(sizes))
+    for size in sizes:
+        if size.base_rows not in data.base_tables:
+            data.base_tables[size.base_rows] = await asyncio.to_thread(
+                generate_base, size.base_rows
+            )
+        data.truth[size.label] = ground_truth(data.base_tables[size.base_rows], size.copies)
+        await load(backend, data, size)
+    data.settled_seconds = await settle(backend, catalog.database, optimize=optimize)
+    return data

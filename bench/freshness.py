@@ -1,0 +1,169 @@
+"""Freshness: time from a PostgreSQL commit to the change being visible in ``Query``.
+
+The real stack: PostgreSQL, Kafka and Kafka Connect with the Debezium connector of
+``deploy/debezium/connector.json``; the CDC worker and the gRPC server run in this process on the
+embedded engine (as ``analytics serve`` with Kafka configured runs them). A writer keeps a steady
+load of inserts and updates (1 500 rows/s in transactions of 150, every 100 ms) on one tenant while
+a prober, on its own tenant, commits one row at a time, takes the time the commit returned, and
+polls ``Query`` every 20 ms until the new count is visible. p50 and p99 over the probes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
+import grpc
+from google.protobuf import json_format
+
+from analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from bench.report import Figure, median, percentile
+from cdc_worker.runner import run_worker
+from cdc_worker.source_schema import source_schema_ddl
+from local_stack import LocalStack, make_stack_directory
+from service.api import convert
+from service.api.server import start_server
+from service.auth import mint_token
+from service.backends.embedded import EmbeddedBackend
+from service.catalog import load_catalog
+from service.schema import all_ddl
+from service.settings import DEFAULT_CATALOG, Settings
+
+TARGET_P99_SECONDS = 1.0
+WRITE_INTERVAL_SECONDS = 0.1
+POLL_SECONDS = 0.02
+# deals.id alone is the source's primary key: the probes take ids far above the load's.
+PROBE_IDS = 1_000_000_000
+INSERTS_PER_WRITE = 100
+UPDATES_PER_WRITE = 50
+_INSERT = (
+    "INSERT INTO deals (tenant_id, id, contact_id, owner_id, title, stage, amount, currency, "
+    "probability, created_at, updated_at) "
+    "SELECT $1, g, g % 1000, g % 17, 'deal ' || g, 'lead', 100.25, 'EUR', 0.5, now(), now() "
+    "FROM generate_series($2::bigint, $3::bigint) AS g"
+)
+_UPDATE = (
+    "UPDATE deals SET amount = amount + 1, stage = 'qualified', updated_at = now() "
+    "WHERE tenant_id = $1 AND id BETWEEN $2 AND $3"
+)
+_PROBE = (
+    "INSERT INTO deals (tenant_id, id, contact_id, owner_id, title, stage, amount, currency, "
+    "probability, created_at, updated_at) VALUES ($1, $2, 1, 1, 'probe', 'won', $3, 'EUR', 1.0, "
+    "now(), now())"
+)
+
+
+@dataclasses.dataclass
+class _Load:
+    rows: int = 0
+    seconds: float = 0.0
+
+
+async def _writer(pool: Any, until: float, load: _Load) -> None:
+    """Inserts and updates on tenant ``load`` every 100 ms until ``until``."""
+    started = time.monotonic()
+    next_id = 1
+    tick = started
+    while time.monotonic() < until:
+        first, last = next_id, next_id + INSERTS_PER_WRITE - 1
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.execute(_INSERT, "load", first, last)
+            if first > UPDATES_PER_WRITE:
+                low = max(1, first - 10 * INSERTS_PER_WRITE)
+                await connection.execute(_UPDATE, "load", low, low + UPDATES_PER_WRITE - 1)
+                load.rows += UPDATES_PER_WRITE
+        load.rows += INSERTS_PER_WRITE
+        next_id = last + 1
+        tick += WRITE_INTERVAL_SECONDS
+        await asyncio.sleep(max(0.0, tick - time.monotonic()))
+    load.seconds = time.monotonic() - started
+
+
+async def _visible_count(stub: Any, metadata: Any, request: Any) -> int:
+    response = await stub.Query(request, metadata=metadata)
+    data = convert.response_json(response)["data"]
+    return int(data[0]["count"]) if data else 0
+
+
+async def _wait_visible(stub: Any, metadata: Any, request: Any, count: int, within: float) -> float:
+    """Poll until Query shows ``count`` rows; the moment it did (monotonic clock)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await _visible_count(stub, metadata, request) >= count:
+            return time.monotonic()
+        # Every poll is a whole Query in this process, beside the worker: polling faster than
+        # this took CPU from the pipeline it measures.
+        await asyncio.sleep(POLL_SECONDS)
+    raise TimeoutError(f"{count} probe rows not visible within {within:.0f} s")
+
+
+async def measure(backend: EmbeddedBackend, seconds: float) -> list[Figure]:
+    """Run the stack, the load and the probes for ``seconds``; p50 and p99 freshness."""
+    catalog = dataclasses.replace(
+        load_catalog(DEFAULT_CATALOG), database=f"bench_fresh_{uuid.uuid4().hex[:8]}"
+    )
+    stack = LocalStack(make_stack_directory("bench-fresh-"), ["postgres", "kafka", "connect"])
+    await stack.astart()
+    stop = asyncio.Event()
+    try:
+        pool = await asyncpg.create_pool(stack.postgres.dsn, min_size=2, max_size=4)
+        for statement in source_schema_ddl(catalog):
+            await pool.execute(statement)
+        for statement in all_ddl(catalog):
+            await backend.command(statement)
+        await asyncio.to_thread(stack.register_connector)
+        settings = Settings(
+            port=0,
+            kafka_bootstrap_servers=stack.kafka.bootstrap_servers,
+            kafka_group_id=f"bench-{uuid.uuid4().hex[:8]}",
+        )
+        worker = asyncio.create_task(run_worker(settings, catalog, backend, stop))
+        server = await start_server(settings, catalog=catalog, backend=backend)
+        token = mint_token(settings, subject="bench", tenant="probe", permissions=["crm.*.read"])
+        metadata = (("authorization", f"Bearer {token}"),)
+        request = json_format.ParseDict({"model": "deals"}, analytics_pb2.QueryRequest())
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+                # The first change waits for the snapshot, topic creation and topic discovery.
+                await pool.execute(_PROBE, "probe", PROBE_IDS + 1, Decimal("1.00"))
+                await _wait_visible(stub, metadata, request, 1, within=120)
+                load = _Load()
+                until = time.monotonic() + seconds
+                writer = asyncio.create_task(_writer(pool, until, load))
+                latencies: list[float] = []
+                probe = 1
+                while time.monotonic() < until:
+                    probe += 1
+                    await pool.execute(_PROBE, "probe", PROBE_IDS + probe, Decimal("1.00"))
+                    committed = time.monotonic()
+                    visible = await _wait_visible(stub, metadata, request, probe, within=30)
+                    latencies.append(visible - committed)
+                    await asyncio.sleep(0.05)
+                await writer
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, 60)
+            await server.stop(1.0)
+            await pool.close()
+    finally:
+        await stack.astop()
+        stack.remove()
+    p50, p99 = median(latencies), percentile(latencies, 0.99)
+    write_rate = load.rows / max(load.seconds, 1e-9)
+    return [
+        Figure(
+            metric="Freshness commit -> visible in Query",
+            a=f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms",
+            b=f"load {write_rate:,.0f} rows/s for {load.seconds:.0f} s",
+            ratio=None,
+            target="p99 < 1 s, load >= 1 k rows/s",
+            passed=p99 < TARGET_P99_SECONDS and write_rate >= 1_000,
+            note=f"{len(latencies)} probes",
+        )
+    ]

@@ -1,0 +1,57 @@
+"""The benchmark scripts keep working: ``python -m bench`` at smoke scale on the embedded parts.
+
+Query overhead, FINAL cost and streaming on tiny datasets, in a subprocess (chDB opens one data
+directory per process, and the test session may hold another). No timing is asserted: only that
+every figure is produced and that the benchmark checked its answers exactly (it raises
+otherwise, which fails the run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.settings import PROJECT_ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+async def test_bench_runs_at_smoke_scale(tmp_path: Path) -> None:
+    results = tmp_path / "latest.md"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--rows",
+        "5k,20k",
+        "--only",
+        "query,final,stream",
+        "--repetitions",
+        "2",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--output",
+        str(results),
+        cwd=PROJECT_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 300)
+    # Exit 1 would be a missed target; the smoke sizes judge none, so 0 is expected.
+    assert process.returncode == 0, err.decode()[-3000:]
+    table = out.decode()
+    assert results.read_text() == table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    metrics = [row.split("|")[1].strip() for row in rows[1:]]
+    for size in ("5k", "20k"):
+        for query in ("count", "group-by", "daily"):
+            assert f"Query {query}, {size}" in metrics
+            finals = [m for m in metrics if m.startswith(f"FINAL {query}, {size},")]
+            assert len(finals) == 2, finals  # settled and unmerged
+            assert all("answer exact" in m for m in finals)
+        assert f"StreamQuery rows/s, {size}" in " ".join(metrics)
+        assert f"StreamQuery server memory, {size}" in metrics
