@@ -6,6 +6,7 @@ audit. Transports (gRPC now, REST later) only translate requests and results.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import time
@@ -97,10 +98,20 @@ class QueryService:
         try:
             compiled = self._authorise_and_compile(principal, request, self._limits)
             model_name = compiled.model.qualified_name
-            result = await self.backend.execute(
-                compiled, timeout_seconds=self._budget(remaining), query_id=uuid.uuid4().hex
+            # The freshness lookup runs beside the query rather than after it: on small answers
+            # it was a noticeable part of the latency.
+            freshness = asyncio.ensure_future(
+                self.backend.last_sync_at(self.catalog.database, compiled.model.table)
             )
-            last_sync = await self.backend.last_sync_at(self.catalog.database, compiled.model.table)
+            try:
+                result = await self.backend.execute(
+                    compiled, timeout_seconds=self._budget(remaining), query_id=uuid.uuid4().hex
+                )
+            except BaseException:
+                freshness.cancel()
+                await asyncio.gather(freshness, return_exceptions=True)
+                raise
+            last_sync = await freshness
         except AnalyticsError as error:
             _audit_failure(principal, model_name, rpc, started, error)
             raise

@@ -499,7 +499,8 @@ async def test_client_hanging_up_stops_the_engine_query(
         if embedded_backend.active_queries:
             break
         await asyncio.sleep(0.005)
-    assert embedded_backend.active_queries == 1
+    # The query, and maybe still the freshness lookup that runs beside it.
+    assert embedded_backend.active_queries >= 1
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
