@@ -3,25 +3,29 @@
 Pure (no I/O): the worker adds events as it consumes them, asks whether the batch is due (by size
 or by the age of its oldest event), and turns it into one Arrow table per replica table. Only the
 newest version of each key within a batch is written: ReplacingMergeTree would keep only it anyway,
-and writing fewer rows keeps inserts small.
+and writing fewer rows keeps inserts small. Rows decoded column-wise (``ColumnarRows``) stay in
+their Arrow table: the batch keeps a reference (table, row index) per key and takes the winners
+from the table when it is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
+from cdc_worker.columnar_decoder import ColumnarRows
 from cdc_worker.events import RowChange, Truncate
 from service.catalog import FieldSpec, Model
+from service.demo.generator import DELETED_COLUMN, VERSION_COLUMN
 from service.schema import arrow_type, zero_value
 
-_VERSION = "_version"
-_DELETED = "_is_deleted"
+ColumnarRow = tuple[ColumnarRows, int]
+"""A row of a column-wise decoded table: the table and the row's index in it."""
 
 
 @dataclass
@@ -29,7 +33,7 @@ class TablePending:
     """The newest change per key of one replica table, plus facts for the sync state."""
 
     model: Model
-    rows: dict[tuple[Any, ...], RowChange] = field(default_factory=dict)
+    rows: dict[tuple[Any, ...], RowChange | ColumnarRow] = field(default_factory=dict)
     events: int = 0
     max_source_ts_ms: int = 0
 
@@ -40,15 +44,51 @@ class TablePending:
         self.max_source_ts_ms = max(self.max_source_ts_ms, change.source_ts_ms)
         key = (change.tenant, *change.key)
         current = self.rows.get(key)
-        if current is not None and current.version > change.version:
+        if current is not None and _version(current) > change.version:
             return
         if current is not None and change.unavailable:
             # Unchanged TOAST columns keep the value the previous version of this batch had,
             # where it had one; the rest stay unavailable and are read from the replica.
-            change = fill_unavailable(
-                change, current.row, only=change.unavailable - current.unavailable
-            )
+            if isinstance(current, RowChange):
+                previous, available = current.row, change.unavailable - current.unavailable
+            else:
+                previous, available = current[0].row(current[1]), change.unavailable
+            change = fill_unavailable(change, previous, only=available)
         self.rows[key] = change
+
+    def add_columnar(self, rows: ColumnarRows, indices: Sequence[int]) -> None:
+        """Keep each row of ``indices`` (in order) unless a newer version of its key is here."""
+        self.events += len(indices)
+        kept = self.rows
+        keys, versions, stamps = rows.keys, rows.versions, rows.source_ts_ms
+        for index in indices:
+            key = keys[index]
+            current = kept.get(key)
+            if current is not None and _version(current) > versions[index]:
+                continue
+            kept[key] = (rows, index)
+        self.max_source_ts_ms = max(self.max_source_ts_ms, *(stamps[i] for i in indices))
+
+    def row_changes(self) -> list[RowChange]:
+        """The winning changes decoded record by record (those the TOAST filling may touch)."""
+        return [change for change in self.rows.values() if isinstance(change, RowChange)]
+
+    def replica_table(self, changes: Iterable[RowChange]) -> pa.Table:
+        """The rows to insert: ``changes`` (``row_changes`` after filling) and columnar winners."""
+        tables = [replica_rows(self.model, changes)]
+        taken: dict[int, tuple[ColumnarRows, list[int]]] = {}
+        for entry in self.rows.values():
+            if not isinstance(entry, RowChange):
+                taken.setdefault(id(entry[0]), (entry[0], []))[1].append(entry[1])
+        for rows, indices in taken.values():
+            tables.append(rows.table.take(pa.array(indices, pa.int64())))
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _version(entry: RowChange | ColumnarRow) -> int:
+    if isinstance(entry, RowChange):
+        return entry.version
+    return entry[0].versions[entry[1]]
 
 
 @dataclass
@@ -77,6 +117,17 @@ class ChangeBatch:
                 counted=False,
             )
         self._add(change)
+
+    def add_columnar(self, rows: ColumnarRows, indices: Sequence[int]) -> None:
+        """Add the rows ``indices`` of column-wise decoded ``rows`` (never tenant moves)."""
+        if not indices:
+            return
+        pending = self.tables.get(rows.model.table)
+        if pending is None:
+            pending = self.tables[rows.model.table] = TablePending(rows.model)
+        pending.add_columnar(rows, indices)
+        self.events += len(indices)
+        self._touch()
 
     def truncate(self, truncate: Truncate) -> None:
         """Add a truncate; it applies after the rows of this batch are written."""
@@ -127,8 +178,8 @@ def replica_rows(model: Model, changes: Iterable[RowChange]) -> pa.Table:
     for spec in model.fields.values():
         values = [_column_value(spec, c) for c in changes]
         columns[spec.name] = pa.array(values, arrow_type(spec))
-    columns[_VERSION] = pa.array([c.version for c in changes], pa.uint64())
-    columns[_DELETED] = pa.array([1 if c.is_deleted else 0 for c in changes], pa.uint8())
+    columns[VERSION_COLUMN] = pa.array([c.version for c in changes], pa.uint64())
+    columns[DELETED_COLUMN] = pa.array([1 if c.is_deleted else 0 for c in changes], pa.uint8())
     return pa.table(columns)
 
 

@@ -262,6 +262,11 @@ class DebeziumDecoder:
         return self._heartbeat_topic
 
     @property
+    def unavailable_value_placeholder(self) -> str:
+        """The connector's ``unavailable.value.placeholder`` this decoder recognises."""
+        return self._placeholder
+
+    @property
     def table_topics(self) -> Mapping[str, Model]:
         """Every change-event topic of the catalog, with its model."""
         return dict(self._models)

@@ -1,6 +1,7 @@
 """CdcWorker: Debezium topics in, ClickHouse replica rows out, offsets committed after the write.
 
-The loop: fetch a bounded number of records, decode each (undecodable ones go to the dead-letter
+The loop: fetch a bounded number of records, decode them (each partition's records column-wise
+where they have the common shape, the others one by one; undecodable ones go to the dead-letter
 topic with the reason), gather them into a ChangeBatch, and when the batch is due (size or age)
 write it: fill unchanged-TOAST columns from the stored rows, insert one Arrow table per replica
 table, apply truncates, and only then commit the batch's offsets. A crash before the commit
@@ -24,9 +25,10 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from cdc_worker.batch import ChangeBatch, fill_unavailable, replica_rows
+from cdc_worker.batch import ChangeBatch, fill_unavailable
+from cdc_worker.columnar_decoder import ColumnarDecoder
 from cdc_worker.decoder import DebeziumDecoder, DecodeError
-from cdc_worker.events import Heartbeat, RowChange, Truncate
+from cdc_worker.events import DecodedMessage, Heartbeat, RowChange, Truncate
 from cdc_worker.metrics import WorkerMetrics
 from cdc_worker.sync_tracker import SyncTracker
 from service.backends.dialect import MODERN
@@ -102,6 +104,7 @@ class CdcWorker:
             topic_prefix=settings.kafka_topic_prefix,
             heartbeat_topic=self._topics.heartbeat,
         )
+        self._columnar = ColumnarDecoder(self._decoder)
         self.tracker = SyncTracker(
             {m.table: m.qualified_name for m in catalog.models.values()}, self._topics.by_table
         )
@@ -139,9 +142,9 @@ class CdcWorker:
             while not stop.is_set():
                 records = await consumer.getmany(timeout_ms=50, max_records=5_000)
                 for partition, messages in records.items():
-                    for message in messages:
-                        await self._take(message, batch, consumer, producer)
-                        batch.consumed(partition.topic, partition.partition, message.offset)
+                    if messages:
+                        await self._take(partition.topic, messages, batch, consumer, producer)
+                        batch.consumed(partition.topic, partition.partition, messages[-1].offset)
                 if batch.is_due(
                     self._settings.cdc_batch_max_rows, self._settings.cdc_batch_max_seconds
                 ):
@@ -158,15 +161,38 @@ class CdcWorker:
 
     async def _take(
         self,
+        topic: str,
+        messages: Sequence[Any],
+        batch: ChangeBatch,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+    ) -> None:
+        """Decode one partition's messages (column-wise where they allow) into ``batch``."""
+        decoded = self._columnar.decode(topic, [(m.key, m.value) for m in messages])
+        rows = decoded.rows
+        # Runs of column-wise rows go into the batch together, in record order with the rest.
+        run: list[int] = []
+        for message, entry in zip(messages, decoded.entries, strict=True):
+            if isinstance(entry, int):
+                run.append(entry)
+                continue
+            if run and rows is not None:
+                batch.add_columnar(rows, run)
+                run = []
+            await self._apply(entry, message, batch, consumer, producer)
+        if run and rows is not None:
+            batch.add_columnar(rows, run)
+
+    async def _apply(
+        self,
+        decoded: DecodedMessage | DecodeError,
         message: Any,
         batch: ChangeBatch,
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
     ) -> None:
-        try:
-            decoded = self._decoder.decode(message.topic, message.key, message.value)
-        except DecodeError as error:
-            await self._dead_letter(producer, message, error.reason)
+        if isinstance(decoded, DecodeError):
+            await self._dead_letter(producer, message, decoded.reason)
             return
         if isinstance(decoded, RowChange):
             batch.add(decoded)
@@ -260,10 +286,8 @@ class CdcWorker:
     async def _write(self, batch: ChangeBatch) -> None:
         database = self._catalog.database
         for table, pending in batch.tables.items():
-            changes = await self._with_stored_toast(pending.model, list(pending.rows.values()))
-            written = await self._sink.insert_arrow(
-                database, table, replica_rows(pending.model, changes)
-            )
+            changes = await self._with_stored_toast(pending.model, pending.row_changes())
+            written = await self._sink.insert_arrow(database, table, pending.replica_table(changes))
             log.debug("replica rows written", table=table, rows=written, events=pending.events)
         for truncate in batch.truncates:
             await self._truncate(truncate)

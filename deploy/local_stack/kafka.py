@@ -57,8 +57,15 @@ def _write_properties(path: Path, properties: Mapping[str, str]) -> None:
 
 
 def _cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Never starting with '-' (as Kafka's own ``Uuid.randomUuid`` ensures): the storage tool would
+    read such an id as an option and fail to format, about one start in 64.
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 class KafkaBroker(Component):

@@ -157,7 +157,8 @@ def toast_change(model: Model, tenant: str, key: int, version: int, **values: An
 
 
 def rows_of(batch: ChangeBatch, table: str) -> dict[tuple[Any, ...], RowChange]:
-    return batch.tables[table].rows
+    rows = batch.tables[table].rows.items()
+    return {key: row for key, row in rows if isinstance(row, RowChange)}
 
 
 # --------------------------------------------------------------------------- ChangeBatch

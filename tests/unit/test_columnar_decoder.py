@@ -1,0 +1,347 @@
+"""The column-wise decoder against the per-record one (cdc_worker/columnar_decoder.py).
+
+Differential: generated lists of Debezium records (the shipped connector's form, plus mutations
+that must leave the fast path: tombstones, truncates, placeholders, tenant moves, wrapped values,
+other encodings, bad values) go through both paths; every record must have the same outcome, a
+column-wise row must be bit for bit the row ``replica_rows`` makes of the per-record change, and a
+``ChangeBatch`` fed either way must write the same table.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cdc_worker.batch import ChangeBatch, replica_rows
+from cdc_worker.columnar_decoder import ColumnarBatch, ColumnarDecoder
+from cdc_worker.decoder import DebeziumDecoder
+from cdc_worker.events import DecodeError, RowChange, Truncate
+from service.catalog import Catalog, FieldType, Model
+from tests.unit.test_decoder import (
+    FIXTURES,
+    PLACEHOLDER,
+    encode,
+    field_values,
+    load,
+    row_message,
+    schemaless,
+)
+
+Record = tuple[bytes | None, bytes | None]
+
+
+@pytest.fixture(scope="module")
+def decoder(catalog: Catalog) -> DebeziumDecoder:
+    return DebeziumDecoder(catalog)
+
+
+@pytest.fixture(scope="module")
+def columnar(decoder: DebeziumDecoder) -> ColumnarDecoder:
+    return ColumnarDecoder(decoder)
+
+
+def _text_field(target: Model) -> str | None:
+    names = [
+        s.name
+        for s in target.fields.values()
+        if s.type in (FieldType.STRING, FieldType.ENUM) and s.name not in target.primary_key
+    ]
+    return names[0] if names else None
+
+
+def _typed_field(target: Model, kind: FieldType) -> str | None:
+    names = [s.name for s in target.fields.values() if s.type is kind]
+    return names[0] if names else None
+
+
+# Each mutation turns a fast-shaped record into one the columnar path must hand over (or, for
+# the harmless ones, keep): the per-record path's outcome is the oracle either way.
+MUTATIONS = (
+    "none",
+    "tombstone",
+    "truncate",
+    "placeholder",
+    "tenant_move",
+    "int_tenant",
+    "wrapped",
+    "decimal_number",
+    "decimal_text",
+    "timestamp_offset",
+    "timestamp_year",
+    "timestamp_invalid",
+    "date_timestamp",
+    "uuid_upper",
+    "string_in_int",
+    "null_non_nullable",
+    "float_as_int",
+    "missing_column",
+    "odd_sequence",
+    "null_sequence",
+    "garbage",
+    "nan_literal",
+    "huge_lsn",
+    "other_table",
+    "message",
+)
+
+
+def _mutate(target: Model, envelope: dict[str, Any], mutation: str) -> Any:
+    image = envelope["after"] if envelope["after"] is not None else envelope["before"]
+    source = envelope["source"]
+    decimal = _typed_field(target, FieldType.DECIMAL)
+    timestamp = _typed_field(target, FieldType.TIMESTAMP)
+    date = _typed_field(target, FieldType.DATE)
+    integer = next(n for n in target.fields if n not in target.primary_key)
+    if mutation == "tombstone":
+        return None
+    if mutation == "truncate":
+        envelope.update(op="t", before=None, after=None)
+    elif mutation == "placeholder" and _text_field(target) and envelope["op"] == "u":
+        image[_text_field(target)] = PLACEHOLDER
+    elif mutation == "tenant_move" and envelope["op"] == "u":
+        envelope["before"] = {**image, target.tenant_column: "elsewhere"}
+    elif mutation == "int_tenant":
+        image[target.tenant_column] = 42
+    elif mutation == "wrapped":
+        return {"schema": None, "payload": envelope}
+    elif mutation == "decimal_number" and decimal and image.get(decimal) is not None:
+        image[decimal] = float(image[decimal])
+    elif mutation == "decimal_text" and decimal:
+        image[decimal] = "+1.5"
+    elif mutation == "timestamp_offset" and timestamp:
+        image[timestamp] = "2026-02-01T08:30:00.5+02:00"
+    elif mutation == "timestamp_year" and timestamp:
+        image[timestamp] = "1800-02-01T08:30:00Z"
+    elif mutation == "timestamp_invalid" and timestamp:
+        image[timestamp] = "2025-02-29T08:30:00Z"
+    elif mutation == "date_timestamp" and date:
+        image[date] = "2026-02-01T08:30:00Z"
+    elif mutation == "uuid_upper":
+        for spec in target.fields.values():
+            if spec.type is FieldType.UUID and isinstance(image.get(spec.name), str):
+                image[spec.name] = image[spec.name].upper()
+    elif mutation == "string_in_int":
+        image[target.primary_key[0]] = "12"
+    elif mutation == "null_non_nullable":
+        image[integer] = None
+    elif mutation == "float_as_int":
+        for spec in target.fields.values():
+            if spec.type is FieldType.FLOAT and image.get(spec.name) is not None:
+                image[spec.name] = 3
+    elif mutation == "missing_column":
+        del image[target.primary_key[0]]
+    elif mutation == "odd_sequence":
+        source["sequence"] = '[ "1", "2" ]'
+    elif mutation == "null_sequence":
+        source["sequence"] = None
+    elif mutation == "garbage":
+        return b"{not json"
+    elif mutation == "nan_literal":
+        return json.dumps(envelope).replace('"op"', '"x": NaN, "op"', 1).encode()
+    elif mutation == "huge_lsn":
+        source["lsn"] = 2**63
+    elif mutation == "other_table":
+        source["table"] = "elsewhere"
+    elif mutation == "message":
+        envelope["op"] = "m"
+    return envelope
+
+
+@st.composite
+def record_lists(draw: st.DrawFn, catalog: Catalog) -> tuple[Model, list[Record]]:
+    target = draw(st.sampled_from(sorted(catalog.models.values(), key=lambda m: m.table)))
+    records: list[Record] = []
+    lsn = draw(st.integers(0, 10**9))
+    for _ in range(draw(st.integers(1, 12))):
+        # A few tenants and keys, so that versions of one key meet in a batch.
+        row: dict[str, Any] = {target.tenant_column: draw(st.sampled_from(["acme", "globex"]))}
+        for spec in target.fields.values():
+            if spec.name in target.primary_key:
+                row[spec.name] = draw(st.integers(1, 3))
+            else:
+                row[spec.name] = schemaless(spec, draw(field_values(spec)))
+        envelope = row_message(target, row, schemas=False)
+        op = draw(st.sampled_from(["c", "u", "u", "r", "d"]))
+        lsn += draw(st.integers(-50, 500))
+        last = draw(st.none() | st.integers(0, max(lsn + 100, 0)))
+        envelope.update(op=op)
+        envelope["source"].update(
+            lsn=max(lsn, 0),
+            sequence=json.dumps(
+                [None if last is None else str(last), str(max(lsn, 0))], separators=(",", ":")
+            ),
+            snapshot=draw(st.sampled_from(["false", "true", "last", False, None])),
+        )
+        if op == "d":
+            envelope.update(before=envelope["after"], after=None)
+        # Mostly records of the fast shape, so that lists mix both paths.
+        mutation = draw(st.just("none") | st.just("none") | st.sampled_from(MUTATIONS))
+        value = _mutate(target, copy.deepcopy(envelope), mutation)
+        raw = value if isinstance(value, bytes) else encode(value)
+        records.append((b'{"id":1}', raw))
+    return target, records
+
+
+def _replica_rows(model: Model, change: RowChange) -> pa.Table:
+    return replica_rows(model, [change])
+
+
+def _same_table(first: pa.Table, second: pa.Table) -> None:
+    assert first.schema.equals(second.schema)
+    assert first.equals(second)
+    # repr tells -0.0 from 0.0 and keeps decimal scales: bit for bit, not just equal.
+    assert repr(first.to_pylist()) == repr(second.to_pylist())
+
+
+def _check_entries(
+    decoder: DebeziumDecoder, topic: str, records: list[Record], batch: ColumnarBatch
+) -> int:
+    fast = 0
+    assert len(batch.entries) == len(records)
+    for (key, value), entry in zip(records, batch.entries, strict=True):
+        try:
+            expected: Any = decoder.decode(topic, key, value)
+        except DecodeError as error:
+            expected = error
+        if isinstance(entry, int):
+            fast += 1
+            assert batch.rows is not None
+            assert isinstance(expected, RowChange)
+            assert not expected.unavailable
+            assert expected.previous_tenant is None
+            assert batch.rows.versions[entry] == expected.version
+            assert batch.rows.keys[entry] == (expected.tenant, *expected.key)
+            assert batch.rows.source_ts_ms[entry] == expected.source_ts_ms
+            _same_table(batch.rows.table.slice(entry, 1), _replica_rows(batch.rows.model, expected))
+        elif isinstance(entry, DecodeError):
+            assert isinstance(expected, DecodeError)
+            assert entry.reason == expected.reason
+        else:
+            assert entry == expected
+    if batch.rows is not None:
+        assert batch.rows.table.num_rows == fast
+    return fast
+
+
+def _batch_per_record(decoder: DebeziumDecoder, topic: str, records: list[Record]) -> ChangeBatch:
+    batch = ChangeBatch()
+    for key, value in records:
+        try:
+            decoded = decoder.decode(topic, key, value)
+        except DecodeError:
+            continue
+        if isinstance(decoded, RowChange):
+            batch.add(decoded)
+        elif isinstance(decoded, Truncate):
+            batch.truncate(decoded)
+    return batch
+
+
+def _batch_columnar(columnar: ColumnarDecoder, topic: str, records: list[Record]) -> ChangeBatch:
+    """As the worker does it: runs of column-wise rows at once, in order with the rest."""
+    batch = ChangeBatch()
+    decoded = columnar.decode(topic, records)
+    run: list[int] = []
+    for entry in decoded.entries:
+        if isinstance(entry, int):
+            run.append(entry)
+            continue
+        if run:
+            assert decoded.rows is not None
+            batch.add_columnar(decoded.rows, run)
+            run = []
+        if isinstance(entry, RowChange):
+            batch.add(entry)
+        elif isinstance(entry, Truncate):
+            batch.truncate(entry)
+    if run:
+        assert decoded.rows is not None
+        batch.add_columnar(decoded.rows, run)
+    return batch
+
+
+def _still_unavailable(changes: list[RowChange]) -> list[tuple[Any, ...]]:
+    return sorted((c.tenant, c.key, sorted(c.unavailable)) for c in changes if c.unavailable)
+
+
+def _written(batch: ChangeBatch) -> dict[str, pa.Table]:
+    tables = {}
+    for name, pending in batch.tables.items():
+        table = pending.replica_table(pending.row_changes())
+        keys = [pending.model.tenant_column, *pending.model.primary_key]
+        tables[name] = table.sort_by([(k, "ascending") for k in keys])
+    return tables
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_columnar_path_matches_the_per_record_path(
+    decoder: DebeziumDecoder, columnar: ColumnarDecoder, catalog: Catalog, data: st.DataObject
+) -> None:
+    target, records = data.draw(record_lists(catalog))
+    topic = decoder.topic_for(target)
+    _check_entries(decoder, topic, records, columnar.decode(topic, records))
+    first = _batch_per_record(decoder, topic, records)
+    second = _batch_columnar(columnar, topic, records)
+    assert first.events == second.events
+    assert first.truncates == second.truncates
+    written_first, written_second = _written(first), _written(second)
+    assert written_first.keys() == written_second.keys()
+    for name, table in written_first.items():
+        _same_table(table, written_second[name])
+        pending_first, pending_second = first.tables[name], second.tables[name]
+        assert pending_first.events == pending_second.events
+        assert pending_first.max_source_ts_ms == pending_second.max_source_ts_ms
+        # Columns still unavailable after the batch's own filling are read from the replica.
+        assert _still_unavailable(pending_first.row_changes()) == _still_unavailable(
+            pending_second.row_changes()
+        )
+
+
+def test_the_shipped_form_takes_the_columnar_path(
+    decoder: DebeziumDecoder, columnar: ColumnarDecoder
+) -> None:
+    message = load("deals_create")
+    records: list[Record] = [(encode(message["key"]), encode(message["value"]))]
+    deleted = copy.deepcopy(message["value"])
+    deleted.update(op="d", before=deleted["after"], after=None)
+    records.append((encode(message["key"]), encode(deleted)))
+    batch = columnar.decode(message["topic"], records)
+    assert batch.entries == [0, 1]
+    assert _check_entries(decoder, message["topic"], records, batch) == 2
+
+
+def test_a_toast_update_fills_from_a_columnar_row(
+    decoder: DebeziumDecoder, columnar: ColumnarDecoder
+) -> None:
+    message = load("deals_create")
+    update = copy.deepcopy(message["value"])
+    update["op"] = "u"
+    update["source"]["lsn"] += 10
+    update["after"]["title"] = PLACEHOLDER
+    records: list[Record] = [
+        (encode(message["key"]), encode(message["value"])),
+        (encode(message["key"]), encode(update)),
+    ]
+    topic = message["topic"]
+    batch = columnar.decode(topic, records)
+    assert batch.entries[0] == 0
+    assert isinstance(batch.entries[1], RowChange)
+    filled = _written(_batch_columnar(columnar, topic, records))["crm_deals"]
+    assert filled.column("title").to_pylist() == [message["value"]["after"]["title"]]
+    _same_table(filled, _written(_batch_per_record(decoder, topic, records))["crm_deals"])
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_every_fixture_has_the_per_record_outcome(
+    decoder: DebeziumDecoder, columnar: ColumnarDecoder, name: str
+) -> None:
+    message = load(name)
+    records: list[Record] = [(encode(message["key"]), encode(message["value"]))] * 2
+    _check_entries(decoder, message["topic"], records, columnar.decode(message["topic"], records))
