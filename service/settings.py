@@ -104,7 +104,7 @@ class Settings(BaseSettings):
         50_000, ge=1, description="A CDC batch is written when it holds this many events..."
     )
     cdc_batch_max_seconds: float = Field(
-        0.1, gt=0, description="...or when its oldest event has waited this long."
+        0.05, gt=0, description="...or when its oldest event has waited this long."
     )
     cdc_retry_max_seconds: float = Field(
         30.0, gt=0, description="Longest back-off between retries of a failed ClickHouse write."
