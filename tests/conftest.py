@@ -64,7 +64,8 @@ class ApiBackend:
     ``kind`` is ``chdb`` (the embedded engine), ``http`` (``HttpBackend`` through
     ``ChdbOverHttp`` to the same engine) or ``server`` (``HttpBackend`` to the installed ClickHouse
     server). ``writer`` is how test data reaches that engine (as a loader's writes would: not
-    through the service's read path). ``active`` counts the engine's running queries;
+    through the service's read path). ``active`` counts the engine's running queries (not
+    counted on a server, where it stays 0: the server's own tests check ``system.processes``);
     ``breakable`` opens another backend of the same kind and a function that makes its engine
     unreachable.
     """
