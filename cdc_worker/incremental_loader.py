@@ -55,12 +55,12 @@ import pyarrow as pa
 import structlog
 
 from cdc_worker.decoder import MAX_DATE, MAX_TIMESTAMP, MIN_DATE, MIN_TIMESTAMP, snapshot_version
-from cdc_worker.worker import ReplicaSink
+from cdc_worker.worker import ReplicaSink, report_sync_state
 from service.backends.dialect import MODERN
 from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.errors import AnalyticsError
 from service.query.values import encode_text_parameter
-from service.schema import SYNC_STATE_TABLE, all_ddl, arrow_type, sync_state_table, zero_value
+from service.schema import all_ddl, arrow_type, zero_value
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -578,14 +578,7 @@ class IncrementalLoader:
             for table, state in self.tables.items()
             if state.last_sync_at is not None or state.last_error
         ]
-        if not rows:
-            return
-        try:
-            await self._sink.insert_arrow(
-                self._catalog.database, SYNC_STATE_TABLE, sync_state_table(rows)
-            )
-        except AnalyticsError as error:
-            log.debug("could not record the sync state", error=error.message)
+        await report_sync_state(self._sink, self._catalog.database, rows)
 
     async def _read_checkpoints(self) -> None:
         rows = await self._sink.query_rows(

@@ -381,14 +381,23 @@ class CdcWorker:
                 }
             )
         self.metrics.tables = {p.table: p for p in self.tracker.tables.values()}
-        if not rows:
-            return
-        try:
-            await self._sink.insert_arrow(
-                self._catalog.database, SYNC_STATE_TABLE, sync_state_table(rows)
-            )
-        except AnalyticsError as error:
-            log.debug("could not record the sync state", error=error.message)
+        await report_sync_state(self._sink, self._catalog.database, rows)
+
+
+async def report_sync_state(
+    sink: ReplicaSink, database: str, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Append per-table reports to the sync-state table, best effort.
+
+    A report that cannot be written is only logged: the next one supersedes it, and replication
+    must not stop over its own bookkeeping.
+    """
+    if not rows:
+        return
+    try:
+        await sink.insert_arrow(database, SYNC_STATE_TABLE, sync_state_table(rows))
+    except AnalyticsError as error:
+        log.debug("could not record the sync state", error=error.message)
 
 
 def _stored_value(model: Model, column: str, value: Any) -> Any:

@@ -658,17 +658,9 @@ async def test_stopped_server_is_unavailable_then_recovers(
 
 
 @pytest.fixture(scope="module")
-async def chdb_http(embedded_backend: EmbeddedBackend) -> AsyncIterator[ChdbOverHttp]:
-    front = ChdbOverHttp(embedded_backend)
-    await front.start()
-    yield front
-    await front.stop()
-
-
-@pytest.fixture(scope="module")
-async def modern(chdb_http: ChdbOverHttp) -> AsyncIterator[HttpBackend]:
+async def modern(chdb_front: ChdbOverHttp) -> AsyncIterator[HttpBackend]:
     """The HTTP backend talking to the modern engine."""
-    http = HttpBackend(chdb_http.url, pool_size=4)
+    http = HttpBackend(chdb_front.url, pool_size=4)
     yield http
     await http.close()
 
@@ -723,15 +715,15 @@ def same_rows(left: pa.Table, right: pa.Table) -> None:
 
 
 async def test_modern_server_answers_in_arrow_exactly(
-    modern: HttpBackend, chdb_http: ChdbOverHttp, embedded_backend: EmbeddedBackend
+    modern: HttpBackend, chdb_front: ChdbOverHttp, embedded_backend: EmbeddedBackend
 ) -> None:
     assert (await modern.dialect()).version[:2] >= ARROW_STREAM_SINCE
     query = modern_query()
     query_id = qid("modern")
     result = await modern.execute(query, timeout_seconds=30, query_id=query_id)
-    assert chdb_http.requests[-1]["default_format"] == "ArrowStream"
-    assert chdb_http.requests[-1]["wait_end_of_query"] == "1"
-    assert chdb_http.requests[-1]["readonly"] == "2"
+    assert chdb_front.requests[-1]["default_format"] == "ArrowStream"
+    assert chdb_front.requests[-1]["wait_end_of_query"] == "1"
+    assert chdb_front.requests[-1]["readonly"] == "2"
     # Ground truth: the same query on the engine directly, through the embedded backend.
     truth = await embedded_backend.execute(query, timeout_seconds=30, query_id=qid("truth"))
     assert result.table.num_rows == 20000
@@ -739,16 +731,16 @@ async def test_modern_server_answers_in_arrow_exactly(
     assert result.table.column("c10").to_pylist() == truth.table.column("c9").to_pylist()
     same_rows(result.table.drop_columns(["c10"]), truth.table.drop_columns(["c10"]))
     # The figures are the server's summary.
-    summary = chdb_http.summaries[query_id]
+    summary = chdb_front.summaries[query_id]
     assert result.stats.rows_scanned == int(summary["read_rows"]) == 20000
     assert result.stats.elapsed_ms == pytest.approx(int(summary["elapsed_ns"]) / 1e6)
     # Streamed, in the old Arrow framing with compressed bodies too, the rows are the same.
     same_rows(await streamed(modern, query), result.table)
-    chdb_http.legacy_arrow = True
+    chdb_front.legacy_arrow = True
     try:
         same_rows(await streamed(modern, query), result.table)
     finally:
-        chdb_http.legacy_arrow = False
+        chdb_front.legacy_arrow = False
 
 
 async def test_modern_server_errors_map_like_the_old_one(modern: HttpBackend) -> None:
@@ -815,7 +807,7 @@ async def loaded(
         finally:
             await http.close()
     else:
-        front: ChdbOverHttp = request.getfixturevalue("chdb_http")
+        front: ChdbOverHttp = request.getfixturevalue("chdb_front")
         await load_dataset(embedded_backend, mine, dataset)
         http = HttpBackend(front.url, pool_size=4)
         try:
