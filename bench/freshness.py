@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 import uuid
 from decimal import Decimal
@@ -24,7 +25,6 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import grpc
-import orjson
 from aiokafka import AIOKafkaConsumer
 from google.protobuf import json_format
 
@@ -90,10 +90,10 @@ async def _watch_topic(bootstrap: str, topic: str, stages: _Stages, stop: asynci
                 for message in messages:
                     if message.key is None or message.value is None:
                         continue
-                    probe = int(orjson.loads(message.key)["id"]) - PROBE_IDS
+                    probe = int(json.loads(message.key)["id"]) - PROBE_IDS
                     if probe <= 0:
                         continue
-                    stages.captured[probe] = orjson.loads(message.value)["ts_ms"] / 1000
+                    stages.captured[probe] = json.loads(message.value)["ts_ms"] / 1000
                     stages.produced[probe] = message.timestamp / 1000
                     stages.received[probe] = now
     finally:

@@ -1,9 +1,10 @@
-"""Decode a run of Debezium records of one topic column-wise, straight into replica Arrow rows.
+r"""Decode a run of Debezium records of one topic column-wise, straight into replica Arrow rows.
 
 ``DebeziumDecoder`` turns one record into one ``RowChange`` in per-field Python (about 50 µs per
 event, bench/README.md). ``ColumnarDecoder`` handles the common case of the shipped connector
 settings (JSON without schemas, ``decimal.handling.mode=string``, ``time.precision.mode=
-isostring``) for a whole list of records at once: each value is parsed once with orjson, its
+isostring``) for a whole list of records at once: each value is parsed by msgspec straight into
+typed structs built once per topic from the model (no dicts, every JSON type checked in C), the
 envelope and source fields are checked, the row's values are gathered into column lists, and each
 column is validated and converted by Arrow's C++ kernels (decimals from their text, exactly;
 timestamps and dates from ISO text; UUIDs in canonical text only).
@@ -22,19 +23,48 @@ upsert (``op`` c, u or r) or a delete (``op`` d):
   bool fields, text for the others (no text equal to the placeholder); decimals as plain text
   that fits the field's precision and scale; timestamps ``YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z`` and
   dates ``YYYY-MM-DD[Z]`` with years 1900-2299 (no clamping to do); lowercase canonical UUIDs;
-  ``null`` only in nullable fields.
+  ``null`` only in nullable fields; every catalog column present in ``after``.
+
+JSON semantics. The per-record path parses with the standard library (``json`` with
+``parse_float=Decimal``); msgspec differs from it as follows, and each difference either rejects
+(the record then takes the per-record path) or is caught before a row is kept:
+
+* msgspec is stricter, so these only send records to the per-record path: ``NaN``/``Infinity``
+  literals, lone surrogate escapes (``"\ud800"``), surrogates encoded in UTF-8 (the per-record
+  path decodes with ``surrogatepass``), a UTF-8 BOM, UTF-16/32 values, a float literal beyond
+  the double range in a float field, and (typed fields) any JSON type other than the field's
+  (``1e3`` or ``1.0`` in an int field, a string, object or array where text is expected,
+  ``true`` in an int field). JSON integers in float fields are converted exactly as
+  ``float(int)`` does (correctly rounded, checked against ``float(Decimal(text))``).
+* The same in both: duplicate keys (the last one wins), escapes (``\u00e9``, ``\/``, surrogate
+  pairs), ``-0``/``-0.0``, denormals, underflow to ``0.0`` for exponents the standard library's
+  ``Decimal`` can hold, raw control characters in strings (rejected), missing keys (msgspec
+  structs make every catalog column of ``after`` required, so a missing one is not read as null).
+* msgspec accepts where the standard library rejects, only in content it does not check: an
+  integer literal of more than ``sys.get_int_max_str_digits()`` digits, an exponent of 18 or
+  more digits (``Decimal`` refuses it; msgspec reads ``1e-9999999999999999999`` as ``0.0``),
+  nesting deeper than the interpreter's recursion limit allows the per-record parser, and
+  invalid UTF-8. The structs are therefore closed (``forbid_unknown_fields``) and declare every
+  field Debezium writes, so that normally nothing is skipped: typed integers refuse too many
+  digits, typed strings are UTF-8 checked, nesting is that of the structs; a float field that
+  decodes to zero has its record searched for a huge exponent. A record with fields the structs
+  do not know (source columns outside the catalog, a newer connector's metadata) is decoded by an
+  open copy of the structs only after the whole value passed those checks
+  (``_plain_json``).
 
 ``tests/unit/test_columnar_decoder.py`` checks the equivalence against the per-record path.
 """
 
 from __future__ import annotations
 
-import operator
+import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Final
 
-import orjson
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -51,26 +81,40 @@ from service.schema import arrow_type, zero_value
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
-_WRAPPED: Final = frozenset({"schema", "payload"})
-# Kinds of per-value check in the gather loop (plain ints: cheaper than enum members).
-_CHECK_INT, _CHECK_FLOAT, _CHECK_BOOL, _CHECK_TEXT = range(4)
-_PYTHON_TYPES: Final[dict[int, type[Any]]] = {
-    _CHECK_INT: int,
-    _CHECK_FLOAT: float,
-    _CHECK_BOOL: bool,
-    _CHECK_TEXT: str,
+_FAST_OPS: Final = frozenset({"c", "u", "r", "d"})
+# Float fields are read from their raw literal (``_json_float``): msgspec's own float parsing
+# reads exponents Decimal refuses.
+_JSON_TYPES: Final[dict[FieldType, type[Any]]] = {
+    FieldType.INT: int,
+    FieldType.FLOAT: msgspec.Raw,
+    FieldType.BOOL: bool,
 }
-_CHECKS: Final = {
-    FieldType.INT: _CHECK_INT,
-    FieldType.FLOAT: _CHECK_FLOAT,
-    FieldType.BOOL: _CHECK_BOOL,
-}
+_NUMBER_START: Final = frozenset(b"-0123456789")
 _KEY_TYPES: Final = frozenset({FieldType.INT, FieldType.STRING, FieldType.ENUM, FieldType.BOOL})
 # Years 1900-2299: inside the replica's range, so the per-record path would not clamp them.
 _YEAR: Final = r"(?:19\d\d|2[0-2]\d\d)-\d\d-\d\d"
 _TIMESTAMP_TEXT: Final = rf"^{_YEAR}T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{{1,6}})?Z$"
 _DATE_TEXT: Final = rf"^{_YEAR}Z?$"
 _UUID_TEXT: Final = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+# An exponent Decimal cannot hold (its limit is about 10**18): the per-record parser fails on it.
+_HUGE_EXPONENT: Final = re.compile(rb"[eE][-+]?[0-9]{18}")
+_UNKNOWN_FIELD: Final = "Object contains unknown field"
+# Nesting that both parsers accept wherever the per-record path is called from; a value with fewer
+# brackets than this cannot nest deeper.
+_SAFE_DEPTH: Final = 200
+# Debezium's envelope and PostgreSQL source fields besides those the decoder reads (3.x adds
+# ts_us and ts_ns); declared so that the closed structs skip nothing.
+_ENVELOPE_EXTRAS: Final = (("ts_ms", int), ("ts_us", int), ("ts_ns", int))
+_SOURCE_EXTRAS: Final = (
+    ("version", str),
+    ("connector", str),
+    ("name", str),
+    ("db", str),
+    ("ts_us", int),
+    ("ts_ns", int),
+    ("txId", int),
+    ("xmin", int),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +150,10 @@ class ColumnarBatch:
 @dataclass(frozen=True, slots=True)
 class _Field:
     spec: FieldSpec
-    check: int
     in_key: bool
+
+
+_Decode = Callable[[bytes], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,26 +162,124 @@ class _Plan:
 
     model: Model
     fields: tuple[_Field, ...]
-    values: Callable[[dict[str, Any]], tuple[Any, ...]]
-    key: Callable[[dict[str, Any]], tuple[Any, ...]]
     schema: str
     table: str
+    closed: _Decode
+    """Decodes a value whose every field the structs declare (nothing skipped)."""
+    open: _Decode
+    """Decodes a value with unknown fields, skipping them (only after ``_plain_json``)."""
+    values: Callable[[Any], tuple[Any, ...]]
+    """``(tenant, *fields)`` of an ``after`` struct."""
+    key: Callable[[Any], tuple[Any, ...]]
+    """``(tenant, *primary key)`` of a ``before`` struct."""
+    key_indices: tuple[int, ...]
+    """Where the primary key columns sit in ``values``."""
+    delete_slots: tuple[int | None, ...]
+    """Per field, where a delete's value sits in ``key`` (None: not read)."""
+    floats: Callable[[Any], tuple[Any, ...]] | None
+    """The raw float fields of an image struct, when the model has any."""
+    float_slots: tuple[tuple[int, bool], ...]
+    """Where float fields sit in ``values``, and whether they are nullable."""
 
     @classmethod
     def of(cls, model: Model) -> _Plan:
-        names = [*model.fields]
+        names = list(model.fields)
+        # Struct attributes c0, c1..: column names need not be Python identifiers.
+        attributes = [f"c{index}" for index in range(len(names))]
+        indices = [names.index(name) for name in model.primary_key]
+        floats = [
+            attribute
+            for attribute, spec in zip(attributes, model.fields.values(), strict=True)
+            if spec.type is FieldType.FLOAT
+        ]
         schema, _, table = model.source.partition(".")
         return cls(
             model,
-            tuple(
-                _Field(spec, _CHECKS.get(spec.type, _CHECK_TEXT), spec.name in model.primary_key)
-                for spec in model.fields.values()
-            ),
-            _getter(names),
-            _getter(list(model.primary_key)),
+            tuple(_Field(spec, spec.name in model.primary_key) for spec in model.fields.values()),
             schema,
             table,
+            _envelope_decoder(model, attributes, closed=True),
+            _envelope_decoder(model, attributes, closed=False),
+            _tuple_getter(["tenant", *attributes]),
+            _tuple_getter(["tenant", *(attributes[i] for i in indices)]),
+            tuple(1 + i for i in indices),
+            tuple(
+                1 + model.primary_key.index(name) if name in model.primary_key else None
+                for name in names
+            ),
+            _tuple_getter(floats) if floats else None,
+            tuple(
+                (1 + index, spec.nullable)
+                for index, spec in enumerate(model.fields.values())
+                if spec.type is FieldType.FLOAT
+            ),
         )
+
+
+def _envelope_decoder(model: Model, attributes: list[str], *, closed: bool) -> _Decode:
+    """A msgspec decoder of a topic's envelope into structs (attributes ``c0``.. per field).
+
+    ``after`` has every catalog column required, typed as its JSON form (nullable where the field
+    is); ``before`` has them optional and nullable, as the identity may leave any out. Fields
+    the per-record path reads with ``get`` default to None, the same as an explicit null.
+    """
+    renames = {"tenant": model.tenant_column} | dict(zip(attributes, model.fields, strict=True))
+    after_fields: list[tuple[Any, ...]] = [("tenant", str)]
+    before_fields: list[tuple[Any, ...]] = [("tenant", str | None, None)]
+    for attribute, spec in zip(attributes, model.fields.values(), strict=True):
+        kind = _JSON_TYPES.get(spec.type, str)
+        if kind is msgspec.Raw:
+            # A raw literal holds null too; _json_float reads and checks it.
+            after_fields.append((attribute, kind))
+            before_fields.append((attribute, kind, None))
+            continue
+        after_fields.append((attribute, kind | None if spec.nullable else kind))
+        before_fields.append((attribute, kind | None, None))
+    after = msgspec.defstruct(
+        "After", after_fields, rename=renames, forbid_unknown_fields=closed, gc=False
+    )
+    before = msgspec.defstruct(
+        "Before", before_fields, rename=renames, forbid_unknown_fields=closed, gc=False
+    )
+    source = msgspec.defstruct(
+        "Source",
+        [
+            ("schema", str | None, None),
+            ("table", str | None, None),
+            ("lsn", int | None, None),
+            ("ts_ms", int | None, None),
+            ("snapshot", str | bool | None, None),
+            ("sequence", str | None, None),
+            *((name, kind | None, None) for name, kind in _SOURCE_EXTRAS),
+        ],
+        forbid_unknown_fields=closed,
+        gc=False,
+    )
+    transaction = msgspec.defstruct(
+        "Transaction",
+        [
+            ("id", str | None, None),
+            ("total_order", int | None, None),
+            ("data_collection_order", int | None, None),
+        ],
+        forbid_unknown_fields=closed,
+        gc=False,
+    )
+    envelope = msgspec.defstruct(
+        "Envelope",
+        [
+            ("op", str | None, None),
+            ("source", source | None, None),
+            ("before", before | None, None),
+            ("after", after | None, None),
+            ("transaction", transaction | None, None),
+            *((name, kind | None, None) for name, kind in _ENVELOPE_EXTRAS),
+        ],
+        forbid_unknown_fields=closed,
+        gc=False,
+    )
+    decode: _Decode = msgspec.json.Decoder(envelope).decode
+    return decode
 
 
 class ColumnarDecoder:
@@ -219,70 +363,145 @@ class ColumnarDecoder:
         The envelope and source checks are the per-record path's, for the common values only;
         the field values are checked column-wise in ``_convert``.
         """
-        if value is None:
+        if type(value) is not bytes:
             return None
-        document = orjson.loads(value)
-        if type(document) is not dict or document.keys() == _WRAPPED:
-            return None
-        op = document.get("op")
-        if op not in ("c", "u", "r", "d"):
-            return None
-        source = document["source"]
-        if type(source) is not dict:
-            return None
-        if source.get("schema") != plan.schema or source.get("table") != plan.table:
-            return None
-        lsn = source["lsn"]
-        ts_ms = source["ts_ms"]
-        if type(lsn) is not int or not 0 <= lsn <= MAX_LSN:
-            return None
-        if type(ts_ms) is not int or not _INT64_MIN <= ts_ms <= _INT64_MAX:
-            return None
-        snapshot = source.get("snapshot")
-        if snapshot is not None and type(snapshot) is not bool and snapshot not in _SNAPSHOT_FLAGS:
-            return None
-        # snapshot_version and change_version, inline: the range checks above are theirs.
-        if op == "r":
-            version = 2 * lsn
-        else:
-            sequence = source.get("sequence")
-            position = lsn
-            if sequence is not None:
-                plain = _SEQUENCE.fullmatch(sequence) if type(sequence) is str else None
-                if plain is None:
-                    return None
-                if plain.group(1) is not None:
-                    last_commit_lsn = int(plain.group(1))
-                    if last_commit_lsn >= MAX_LSN:
-                        return None
-                    position = max(lsn, last_commit_lsn + 1)
-            version = 2 * position + 1
-        image = document["before" if op == "d" else "after"]
-        if type(image) is not dict:
-            return None
-        model = plan.model
-        tenant = image[model.tenant_column]
-        placeholder = self._placeholder
-        if type(tenant) is not str or not tenant or tenant == placeholder:
-            return None
-        if op == "u":
-            before = document.get("before")
-            if isinstance(before, dict) and _moves_tenant(before, model, tenant, placeholder):
+        try:
+            document = plan.closed(value)
+        except msgspec.ValidationError as error:
+            if not str(error).startswith(_UNKNOWN_FIELD) or not _plain_json(value):
                 return None
-        key = (tenant, *plan.key(image))
+            document = plan.open(value)
+        op = document.op
+        if op not in _FAST_OPS:
+            return None
+        source = document.source
+        if source is None or source.schema != plan.schema or source.table != plan.table:
+            return None
+        lsn = source.lsn
+        ts_ms = source.ts_ms
+        if lsn is None or not 0 <= lsn <= MAX_LSN:
+            return None
+        if ts_ms is None or not _INT64_MIN <= ts_ms <= _INT64_MAX:
+            return None
+        snapshot = source.snapshot
+        if type(snapshot) is str and snapshot not in _SNAPSHOT_FLAGS:
+            return None
+        version = 2 * lsn if op == "r" else _change_version(lsn, source.sequence)
+        if version is None:
+            return None
+        before = document.before
+        after = document.after
+        floats = plan.floats
+        if floats is not None and before is not None:
+            # Never read, but the per-record parser must accept them (_json_float raises).
+            for raw in floats(before):
+                if raw is not None:
+                    _json_float(raw)
+        placeholder = self._placeholder
         if op == "d":
-            values = tuple(image[f.spec.name] if f.in_key else None for f in plan.fields)
+            if before is None:
+                return None
+            if floats is not None and after is not None:
+                for raw in floats(after):
+                    _json_float(raw)
+            key = plan.key(before)
+            if None in key:
+                return None
+            tenant = key[0]
+            if not tenant or tenant == placeholder:
+                return None
+            values = tuple(None if slot is None else key[slot] for slot in plan.delete_slots)
             return (tenant, *values), key, version, ts_ms, 1
-        return (tenant, *plan.values(image)), key, version, ts_ms, 0
+        if after is None:
+            return None
+        row = _with_floats(plan, plan.values(after)) if plan.float_slots else plan.values(after)
+        if row is None:
+            return None
+        tenant = row[0]
+        if not tenant or tenant == placeholder:
+            return None
+        if op == "u" and before is not None:
+            # The per-record path's previous_tenant (a tenant move) is not the fast shape.
+            old = before.tenant
+            if old and old not in (tenant, placeholder):
+                return None
+        key = (tenant, *(row[i] for i in plan.key_indices))
+        return row, key, version, ts_ms, 0
 
 
-def _getter(names: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """A function from a row image to the values of ``names``, as a tuple (in C)."""
+def _change_version(lsn: int, sequence: str | None) -> int | None:
+    """``change_version`` inline (the caller checked the LSN's range); None: not the fast shape."""
+    position = lsn
+    if sequence is not None:
+        plain = _SEQUENCE.fullmatch(sequence)
+        if plain is None:
+            return None
+        if plain.group(1) is not None:
+            last_commit_lsn = int(plain.group(1))
+            if last_commit_lsn >= MAX_LSN:
+                return None
+            position = max(lsn, last_commit_lsn + 1)
+    return 2 * position + 1
+
+
+def _with_floats(plan: _Plan, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """``row`` with its raw float literals read; None when a non-nullable one is null."""
+    values = list(row)
+    for index, nullable in plan.float_slots:
+        number = _json_float(values[index])
+        if number is None and not nullable:
+            return None
+        values[index] = number
+    return tuple(values)
+
+
+def _tuple_getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """``attrgetter`` that returns a tuple for a single name too."""
     if len(names) == 1:
         name = names[0]
-        return lambda image: (image[name],)
-    getter: Callable[[dict[str, Any]], tuple[Any, ...]] = operator.itemgetter(*names)
+        return lambda struct: (getattr(struct, name),)
+    getter: Callable[[Any], tuple[Any, ...]] = attrgetter(*names)
     return getter
+
+
+def _json_float(raw: msgspec.Raw) -> float | None:
+    """A float field's raw JSON read as the per-record path reads it: null, or a number.
+
+    Raises ValueError for anything else (text, booleans, arrays: the per-record path's to judge)
+    and for literals its parser refuses: exponents beyond Decimal's range, integers beyond
+    ``sys.get_int_max_str_digits()`` (``int`` applies the same limit) or the float range.
+    """
+    text = bytes(raw)
+    if text == b"null":
+        return None
+    if not text or text[0] not in _NUMBER_START:
+        raise ValueError("not a JSON number")
+    if b"." in text or b"e" in text or b"E" in text:
+        if _HUGE_EXPONENT.search(text) is not None:
+            raise ValueError("an exponent Decimal refuses")
+        # float() of the text rounds exactly as float(Decimal(text)) does: correctly.
+        return float(text)
+    # A JSON integer: the per-record path converts the int (so -0 is 0.0, not -0.0).
+    return float(int(text))
+
+
+def _plain_json(value: bytes) -> bool:
+    """Whether ``value`` holds none of what msgspec skips unchecked but ``json`` rejects.
+
+    Checked only for values with fields the structs do not declare: invalid UTF-8 (strict: the
+    per-record path's ``surrogatepass`` accepts a superset), nesting (bounded by the brackets),
+    exponents ``Decimal`` refuses and integers beyond ``sys.get_int_max_str_digits()``.
+    """
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    if value.count(b"[") + value.count(b"{") >= _SAFE_DEPTH:
+        return False
+    if _HUGE_EXPONENT.search(value) is not None:
+        return False
+    limit = sys.get_int_max_str_digits()
+    return not limit or len(value) <= limit or re.search(rb"[0-9]{%d}" % (limit + 1), value) is None
 
 
 def _columnar(model: Model) -> bool:
@@ -298,14 +517,6 @@ def _columnar(model: Model) -> bool:
     )
 
 
-def _moves_tenant(before: dict[str, Any], model: Model, tenant: str, placeholder: str) -> bool:
-    """Whether the per-record path would set ``previous_tenant`` (a tenant move)."""
-    old = before.get(model.tenant_column)
-    if isinstance(old, str | int) and not isinstance(old, bool) and old != "":
-        return str(old) != tenant and old != placeholder
-    return False
-
-
 def _convert(
     plan: _Plan, gathered: list[tuple[Any, ...]], deleted: list[int], placeholder: str
 ) -> tuple[pa.Table, list[int] | None] | None:
@@ -317,20 +528,14 @@ def _convert(
     columns: list[Sequence[Any]] = list(zip(*gathered, strict=True))
     bad: set[int] = set()
     for index, field in enumerate(plan.fields, start=1):
-        column, rejected = _checked(field, columns[index], deleted, placeholder)
-        columns[index] = column
-        bad.update(rejected)
+        bad.update(_rejected(field.spec, columns[index], placeholder))
     texts: dict[str, pa.Array] = {}
     masks: list[pa.Array] = []
     for index, field in enumerate(plan.fields, start=1):
         pattern = _text_pattern(field.spec)
         if pattern is None:
             continue
-        # Rows that failed the type checks may hold anything: they are dropped below.
-        column = columns[index]
-        if bad:
-            column = [None if i in bad else v for i, v in enumerate(column)]
-        text = pa.array(column, pa.string())
+        text = pa.array(columns[index], pa.string())
         texts[field.spec.name] = text
         masks.append(pc.fill_null(pc.match_substring_regex(text, pattern), True))
     if bad:
@@ -367,50 +572,23 @@ def _convert(
     return pa.table(arrays), kept
 
 
-def _checked(
-    field: _Field, column: Sequence[Any], deleted: list[int], placeholder: str
-) -> tuple[Sequence[Any], list[int]]:
-    """A column's values (ints made floats in float fields) and the rows whose value fails.
+def _rejected(spec: FieldSpec, column: Sequence[Any], placeholder: str) -> list[int]:
+    """The rows whose value the per-record path would not keep as it is.
 
-    Whole-column checks in C first; the per-value loop runs only when they find something.
+    The structs already fixed each value's JSON type (and nulls to nullable fields and to a
+    delete's unread columns); left are the int64 range and placeholder text. Whole-column checks
+    in C first; the per-value loop runs only when they find something.
     """
-    spec = field.spec
-    expected = _PYTHON_TYPES[field.check]
-    types = set(map(type, column))
-    has_null = type(None) in types
-    types.discard(type(None))
-    clean = types <= {expected}
-    if clean and has_null and not spec.nullable:
-        # Nulls of a non-nullable field are only a delete's unread columns.
-        clean = all(deleted[i] for i, v in enumerate(column) if v is None)
-    if clean and field.check == _CHECK_TEXT:
-        clean = placeholder not in column
-    if clean and field.check == _CHECK_INT and types:
-        present = [v for v in column if v is not None] if has_null else column
-        clean = min(present) >= _INT64_MIN and max(present) <= _INT64_MAX
-    if clean:
-        return column, []
-    values: list[Any] = []
-    rejected: list[int] = []
-    for index, raw in enumerate(column):
-        value = raw
-        if raw is None:
-            ok = spec.nullable or bool(deleted[index])
-        elif field.check == _CHECK_FLOAT and type(raw) is int:
-            value, ok = float(raw), True
-        elif type(raw) is not expected:
-            ok = False
-        elif field.check == _CHECK_TEXT:
-            ok = raw != placeholder
-        elif field.check == _CHECK_INT:
-            ok = _INT64_MIN <= raw <= _INT64_MAX
-        else:
-            ok = True
-        if not ok:
-            rejected.append(index)
-            value = None
-        values.append(value)
-    return values, rejected
+    if spec.type is FieldType.INT:
+        present = [v for v in column if v is not None] if None in column else column
+        if not present or (min(present) >= _INT64_MIN and max(present) <= _INT64_MAX):
+            return []
+        return [
+            i for i, v in enumerate(column) if v is not None and not _INT64_MIN <= v <= _INT64_MAX
+        ]
+    if spec.type in _JSON_TYPES or placeholder not in column:
+        return []
+    return [i for i, v in enumerate(column) if v == placeholder]
 
 
 def _text_pattern(spec: FieldSpec) -> str | None:
