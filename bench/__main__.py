@@ -92,7 +92,7 @@ async def _engine_benchmarks(
 ) -> list[Figure]:
     sizes: list[dataset.Size] = args.sizes
     _say(f"preparing {', '.join(s.label for s in sizes)} rows")
-    data = await dataset.prepare(backend, sizes, optimize=args.quick)
+    data = await dataset.prepare(backend, sizes, optimize=args.quick, live="final" in args.only)
     _say(f"tables settled after {data.settled_seconds:.0f} s")
     engine = RawEngine(work / "raw")
     figures: list[Figure] = []
@@ -126,17 +126,19 @@ async def _engine_benchmarks(
         if "final" in args.only:
             for size in sizes:
                 _say(f"FINAL cost, {size.label}")
-                for unmerged in (False, True):
-                    if unmerged:
-                        await dataset.load(backend, data, size, unmerged=True)
-                    model = data.model(size, unmerged=unmerged)
-                    state = await dataset.table_state(backend, data.catalog.database, model)
+                for state in dataset.TABLE_STATES:
+                    if state == "live":
+                        await dataset.insert_newest(backend, data, size)
+                    if state == "unmerged":
+                        await dataset.load(backend, data, size, state)
+                    model = data.model(size, state)
+                    physical = await dataset.table_state(backend, data.catalog.database, model)
                     figures += final_cost.measure(
                         engine,
                         data,
                         size,
-                        state,
-                        unmerged=unmerged,
+                        physical,
+                        state=state,
                         repetitions=args.repetitions,
                         warmup=warmup,
                     )

@@ -3,10 +3,11 @@
 The demo generator (``service.demo.generator``) makes the rows: every version of every key, about
 10 % of keys with older versions, about 3 % soft-deleted and 1 % ending in a tombstone, in the
 order a CDC log has them. One tenant owns them all, so a query covers the whole table. Sizes above
-``BASE_LIMIT`` are the base generated once and inserted several times with ids shifted by
-``ID_STRIDE`` per copy (generating 10 M rows with contacts and invoices besides would take minutes
-and gigabytes for no different shape). Each size is one model of a bench catalog
-(``bench.deals_<size>``) with the fields of the shipped ``crm.deals``.
+``BASE_LIMIT`` are the base generated once and inserted several times, each copy's ids right after
+the previous copy's, as a sequence continues (generating 10 M rows with contacts and invoices
+besides would take minutes and gigabytes for no different shape). Each size is one model of a bench
+catalog (``bench.deals_<size>``) with the fields of the shipped ``crm.deals``, and has twins in
+other physical states (``TABLE_STATES``).
 
 The ground truth comes from the generated Arrow rows alone (latest version per key, tombstones and
 soft deletes dropped), never from the engine.
@@ -46,10 +47,23 @@ from service.settings import DEFAULT_CATALOG
 TENANT = "bench"
 DATABASE = "bench"
 BASE_LIMIT = 1_000_000
-ID_STRIDE = 1_000_000_000
 INSERT_BATCH_ROWS = 100_000
 _SOURCE_MODEL = ("crm", "deals")
 _SIZE = re.compile(r"^(\d+)([km]?)$")
+
+
+TABLE_STATES = ("settled", "live", "unmerged")
+"""How a size's table is held when FINAL is measured:
+
+* ``settled``: every copy inserted, then left until the table's forced merge made each partition
+  one part (the replica some time after its last change);
+* ``live``: the copies but the last settled the same way, then the last copy (its creates,
+  updates and deletes: the newest tenth of the table, about 12 % of its rows superseded) inserted
+  just before the measurement with merges running (the replica while changes to its newest rows
+  arrive);
+* ``unmerged``: merges stopped before every copy was inserted (every partition holds unmerged
+  versions; the worst case, as if every key range were changing at once).
+"""
 
 
 @dataclass(frozen=True)
@@ -101,14 +115,23 @@ class TableState:
     """What the engine holds physically for one table when it is measured."""
 
     parts: int
+    partitions: int
+    unsettled_partitions: int
+    """Partitions FINAL has to merge: several parts, or one never merged (level 0)."""
     physical_rows: int
     keys: int
 
     def describe(self) -> str:
         """A short note for the table of figures."""
         superseded = (self.physical_rows - self.keys) / max(self.physical_rows, 1)
-        plural = "" if self.parts == 1 else "s"
-        return f"{self.parts} part{plural}, {superseded:.1%} of rows superseded"
+        return (
+            f"{_count(self.parts, 'part')} in {_count(self.partitions, 'partition')}, "
+            f"{self.unsettled_partitions} unmerged, {superseded:.1%} of rows superseded"
+        )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 @dataclass
@@ -122,9 +145,9 @@ class BenchData:
     base_tables: dict[int, pa.Table] = field(default_factory=dict)
     settled_seconds: float = 0.0
 
-    def model(self, size: Size, *, unmerged: bool = False) -> Model:
-        """The catalog model of ``size`` (or of its unmerged twin)."""
-        name = size.model_name + ("_unmerged" if unmerged else "")
+    def model(self, size: Size, state: str = "settled") -> Model:
+        """The catalog model of ``size`` in one of the ``TABLE_STATES``."""
+        name = size.model_name + ("" if state == "settled" else f"_{state}")
         found = self.catalog.get("bench", name)
         if found is None:
             raise KeyError(name)
@@ -132,7 +155,7 @@ class BenchData:
 
 
 def bench_catalog(sizes: Sequence[Size]) -> tuple[Catalog, str]:
-    """A catalog with ``bench.deals_<size>`` and ``bench.deals_<size>_unmerged`` per size.
+    """A catalog with ``bench.deals_<size>`` and its ``_live`` and ``_unmerged`` twins per size.
 
     Returned as text too: the served process reads it from a file.
     """
@@ -141,7 +164,7 @@ def bench_catalog(sizes: Sequence[Size]) -> tuple[Catalog, str]:
         raise RuntimeError("the shipped catalog has no crm.deals model")
     lines = [f'database = "{DATABASE}"', ""]
     for size in sizes:
-        for suffix in ("", "_unmerged"):
+        for suffix in ("", "_live", "_unmerged"):
             name = size.model_name + suffix
             lines += [
                 "[[models]]",
@@ -222,20 +245,23 @@ def ground_truth(base: pa.Table, copies: int) -> GroundTruth:
 
 
 def shifted(base: pa.Table, copy: int) -> pa.Table:
-    """Copy number ``copy`` of the base rows: the same rows with ids moved out of the way."""
+    """Copy number ``copy`` of the base rows: the same rows, ids after the previous copy's."""
     if copy == 0:
         return base
     index = base.column_names.index("id")
-    moved = pc.add(base.column("id"), pa.scalar(copy * ID_STRIDE, pa.int64()))
+    stride = int(pc.max(base.column("id")).as_py()) + 1
+    moved = pc.add(base.column("id"), pa.scalar(copy * stride, pa.int64()))
     return base.set_column(index, "id", moved)
 
 
 async def load(
-    backend: EmbeddedBackend, data: BenchData, size: Size, *, unmerged: bool = False
+    backend: EmbeddedBackend, data: BenchData, size: Size, state: str = "settled"
 ) -> None:
-    """Create the size's table (or its unmerged twin, merges stopped) and insert every copy."""
-    base = data.base_tables[size.base_rows]
-    model = data.model(size, unmerged=unmerged)
+    """Create the size's table in ``state`` (``TABLE_STATES``) and insert its copies.
+
+    The ``live`` twin gets every copy but the last here; ``insert_newest`` adds that one.
+    """
+    model = data.model(size, state)
     table = f"`{data.catalog.database}`.`{model.table}`"
     await backend.command(f"DROP TABLE IF EXISTS {table} SYNC")
     for statement in (
@@ -244,16 +270,28 @@ async def load(
         replica_table_ddl(data.catalog, model),
     ):
         await backend.command(statement)
-    if unmerged:
+    if state == "unmerged":
         # The worst case for FINAL: every version still in the parts it was inserted into.
         await backend.command(f"SYSTEM STOP MERGES {table}")
+    copies = size.copies - 1 if state == "live" else size.copies
+    for copy in range(copies):
+        await _insert_copy(backend, data, size, model, copy)
+
+
+async def insert_newest(backend: EmbeddedBackend, data: BenchData, size: Size) -> None:
+    """Insert the last copy into the ``live`` twin: changes to the newest keys arriving."""
+    await _insert_copy(backend, data, size, data.model(size, "live"), size.copies - 1)
+
+
+async def _insert_copy(
+    backend: EmbeddedBackend, data: BenchData, size: Size, model: Model, copy: int
+) -> None:
     columns = [model.tenant_column, *model.fields, VERSION_COLUMN, DELETED_COLUMN]
-    for copy in range(size.copies):
-        rows = shifted(base, copy).select(columns)
-        for offset in range(0, rows.num_rows, INSERT_BATCH_ROWS):
-            await backend.insert_arrow(
-                data.catalog.database, model.table, rows.slice(offset, INSERT_BATCH_ROWS)
-            )
+    rows = shifted(data.base_tables[size.base_rows], copy).select(columns)
+    for offset in range(0, rows.num_rows, INSERT_BATCH_ROWS):
+        await backend.insert_arrow(
+            data.catalog.database, model.table, rows.slice(offset, INSERT_BATCH_ROWS)
+        )
 
 
 async def settle(
@@ -298,19 +336,29 @@ async def settle(
 async def table_state(backend: EmbeddedBackend, database: str, model: Model) -> TableState:
     """Parts, physical rows and distinct keys of a model's table right now."""
     parts = await backend.query_rows(
-        "SELECT count() AS n FROM system.parts "
-        "WHERE active AND database = {db:String} AND table = {t:String}",
+        "SELECT sum(n) AS parts, count() AS partitions, countIf(n > 1 OR merged = 0) AS unsettled "
+        "FROM (SELECT count() AS n, min(level) AS merged FROM system.parts "
+        "WHERE active AND database = {db:String} AND table = {t:String} GROUP BY partition)",
         {"db": database, "t": model.table},
     )
     rows = await backend.query_rows(
         f"SELECT count() AS n, uniqExact(id) AS k FROM `{database}`.`{model.table}`"  # noqa: S608
     )
-    return TableState(int(parts[0]["n"]), int(rows[0]["n"]), int(rows[0]["k"]))
+    return TableState(
+        parts=int(parts[0]["parts"]),
+        partitions=int(parts[0]["partitions"]),
+        unsettled_partitions=int(parts[0]["unsettled"]),
+        physical_rows=int(rows[0]["n"]),
+        keys=int(rows[0]["k"]),
+    )
 
 
-async def prepare(backend: EmbeddedBackend, sizes: Sequence[Size], *, optimize: bool) -> BenchData:
+async def prepare(
+    backend: EmbeddedBackend, sizes: Sequence[Size], *, optimize: bool, live: bool
+) -> BenchData:
     """Generate the bases, compute the ground truth and load every size's table, then settle.
 
+    ``live``: load the ``live`` twins' older copies too (they settle in the same wait).
     ``optimize``: merge at once rather than wait for the tables' forced merge.
     """
     catalog, text = bench_catalog(sizes)
@@ -322,5 +370,7 @@ async def prepare(backend: EmbeddedBackend, sizes: Sequence[Size], *, optimize: 
             )
         data.truth[size.label] = ground_truth(data.base_tables[size.base_rows], size.copies)
         await load(backend, data, size)
+        if live:
+            await load(backend, data, size, "live")
     data.settled_seconds = await settle(backend, catalog.database, optimize=optimize)
     return data
