@@ -73,6 +73,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime as dt
+import io
 import json
 import re
 import struct
@@ -125,6 +126,9 @@ _HEX_DIGEST = re.compile(r"\b[0-9a-fA-F]{64}\b")
 #: Percent-encoded characters of query parameters beyond which they are sent as literals in the
 #: body rather than in the URL (see ``_read_request``).
 MAX_URL_PARAMETER_CHARS = 256 * 1024
+_LARGE_BODY_BYTES = 1 << 20
+DEFAULT_MAX_QUERY_SIZE = 256 * 1024
+"""ClickHouse's default ``max_query_size``: the parser's cap on a query's text."""
 
 #: A tenant's ClickHouse login: tenant id -> (user, password).
 TenantLogin = Callable[[str], tuple[str, str]]
@@ -377,14 +381,8 @@ class HttpBackend:
     ) -> tuple[str, dict[str, str]]:
         """The SQL to send and the HTTP arguments of one read."""
         known = await self.server_settings()
-        bound, parameters = dialect.bind(query.sql, query.parameters)
+        bound, carried = bind_for_http(dialect, query.sql, query.parameters)
         arguments: dict[str, str] = {}
-        if _url_length(parameters) > MAX_URL_PARAMETER_CHARS:
-            # Servers cap the request URL (``http_max_uri_size``, 1 MiB by default) and the
-            # parameters travel in it: values this long go into the body as literals instead,
-            # with the parser's own cap (``max_query_size``) raised to the query's length.
-            bound, parameters = bind_client_side(query.sql, query.parameters), {}
-            arguments["max_query_size"] = str(len(bound.encode("utf-8")) + 65_536)
         for name, value in query.settings.items():
             if name in known:
                 arguments[name] = _setting_text(value)
@@ -414,7 +412,7 @@ class HttpBackend:
             }
         arguments |= {name: value for name, value in wanted.items() if name in known}
         # Last, so that no compiled setting can loosen them.
-        arguments |= parameters | {
+        arguments |= carried | {
             "readonly": "2",
             "max_execution_time": dialect.execution_time(timeout_seconds),
             "timeout_overflow_mode": "throw",
@@ -467,7 +465,7 @@ class HttpBackend:
         Not retried: a statement may have taken effect before the connection broke.
         """
         dialect = await self.dialect()
-        bound, arguments = dialect.bind(sql, parameters or {})
+        bound, arguments = bind_for_http(dialect, sql, parameters or {})
         if timeout_seconds is not None:
             arguments["max_execution_time"] = dialect.execution_time(timeout_seconds)
         await self._post(bound, arguments, timeout=timeout_seconds, query_id=query_id)
@@ -485,7 +483,7 @@ class HttpBackend:
         For state tables and lookups, not user queries: the whole result is buffered.
         """
         dialect = await self.dialect()
-        bound, arguments = dialect.bind(sql, parameters or {})
+        bound, arguments = bind_for_http(dialect, sql, parameters or {})
         # readonly=2: no writes, but settings such as max_execution_time may still be set.
         # wait_end_of_query: an error half-way through arrives as an HTTP error, not as text
         # appended to a 200 response.
@@ -622,7 +620,7 @@ class HttpBackend:
         for attempt in (1, 2):
             try:
                 async with self._client().post(
-                    url, data=data, timeout=self._client_timeout(timeout)
+                    url, data=_request_body(data), timeout=self._client_timeout(timeout)
                 ) as response:
                     payload = await response.read()
                     failed = response.status != 200
@@ -667,7 +665,10 @@ class HttpBackend:
         for attempt in (1, 2):
             try:
                 response = await self._client().post(
-                    url, data=data, timeout=self._client_timeout(timeout), headers=headers
+                    url,
+                    data=_request_body(data),
+                    timeout=self._client_timeout(timeout),
+                    headers=headers,
                 )
                 if response.status != 200:
                     try:
@@ -1210,6 +1211,35 @@ def conform_array(array: pa.Array, logical: str) -> pa.Array:
 
 
 # --- errors -----------------------------------------------------------------------------------
+
+
+def _request_body(data: bytes) -> bytes | io.BytesIO:
+    """A request body as aiohttp sends it without holding the event loop.
+
+    aiohttp writes a ``bytes`` body in one go and warns beyond 1 MiB (a long literal-bound query
+    or a large insert gets there); a file-like body goes out in chunks. New for every attempt:
+    a retry must not find the stream already read.
+    """
+    return io.BytesIO(data) if len(data) > _LARGE_BODY_BYTES else data
+
+
+def bind_for_http(
+    dialect: Dialect, sql: str, parameters: Mapping[str, str]
+) -> tuple[str, dict[str, str]]:
+    """The SQL body and URL arguments of one request carrying ``parameters``.
+
+    Servers cap the request URL (``http_max_uri_size``, 1 MiB by default) and query parameters
+    travel in it: values this long go into the body as literals instead. A body beyond the
+    parser's own cap (``max_query_size``, 256 KiB by default; every body of a server without
+    query parameters has literals) gets the cap raised to its length.
+    """
+    bound, arguments = dialect.bind(sql, parameters)
+    if _url_length(arguments) > MAX_URL_PARAMETER_CHARS:
+        bound, arguments = bind_client_side(sql, parameters), {}
+    size = len(bound.encode("utf-8"))
+    if size > DEFAULT_MAX_QUERY_SIZE - 1024:
+        arguments["max_query_size"] = str(size + 65_536)
+    return bound, arguments
 
 
 def _url_length(arguments: Mapping[str, str]) -> int:

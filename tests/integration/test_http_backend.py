@@ -551,6 +551,15 @@ async def test_any_text_round_trips_through_a_string_parameter(
     assert [row[f"v{i}"] for i in range(len(values))] == values
 
 
+async def test_text_beyond_the_parsers_default_cap_round_trips(backend: HttpBackend) -> None:
+    """300 KiB of text needing escapes: over the default ``max_query_size`` as a literal."""
+    value = "'\\\"\n" * 75_000 + "é" * 1_000
+    [row] = await backend.query_rows(
+        "SELECT {v:String} AS v, length({v:String}) AS n", {"v": encode_text_parameter(value)}
+    )
+    assert row == {"v": value, "n": len(value.encode())}
+
+
 @SERVER
 @given(raw=st.binary(max_size=64))
 async def test_any_bytes_round_trip_through_a_quoted_literal(
