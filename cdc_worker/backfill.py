@@ -367,12 +367,18 @@ class TableBackfill:
         snapshot: SnapshotInfo,
         pending: asyncio.Queue[RangeProgress],
     ) -> None:
-        """Copy ranges from the queue, page by page, in the exported snapshot."""
-        async with connection.transaction(isolation="repeatable_read", readonly=True):
-            await connection.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
-            while not pending.empty():
-                progress = pending.get_nowait()
-                await self._copy_range(connection, snapshot, progress)
+        """Copy ranges from the queue, page by page, in the exported snapshot.
+
+        No rollback when an error or a cancel leaves early: a page read may still be running on
+        the connection (asyncpg then refuses the ROLLBACK, and that error would hide the cancel),
+        and ``run`` closes the connection, which ends the read-only transaction anyway.
+        """
+        await connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        await connection.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
+        while not pending.empty():
+            progress = pending.get_nowait()
+            await self._copy_range(connection, snapshot, progress)
+        await connection.execute("COMMIT")
 
     async def _copy_range(
         self, connection: Any, snapshot: SnapshotInfo, progress: RangeProgress
