@@ -31,6 +31,7 @@ from cdc_worker.worker import CdcWorker
 from local_stack import LocalStack, make_stack_directory
 from service.backends.embedded import EmbeddedBackend
 from service.catalog import Catalog, load_catalog
+from service.cli import freeze_startup_heap
 from service.demo.generator import DELETED_COLUMN, DEMO_TENANTS, VERSION_COLUMN
 from service.schema import all_ddl
 from service.settings import DEFAULT_CATALOG, Settings
@@ -145,6 +146,8 @@ async def measure(backend: EmbeddedBackend, events_count: int) -> list[Figure]:
         bootstrap = stack.kafka.bootstrap_servers
         topic = f"{TOPIC_PREFIX}.{model.source}"
         await _produce(bootstrap, topic, events)
+        # As ``analytics worker`` and ``analytics serve`` do before they start their loops.
+        freeze_startup_heap()
         worker_rate, batches = await _run_worker(
             backend, worker_catalog, bootstrap, events_count, expected
         )

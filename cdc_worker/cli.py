@@ -125,6 +125,7 @@ def _run_until_signal(
         finally:
             await backend.close()
 
+    service_cli.freeze_startup_heap()
     asyncio.run(run())
     return 0
 

@@ -4,10 +4,14 @@ r"""Decode a run of Debezium records of one topic column-wise, straight into rep
 event, bench/README.md). ``ColumnarDecoder`` handles the common case of the shipped connector
 settings (JSON without schemas, ``decimal.handling.mode=string``, ``time.precision.mode=
 isostring``) for a whole list of records at once: each value is parsed by msgspec straight into
-typed structs built once per topic from the model (no dicts, every JSON type checked in C), the
-envelope and source fields are checked, the row's values are gathered into column lists, and each
-column is validated and converted by Arrow's C++ kernels (decimals from their text, exactly;
-timestamps and dates from ISO text; UUIDs in canonical text only).
+typed structs built once per topic from the model (no dicts, every JSON type checked in C). The
+rest works on whole columns, not records: the envelope and source checks are the per-record
+path's made over a column each (a set, min and max; ``source.sequence`` through RE2; versions in
+numpy ``uint64``), so that a list whose records all pass costs a few passes in C, and only a check
+that fails looks at each record; the row's values are taken off the structs column by column (a
+float column's literals parsed as one JSON array), and each column is validated and converted by
+Arrow's C++ kernels (decimals from their text, exactly; timestamps and dates from ISO text; UUIDs
+in canonical text only).
 
 A record takes this path only when it has the strict shape below; every other record (tombstones,
 truncates, heartbeats, logical messages, ``{schema, payload}`` values, unchanged-TOAST
@@ -30,50 +34,47 @@ JSON semantics. The per-record path parses with the standard library (``json`` w
 (the record then takes the per-record path) or is caught before a row is kept:
 
 * msgspec is stricter, so these only send records to the per-record path: ``NaN``/``Infinity``
-  literals, lone surrogate escapes (``"\ud800"``), surrogates encoded in UTF-8 (the per-record
-  path decodes with ``surrogatepass``), a UTF-8 BOM, UTF-16/32 values, a float literal beyond
-  the double range in a float field, and (typed fields) any JSON type other than the field's
-  (``1e3`` or ``1.0`` in an int field, a string, object or array where text is expected,
-  ``true`` in an int field). JSON integers in float fields are converted exactly as
-  ``float(int)`` does (correctly rounded, checked against ``float(Decimal(text))``).
+  literals, lone surrogate escapes (``"\ud800"``) and surrogates encoded in UTF-8 (the per-record
+  path decodes with ``surrogatepass`` and dead-letters them: no Arrow table holds them), a BOM,
+  UTF-16/32 values, a float literal beyond the double range in a float field, and (typed fields) any
+  JSON type other than the field's (``1e3`` or ``1.0`` in an int field, a string, object or array
+  where text is expected, ``true`` in an int field). JSON integers in float fields are converted
+  exactly as ``float(int)`` does (correctly rounded, checked against ``float(Decimal(text))``).
 * The same in both: duplicate keys (the last one wins), escapes (``\u00e9``, ``\/``, surrogate
   pairs), ``-0``/``-0.0``, denormals, underflow to ``0.0`` for exponents the standard library's
-  ``Decimal`` can hold, raw control characters in strings (rejected), missing keys (msgspec
-  structs make every catalog column of ``after`` required, so a missing one is not read as null).
-* msgspec accepts where the standard library rejects, only in content it does not check: an
-  integer literal of more than ``sys.get_int_max_str_digits()`` digits, an exponent of 18 or
-  more digits (``Decimal`` refuses it; msgspec reads ``1e-9999999999999999999`` as ``0.0``),
-  nesting deeper than the interpreter's recursion limit allows the per-record parser, and
-  invalid UTF-8. The structs are therefore closed (``forbid_unknown_fields``) and declare every
-  field Debezium writes, so that normally nothing is skipped: typed integers refuse too many
-  digits, typed strings are UTF-8 checked, nesting is that of the structs; a float field that
-  decodes to zero has its record searched for a huge exponent. A record with fields the structs
-  do not know (source columns outside the catalog, a newer connector's metadata) is decoded by an
-  open copy of the structs only after the whole value passed those checks
-  (``_plain_json``).
+  ``Decimal`` can hold, raw control characters in strings (rejected), missing keys (msgspec structs
+  make every catalog column of ``after`` required, so a missing one is not read as null).
+* msgspec accepts where the standard library rejects, only in content it does not check: an integer
+  literal of more than ``sys.get_int_max_str_digits()`` digits, an exponent of 18 or more digits
+  (``Decimal`` refuses it; msgspec reads ``1e-9999999999999999999`` as ``0.0``), nesting deeper than
+  the interpreter's recursion limit allows the per-record parser, and invalid UTF-8. The structs are
+  therefore closed (``forbid_unknown_fields``) and declare every field Debezium writes, so that
+  normally nothing is skipped: typed integers refuse too many digits, typed strings are UTF-8
+  checked, nesting is that of the structs; float fields are kept as raw literals and read as the
+  per-record parser reads them (``_read_floats``). A record with fields the structs do not know
+  (source columns outside the catalog, a newer connector's metadata) is decoded by an open copy of
+  the structs only after the whole value passed those checks (``_plain_json``).
 
 ``tests/unit/test_columnar_decoder.py`` checks the equivalence against the per-record path.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from operator import attrgetter
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cdc_worker.decoder import (
-    _SEQUENCE,
-    _SNAPSHOT_FLAGS,
-    MAX_LSN,
-    DebeziumDecoder,
-)
+from cdc_worker.decoder import _SNAPSHOT_FLAGS, MAX_LSN, DebeziumDecoder
 from cdc_worker.events import DecodedMessage, DecodeError
 from service.catalog import FieldSpec, FieldType, Model
 from service.demo.generator import DELETED_COLUMN, VERSION_COLUMN
@@ -90,6 +91,19 @@ _JSON_TYPES: Final[dict[FieldType, type[Any]]] = {
     FieldType.BOOL: bool,
 }
 _NUMBER_START: Final = frozenset(b"-0123456789")
+# The bytes of float literals joined by commas, when each is a JSON number or null.
+_NUMBER_BYTES: Final = b"0123456789-+.eE,nul"
+# What _json_float treats apart from float(): exponents Decimal refuses, integers that may
+# overflow or exceed the digit limit, and the integer -0 (read as 0.0, not -0.0).
+_ODD_NUMBER: Final = re.compile(rb"[eE][-+]?[0-9]{18}|[0-9]{309}|-0[],]")
+_OP: Final = attrgetter("op")
+_SOURCE: Final = attrgetter("source")
+_BEFORE: Final = attrgetter("before")
+_AFTER: Final = attrgetter("after")
+_SOURCE_FIELDS: Final = attrgetter("schema", "table", "lsn", "ts_ms", "snapshot", "sequence")
+# decoder._SEQUENCE (Debezium's own form of source.sequence) for RE2, whose \d is ASCII as
+# re.ASCII's is; the group is the last commit LSN.
+_SEQUENCE_TEXT: Final = r'^\[(?:null|"(?P<last>\d{1,20})"),(?:null|"\d{1,20}")\]$'
 _KEY_TYPES: Final = frozenset({FieldType.INT, FieldType.STRING, FieldType.ENUM, FieldType.BOOL})
 # Years 1900-2299: inside the replica's range, so the per-record path would not clamp them.
 _YEAR: Final = r"(?:19\d\d|2[0-2]\d\d)-\d\d-\d\d"
@@ -145,6 +159,8 @@ class ColumnarBatch:
 
     rows: ColumnarRows | None
     entries: list[ColumnarEntry]
+    every_row: list[int] | None = None
+    """``entries`` when every record is a row of ``rows`` (the common case), else None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +170,12 @@ class _Field:
 
 
 _Decode = Callable[[bytes], Any]
+_Getter = Callable[[Any], Any]
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """What the per-record loop needs of one topic's model, resolved once."""
+    """What the column-wise checks need of one topic's model, resolved once."""
 
     model: Model
     fields: tuple[_Field, ...]
@@ -168,18 +185,16 @@ class _Plan:
     """Decodes a value whose every field the structs declare (nothing skipped)."""
     open: _Decode
     """Decodes a value with unknown fields, skipping them (only after ``_plain_json``)."""
-    values: Callable[[Any], tuple[Any, ...]]
-    """``(tenant, *fields)`` of an ``after`` struct."""
+    columns: tuple[_Getter, ...]
+    """Per replica column (tenant, then every field), its getter on an ``after`` struct."""
     key: Callable[[Any], tuple[Any, ...]]
     """``(tenant, *primary key)`` of a ``before`` struct."""
-    key_indices: tuple[int, ...]
-    """Where the primary key columns sit in ``values``."""
+    key_slots: tuple[int, ...]
+    """Where the primary key columns sit in ``columns``."""
     delete_slots: tuple[int | None, ...]
     """Per field, where a delete's value sits in ``key`` (None: not read)."""
-    floats: Callable[[Any], tuple[Any, ...]] | None
-    """The raw float fields of an image struct, when the model has any."""
-    float_slots: tuple[tuple[int, bool], ...]
-    """Where float fields sit in ``values``, and whether they are nullable."""
+    floats: tuple[tuple[int, _Getter, bool], ...]
+    """Per float field: its slot in ``columns``, its getter (a raw literal) and nullability."""
 
     @classmethod
     def of(cls, model: Model) -> _Plan:
@@ -187,11 +202,6 @@ class _Plan:
         # Struct attributes c0, c1..: column names need not be Python identifiers.
         attributes = [f"c{index}" for index in range(len(names))]
         indices = [names.index(name) for name in model.primary_key]
-        floats = [
-            attribute
-            for attribute, spec in zip(attributes, model.fields.values(), strict=True)
-            if spec.type is FieldType.FLOAT
-        ]
         schema, _, table = model.source.partition(".")
         return cls(
             model,
@@ -200,17 +210,19 @@ class _Plan:
             table,
             _envelope_decoder(model, attributes, closed=True),
             _envelope_decoder(model, attributes, closed=False),
-            _tuple_getter(["tenant", *attributes]),
-            _tuple_getter(["tenant", *(attributes[i] for i in indices)]),
+            tuple(attrgetter(name) for name in ["tenant", *attributes]),
+            # The tenant and at least one key column: attrgetter returns a tuple.
+            attrgetter("tenant", *(attributes[i] for i in indices)),
             tuple(1 + i for i in indices),
             tuple(
                 1 + model.primary_key.index(name) if name in model.primary_key else None
                 for name in names
             ),
-            _tuple_getter(floats) if floats else None,
             tuple(
-                (1 + index, spec.nullable)
-                for index, spec in enumerate(model.fields.values())
+                (1 + index, attrgetter(attribute), spec.nullable)
+                for index, (attribute, spec) in enumerate(
+                    zip(attributes, model.fields.values(), strict=True)
+                )
                 if spec.type is FieldType.FLOAT
             ),
         )
@@ -302,45 +314,19 @@ class ColumnarDecoder:
         plan = self._plans.get(topic)
         if plan is None:
             return ColumnarBatch(None, [self._single(topic, k, v) for k, v in records])
-        gathered: list[tuple[Any, ...]] = []
-        positions: list[int] = []
-        keys: list[tuple[Any, ...]] = []
-        versions: list[int] = []
-        stamps: list[int] = []
-        deleted: list[int] = []
-        for position, (_, value) in enumerate(records):
-            try:
-                fast = self._gather(plan, value)
-            except Exception:  # anything unusual is the per-record path's to judge
-                fast = None
-            if fast is None:
-                continue
-            values, key, version, ts_ms, is_deleted = fast
-            gathered.append(values)
-            positions.append(position)
-            keys.append(key)
-            versions.append(version)
-            stamps.append(ts_ms)
-            deleted.append(is_deleted)
         rows = None
-        if gathered:
-            converted = _convert(plan, gathered, deleted, self._placeholder)
-            if converted is None:
-                positions = []
-            else:
-                table, kept = converted
-                if kept is not None:
-                    positions = [positions[i] for i in kept]
-                    keys = [keys[i] for i in kept]
-                    versions = [versions[i] for i in kept]
-                    stamps = [stamps[i] for i in kept]
-                    deleted = [deleted[i] for i in kept]
-                table = table.append_column(VERSION_COLUMN, pa.array(versions, pa.uint64()))
-                table = table.append_column(DELETED_COLUMN, pa.array(deleted, pa.uint8()))
-                rows = ColumnarRows(plan.model, table, keys, versions, stamps)
+        positions: list[int] = []
+        gathered = _gather(plan, [value for _, value in records], self._placeholder)
+        if gathered is not None:
+            converted = _convert(plan, gathered, self._placeholder)
+            if converted is not None:
+                rows, positions = converted
         entries: list[ColumnarEntry | None] = [None] * len(records)
         for index, position in enumerate(positions):
             entries[position] = index
+        if len(positions) == len(records):
+            every_row = cast(list[int], entries)
+            return ColumnarBatch(rows, cast(list[ColumnarEntry], every_row), every_row)
         return ColumnarBatch(
             rows,
             [
@@ -355,113 +341,359 @@ class ColumnarDecoder:
         except DecodeError as error:
             return error
 
-    def _gather(
-        self, plan: _Plan, value: bytes | None
-    ) -> tuple[tuple[Any, ...], tuple[Any, ...], int, int, int] | None:
-        """The raw values, key, version, source time and delete flag of a fast-shaped record.
 
-        The envelope and source checks are the per-record path's, for the common values only;
-        the field values are checked column-wise in ``_convert``.
-        """
-        if type(value) is not bytes:
+@dataclass(slots=True)
+class _Candidates:
+    """Records still in the fast shape, as parallel columns (one entry per record)."""
+
+    positions: list[int]
+    ops: list[str]
+    befores: list[Any]
+    afters: list[Any]
+    versions: np.ndarray[Any, np.dtype[np.uint64]]
+    stamps: list[int]
+
+    def kept(self, keep: list[bool]) -> _Candidates:
+        """The candidates whose flag in ``keep`` is true."""
+        return _Candidates(
+            list(compress(self.positions, keep)),
+            list(compress(self.ops, keep)),
+            list(compress(self.befores, keep)),
+            list(compress(self.afters, keep)),
+            self.versions[np.array(keep, dtype=np.bool_)],
+            list(compress(self.stamps, keep)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Gathered:
+    """The fast-shaped records' rows, column by column, upserts first and deletes last."""
+
+    positions: list[int]
+    columns: list[list[Any]]
+    """The tenant, then one list per field, as the structs hold them (floats read)."""
+    keys: list[tuple[Any, ...]]
+    versions: list[int]
+    stamps: list[int]
+    deleted: list[int]
+
+    @classmethod
+    def of(
+        cls,
+        candidates: _Candidates,
+        columns: list[list[Any]],
+        keys: list[tuple[Any, ...]],
+        *,
+        deleted: int,
+    ) -> _Gathered:
+        """The kept candidates' rows, all upserts (``deleted`` 0) or all deletes (1)."""
+        return cls(
+            candidates.positions,
+            columns,
+            keys,
+            candidates.versions.tolist(),
+            candidates.stamps,
+            [deleted] * len(keys),
+        )
+
+
+def _gather(plan: _Plan, values: list[bytes | None], placeholder: str) -> _Gathered | None:
+    """The records of ``values`` that have the fast shape, their rows gathered column-wise.
+
+    The envelope and source checks are the per-record path's, made over whole columns: a check
+    that passes for every record costs one pass in C; only one that fails looks at each record.
+    The field values are checked column-wise in ``_convert``.
+    """
+    keep: list[bool] | None
+    positions, documents = _documents(plan, values)
+    ops: list[Any] = list(map(_OP, documents))
+    if not _FAST_OPS.issuperset(ops):
+        keep = [op in _FAST_OPS for op in ops]
+        positions, documents, ops = _compressed(keep, positions, documents, ops)
+    sources = list(map(_SOURCE, documents))
+    if None in sources:
+        keep = [source is not None for source in sources]
+        positions, documents, ops, sources = _compressed(keep, positions, documents, ops, sources)
+    if not sources:
+        return None
+    fields: list[Sequence[Any]] = list(zip(*map(_SOURCE_FIELDS, sources), strict=True))
+    schemas, tables, lsns, stamps, snapshots, sequences = fields
+    keep_source = _both(
+        _both(_equal(schemas, plan.schema), _equal(tables, plan.table)),
+        _both(_between(lsns, 0, MAX_LSN), _between(stamps, _INT64_MIN, _INT64_MAX)),
+    )
+    keep_source = _both(keep_source, _snapshot_flags(snapshots))
+    if keep_source is not None:
+        positions, documents, ops, lsns, stamps, sequences = _compressed(
+            keep_source, positions, documents, ops, lsns, stamps, sequences
+        )
+        if not positions:
             return None
+    versions, keep = _versions(ops, lsns, sequences)
+    candidates = _Candidates(
+        positions,
+        ops,
+        list(map(_BEFORE, documents)),
+        list(map(_AFTER, documents)),
+        versions,
+        list(stamps),
+    )
+    if plan.floats and candidates.befores.count(None) != len(candidates.befores):
+        # Never read, but the per-record parser must accept them (_json_float raises).
+        keep = _both(keep, _readable_floats(plan, candidates.befores))
+    if keep is not None:
+        candidates = candidates.kept(keep)
+    if "d" not in candidates.ops:
+        return _upserts(plan, candidates, placeholder)
+    is_delete = [op == "d" for op in candidates.ops]
+    upserts = _upserts(plan, candidates.kept([not flag for flag in is_delete]), placeholder)
+    deletes = _deletes(plan, candidates.kept(is_delete), placeholder)
+    if upserts is None or deletes is None:
+        return upserts or deletes
+    return _Gathered(
+        upserts.positions + deletes.positions,
+        [first + second for first, second in zip(upserts.columns, deletes.columns, strict=True)],
+        upserts.keys + deletes.keys,
+        upserts.versions + deletes.versions,
+        upserts.stamps + deletes.stamps,
+        upserts.deleted + deletes.deleted,
+    )
+
+
+def _documents(plan: _Plan, values: list[bytes | None]) -> tuple[list[int], list[Any]]:
+    """The positions and structs of the values that decode into the plan's structs.
+
+    Anything msgspec refuses (invalid JSON or UTF-8, a type the structs do not allow) is the
+    per-record path's to judge.
+    """
+    if set(map(type, values)) == {bytes}:
         try:
-            document = plan.closed(value)
-        except msgspec.ValidationError as error:
-            if not str(error).startswith(_UNKNOWN_FIELD) or not _plain_json(value):
-                return None
-            document = plan.open(value)
-        op = document.op
-        if op not in _FAST_OPS:
-            return None
-        source = document.source
-        if source is None or source.schema != plan.schema or source.table != plan.table:
-            return None
-        lsn = source.lsn
-        ts_ms = source.ts_ms
-        if lsn is None or not 0 <= lsn <= MAX_LSN:
-            return None
-        if ts_ms is None or not _INT64_MIN <= ts_ms <= _INT64_MAX:
-            return None
-        snapshot = source.snapshot
-        if type(snapshot) is str and snapshot not in _SNAPSHOT_FLAGS:
-            return None
-        version = 2 * lsn if op == "r" else _change_version(lsn, source.sequence)
-        if version is None:
-            return None
-        before = document.before
-        after = document.after
-        floats = plan.floats
-        if floats is not None and before is not None:
-            # Never read, but the per-record parser must accept them (_json_float raises).
-            for raw in floats(before):
-                if raw is not None:
-                    _json_float(raw)
-        placeholder = self._placeholder
-        if op == "d":
-            if before is None:
-                return None
-            if floats is not None and after is not None:
-                for raw in floats(after):
-                    _json_float(raw)
-            key = plan.key(before)
-            if None in key:
-                return None
-            tenant = key[0]
-            if not tenant or tenant == placeholder:
-                return None
-            values = tuple(None if slot is None else key[slot] for slot in plan.delete_slots)
-            return (tenant, *values), key, version, ts_ms, 1
-        if after is None:
-            return None
-        row = _with_floats(plan, plan.values(after)) if plan.float_slots else plan.values(after)
-        if row is None:
-            return None
-        tenant = row[0]
-        if not tenant or tenant == placeholder:
-            return None
-        if op == "u" and before is not None:
-            # The per-record path's previous_tenant (a tenant move) is not the fast shape.
-            old = before.tenant
-            if old and old not in (tenant, placeholder):
-                return None
-        key = (tenant, *(row[i] for i in plan.key_indices))
-        return row, key, version, ts_ms, 0
+            return list(range(len(values))), list(map(plan.closed, cast(list[bytes], values)))
+        except Exception:  # noqa: S110 - some value does not fit: sorted out one by one below
+            pass
+    positions: list[int] = []
+    documents: list[Any] = []
+    for position, value in enumerate(values):
+        document = _document(plan, value)
+        if document is not None:
+            positions.append(position)
+            documents.append(document)
+    return positions, documents
 
 
-def _change_version(lsn: int, sequence: str | None) -> int | None:
-    """``change_version`` inline (the caller checked the LSN's range); None: not the fast shape."""
-    position = lsn
-    if sequence is not None:
-        plain = _SEQUENCE.fullmatch(sequence)
-        if plain is None:
+def _document(plan: _Plan, value: bytes | None) -> Any:
+    """The structs of one value; None when it is not for the fast path."""
+    if type(value) is not bytes:
+        return None
+    try:
+        return plan.closed(value)
+    except msgspec.ValidationError as error:
+        if not str(error).startswith(_UNKNOWN_FIELD) or not _plain_json(value):
             return None
-        if plain.group(1) is not None:
-            last_commit_lsn = int(plain.group(1))
-            if last_commit_lsn >= MAX_LSN:
-                return None
-            position = max(lsn, last_commit_lsn + 1)
-    return 2 * position + 1
+    except Exception:
+        return None
+    try:
+        return plan.open(value)
+    except Exception:
+        return None
 
 
-def _with_floats(plan: _Plan, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    """``row`` with its raw float literals read; None when a non-nullable one is null."""
-    values = list(row)
-    for index, nullable in plan.float_slots:
-        number = _json_float(values[index])
-        if number is None and not nullable:
+def _upserts(plan: _Plan, candidates: _Candidates, placeholder: str) -> _Gathered | None:
+    """The rows of upserts: every column from ``after``."""
+    if not candidates.positions:
+        return None
+    afters = candidates.afters
+    if None in afters:
+        candidates = candidates.kept([after is not None for after in afters])
+        if not candidates.positions:
             return None
-        values[index] = number
-    return tuple(values)
+        afters = candidates.afters
+    columns = [list(map(getter, afters)) for getter in plan.columns]
+    keep = _usable_tenants(columns[0], placeholder)
+    for slot, _, nullable in plan.floats:
+        numbers, readable = _read_floats(columns[slot], nullable=nullable)
+        columns[slot] = numbers
+        keep = _both(keep, readable)
+    befores = candidates.befores
+    if befores.count(None) != len(befores):
+        # The per-record path's previous_tenant (a tenant move) is not the fast shape.
+        keep = _both(
+            keep,
+            [
+                before is None
+                or op != "u"
+                or not before.tenant
+                or before.tenant in (tenant, placeholder)
+                for op, before, tenant in zip(candidates.ops, befores, columns[0], strict=True)
+            ],
+        )
+    if keep is not None:
+        candidates = candidates.kept(keep)
+        columns = _compressed(keep, *columns)
+        if not candidates.positions:
+            return None
+    keys = list(zip(columns[0], *(columns[slot] for slot in plan.key_slots), strict=True))
+    return _Gathered.of(candidates, columns, keys, deleted=0)
 
 
-def _tuple_getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
-    """``attrgetter`` that returns a tuple for a single name too."""
-    if len(names) == 1:
-        name = names[0]
-        return lambda struct: (getattr(struct, name),)
-    getter: Callable[[Any], tuple[Any, ...]] = attrgetter(*names)
-    return getter
+def _deletes(plan: _Plan, candidates: _Candidates, placeholder: str) -> _Gathered | None:
+    """The rows of deletes (at least one): the key columns of ``before``, nothing else read."""
+    keep = [
+        before is not None
+        and None not in (key := plan.key(before))
+        and bool(key[0])
+        and key[0] != placeholder
+        for before in candidates.befores
+    ]
+    if plan.floats and candidates.afters.count(None) != len(candidates.afters):
+        # An after image on a delete is never read, but it must parse (_json_float raises).
+        keep = [
+            flag and (after is None or all(_readable(raw(after)) for _, raw, _ in plan.floats))
+            for flag, after in zip(keep, candidates.afters, strict=True)
+        ]
+    candidates = candidates.kept(keep)
+    if not candidates.positions:
+        return None
+    keys = list(map(plan.key, candidates.befores))
+    count = len(keys)
+    nothing: list[Any] = [None] * count
+    key_columns = list(zip(*keys, strict=True))
+    columns = [
+        list(key_columns[0]),
+        *(nothing if slot is None else list(key_columns[slot]) for slot in plan.delete_slots),
+    ]
+    return _Gathered.of(candidates, columns, keys, deleted=1)
+
+
+def _compressed(keep: list[bool], *columns: Sequence[Any]) -> list[list[Any]]:
+    """Each of ``columns`` with the entries whose flag in ``keep`` is true."""
+    return [list(compress(column, keep)) for column in columns]
+
+
+def _both(first: list[bool] | None, second: list[bool] | None) -> list[bool] | None:
+    """Flags that are true where both are; None stands for all true."""
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return [a and b for a, b in zip(first, second, strict=True)]
+
+
+def _equal(column: Sequence[Any], expected: str) -> list[bool] | None:
+    """Per entry whether it equals ``expected``; None when every entry does."""
+    if len(set(column)) == 1 and column[0] == expected:
+        return None
+    return [value == expected for value in column]
+
+
+def _between(column: Sequence[int | None], low: int, high: int) -> list[bool] | None:
+    """Per entry whether it is an integer in ``low..high``; None when every entry is."""
+    if None not in column:
+        numbers = cast(Sequence[int], column)
+        if low <= min(numbers) and max(numbers) <= high:
+            return None
+    return [value is not None and low <= value <= high for value in column]
+
+
+def _snapshot_flags(column: Sequence[str | bool | None]) -> list[bool] | None:
+    """Per entry whether ``_check_snapshot_flag`` accepts it; None when it accepts every one."""
+    unknown = {flag for flag in set(column) if type(flag) is str and flag not in _SNAPSHOT_FLAGS}
+    if not unknown:
+        return None
+    return [flag not in unknown for flag in column]
+
+
+def _usable_tenants(column: list[Any], placeholder: str) -> list[bool] | None:
+    """Per row whether its tenant is neither empty nor the placeholder; None when all are."""
+    if "" not in column and placeholder not in column:
+        return None
+    return [tenant not in ("", placeholder) for tenant in column]
+
+
+def _versions(
+    ops: Sequence[str], lsns: Sequence[int], sequences: Sequence[str | None]
+) -> tuple[np.ndarray[Any, np.dtype[np.uint64]], list[bool] | None]:
+    """``snapshot_version``/``change_version`` per record and whether the sequence is plain.
+
+    The sequence is read as the per-record path reads Debezium's own form (``_SEQUENCE``), for
+    every op as it does; other forms, and a last commit LSN that is not below ``MAX_LSN``, are
+    not the fast shape. The LSNs are in ``0..MAX_LSN``, so every version fits ``uint64``.
+    """
+    count = len(lsns)
+    lsn = np.fromiter(lsns, np.uint64, count)
+    texts = pa.array(sequences, pa.string())
+    parts = pc.extract_regex(texts, _SEQUENCE_TEXT)
+    last = pc.struct_field(parts, [0])
+    lengths = pc.fill_null(pc.binary_length(last), 0).to_numpy()
+    # 20 digits may exceed uint64; they cannot be below MAX_LSN unless padded with zeros.
+    has_last = (lengths > 0) & (lengths < 20)
+    last_lsn = pc.cast(pc.if_else(pa.array(has_last), last, "0"), pa.uint64()).to_numpy()
+    plain = (
+        (parts.is_valid().to_numpy(zero_copy_only=False) | texts.is_null().to_numpy(False))
+        & (lengths < 20)
+        & (last_lsn < MAX_LSN)
+    )
+    position = np.where(has_last, np.maximum(lsn, last_lsn + 1), lsn)
+    snapshot = np.fromiter(map("r".__eq__, ops), np.bool_, count)
+    versions = np.where(snapshot, lsn * 2, position * 2 + 1)
+    return versions, None if plain.all() else plain.tolist()
+
+
+def _read_floats(
+    raws: list[Any], *, nullable: bool
+) -> tuple[list[float | None], list[bool] | None]:
+    """A float column's raw literals read as ``_json_float`` reads them, and which rows can be kept.
+
+    A row is dropped where the literal does not read (``_json_float`` raises) or is null in a
+    field that is not nullable. The whole column is parsed as one JSON array when its bytes show
+    nothing ``_json_float`` treats apart (see ``_ODD_NUMBER``), otherwise literal by literal.
+    """
+    literals = b",".join(raws)
+    joined = b"[" + literals + b"]"
+    if not literals.translate(None, _NUMBER_BYTES) and _ODD_NUMBER.search(joined) is None:
+        # Every literal is a JSON number or null (msgspec checked that each is valid JSON); an
+        # integer literal of at most 308 digits other than -0 reads the same through float().
+        numbers: list[float | None] = json.loads(joined, parse_int=float)
+        if nullable or None not in numbers:
+            return numbers, None
+        return numbers, [number is not None for number in numbers]
+    numbers = []
+    keep: list[bool] = []
+    for raw in raws:
+        try:
+            number = _json_float(raw)
+        except (ValueError, OverflowError):
+            numbers.append(None)
+            keep.append(False)
+            continue
+        numbers.append(number)
+        keep.append(nullable or number is not None)
+    return numbers, keep
+
+
+def _readable_floats(plan: _Plan, images: list[Any]) -> list[bool] | None:
+    """Per image (None: absent) whether each raw float literal it holds reads; None: all do."""
+    present = [image for image in images if image is not None]
+    for _, getter, _ in plan.floats:
+        literals = [raw for raw in map(getter, present) if raw is not None]
+        if literals and _read_floats(literals, nullable=True)[1] is not None:
+            return [
+                image is None
+                or all(
+                    (raw := getter(image)) is None or _readable(raw) for _, getter, _ in plan.floats
+                )
+                for image in images
+            ]
+    return None
+
+
+def _readable(raw: msgspec.Raw) -> bool:
+    """Whether ``_json_float`` reads ``raw``."""
+    try:
+        _json_float(raw)
+    except (ValueError, OverflowError):
+        return False
+    return True
 
 
 def _json_float(raw: msgspec.Raw) -> float | None:
@@ -518,14 +750,17 @@ def _columnar(model: Model) -> bool:
 
 
 def _convert(
-    plan: _Plan, gathered: list[tuple[Any, ...]], deleted: list[int], placeholder: str
-) -> tuple[pa.Table, list[int] | None] | None:
-    """The gathered rows as replica columns, and the rows kept when some failed the checks.
+    plan: _Plan, gathered: _Gathered, placeholder: str
+) -> tuple[ColumnarRows, list[int]] | None:
+    """The gathered rows as a replica table, and the positions of the records it holds.
 
-    None when a conversion fails (an impossible calendar date, say): the caller then sends every
-    record to the per-record path, which knows the exact error.
+    Rows whose values fail the checks are left out (the per-record path decodes them). None when
+    a conversion fails (an impossible calendar date, say): the caller then sends every record to
+    the per-record path, which knows the exact error.
     """
-    columns: list[Sequence[Any]] = list(zip(*gathered, strict=True))
+    columns: list[Sequence[Any]] = list(gathered.columns)
+    positions, keys, versions = gathered.positions, gathered.keys, gathered.versions
+    stamps, deleted = gathered.stamps, gathered.deleted
     bad: set[int] = set()
     for index, field in enumerate(plan.fields, start=1):
         bad.update(_rejected(field.spec, columns[index], placeholder))
@@ -539,8 +774,7 @@ def _convert(
         texts[field.spec.name] = text
         masks.append(pc.fill_null(pc.match_substring_regex(text, pattern), True))
     if bad:
-        masks.append(pa.array([i not in bad for i in range(len(gathered))], pa.bool_()))
-    kept: list[int] | None = None
+        masks.append(pa.array([i not in bad for i in range(len(positions))], pa.bool_()))
     if masks:
         mask = masks[0]
         for other in masks[1:]:
@@ -552,6 +786,10 @@ def _convert(
             rows = pa.array(kept, pa.int64())
             texts = {name: text.take(rows) for name, text in texts.items()}
             columns = [[column[i] for i in kept] for column in columns]
+            positions = [positions[i] for i in kept]
+            keys = [keys[i] for i in kept]
+            versions = [versions[i] for i in kept]
+            stamps = [stamps[i] for i in kept]
             deleted = [deleted[i] for i in kept]
     model = plan.model
     arrays: dict[str, pa.Array] = {model.tenant_column: pa.array(columns[0], pa.string())}
@@ -561,15 +799,17 @@ def _convert(
             arrays[spec.name] = _column(spec, columns[index], texts.get(spec.name))
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         return None
-    if any(deleted):
-        # A delete's non-key columns: null where nullable, the type's zero value otherwise
-        # (replica_rows does the same for the per-record path).
+    if deleted[-1]:
+        # Deletes come last. Their non-key columns: null where nullable, the type's zero value
+        # otherwise (replica_rows does the same for the per-record path).
         for field in plan.fields:
             spec = field.spec
             if not field.in_key and not spec.nullable:
                 zero = pa.scalar(zero_value(spec), arrow_type(spec))
                 arrays[spec.name] = pc.fill_null(arrays[spec.name], zero)
-    return pa.table(arrays), kept
+    arrays[VERSION_COLUMN] = pa.array(versions, pa.uint64())
+    arrays[DELETED_COLUMN] = pa.array(deleted, pa.uint8())
+    return ColumnarRows(model, pa.table(arrays), keys, versions, stamps), positions
 
 
 def _rejected(spec: FieldSpec, column: Sequence[Any], placeholder: str) -> list[int]:

@@ -394,7 +394,7 @@ class DebeziumDecoder:
             # another tenant; an empty or null tenant there is the identity's fallback, not data.
             old = before.get(model.tenant_column)
             if isinstance(old, str | int) and not isinstance(old, bool) and old != "":
-                old_tenant = str(old)
+                old_tenant = _text(str(old), f"before.{model.tenant_column}")
                 if old_tenant != tenant and old != self._placeholder:
                     previous_tenant = old_tenant
         return RowChange(
@@ -470,7 +470,7 @@ class DebeziumDecoder:
             raise DecodeError(f"{where}: unchanged-TOAST placeholder instead of the tenant")
         if isinstance(raw, bool) or not isinstance(raw, str | int):
             raise DecodeError(f"{where}: expected the tenant as a string, got {_kind(raw)}")
-        return str(raw)
+        return _text(str(raw), where)
 
     def _is_placeholder(self, raw: Any, schema: _FieldSchema | None) -> bool:
         if isinstance(raw, str):
@@ -652,8 +652,26 @@ def _to_string(spec: FieldSpec, raw: Any, schema: _FieldSchema | None, where: st
     # json/jsonb (io.debezium.data.Json), enums (io.debezium.data.Enum), xml, inet... all arrive
     # as text; anything else is a column whose type does not match the catalog.
     if isinstance(raw, str):
-        return raw
+        return _text(raw, where)
     raise DecodeError(f"{where}: expected a string, got {_kind(raw)}")
+
+
+def _text(text: str, where: str) -> str:
+    r"""``text`` if it is valid Unicode, else DecodeError.
+
+    A lone surrogate (a ``"\ud800"`` escape) parses, but no Arrow table (so no replica) can hold
+    it: such a row would make every write of its batch fail and stall replication.
+    """
+    # isascii is a flag lookup: only non-ASCII text pays for the check.
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DecodeError(
+                f"{where}: text with a lone surrogate ({_show(text[exc.start : exc.end])}) "
+                "is not valid Unicode"
+            ) from None
+    return text
 
 
 def _to_uuid(spec: FieldSpec, raw: Any, schema: _FieldSchema | None, where: str) -> str:

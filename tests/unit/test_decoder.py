@@ -1383,3 +1383,28 @@ def test_corrupted_bytes_only_raise_decode_error(
     corrupted = raw[:position] + bytes([flip]) + raw[position + 1 :]
     accepts(decoder, message["topic"], None, corrupted)
     accepts(decoder, message["topic"], None, raw[:position])
+
+
+def test_text_that_is_not_valid_unicode_names_the_field(decoder: DebeziumDecoder) -> None:
+    # A lone surrogate parses (as an escape, or as UTF-8 bytes through surrogatepass) but no Arrow
+    # table can hold it: the record must be a dead letter, not a batch that never writes.
+    escaped = encode(variant("deals_create", "title", "a\ud800b"), ascii_only=True)
+    with pytest.raises(DecodeError, match=r"after\.title: text with a lone surrogate"):
+        decoder.decode(DEALS, None, escaped)
+    raw = encode(variant("deals_create", "title", "@@"))
+    assert raw is not None
+    with pytest.raises(DecodeError, match=r"after\.title: text with a lone surrogate"):
+        decoder.decode(DEALS, None, raw.replace(b"@@", b"\xed\xa0\x80"))
+    tenant = encode(variant("deals_create", "tenant_id", "\udfff"), ascii_only=True)
+    with pytest.raises(DecodeError, match=r"after\.tenant_id: text with a lone surrogate"):
+        decoder.decode(DEALS, None, tenant)
+    moved = load("deals_update_full")["value"]
+    moved["before"]["tenant_id"] = "\ud800"
+    with pytest.raises(DecodeError, match=r"before\.tenant_id: text with a lone surrogate"):
+        decoder.decode(DEALS, None, encode(moved, ascii_only=True))
+    # A surrogate pair is one character, and other non-ASCII text is kept as it is.
+    pair = encode(variant("deals_create", "title", "Bäckerei \U0001f600"), ascii_only=True)
+    change = decoder.decode(DEALS, None, pair)
+    assert isinstance(change, RowChange)
+    assert change.row["title"] == "Bäckerei \U0001f600"
+    assert pa.array([change.row["title"]], pa.string()).to_pylist() == ["Bäckerei \U0001f600"]
