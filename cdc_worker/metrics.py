@@ -20,6 +20,8 @@ class WorkerMetrics:
     last_batch_rows: int = 0
     dead_letters: int = 0
     write_errors: int = 0
+    uncommitted_batches: int = 0
+    """Written batches whose offsets a rebalance kept from being committed (they replay)."""
     tables: dict[str, TableProgress] = field(default_factory=dict)
 
     def render(self) -> str:
@@ -79,6 +81,9 @@ class WorkerMetrics:
             "# HELP cdc_write_errors_total Failed replica writes (each retried).",
             "# TYPE cdc_write_errors_total counter",
             f"cdc_write_errors_total {self.write_errors}",
+            "# HELP cdc_uncommitted_batches_total Written batches a rebalance kept uncommitted.",
+            "# TYPE cdc_uncommitted_batches_total counter",
+            f"cdc_uncommitted_batches_total {self.uncommitted_batches}",
         ]
         return "\n".join(lines) + "\n"
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import OffsetAndMetadata
 
 from cdc_worker.batch import ChangeBatch, fill_unavailable
@@ -277,18 +278,46 @@ class CdcWorker:
                 delay = min(delay * 2, self._settings.cdc_retry_max_seconds)
         if paused:
             consumer.resume(*consumer.assignment())
-        offsets = {
-            TopicPartition(topic, partition): OffsetAndMetadata(offset + 1, "")
-            for (topic, partition), offset in batch.offsets.items()
-        }
-        if offsets:
-            await consumer.commit(offsets)
+        offsets = await self._commit(
+            consumer,
+            {
+                TopicPartition(topic, partition): OffsetAndMetadata(offset + 1, "")
+                for (topic, partition), offset in batch.offsets.items()
+            },
+        )
         self.tracker.committed({(tp.topic, tp.partition): o.offset for tp, o in offsets.items()})
         for ts_ms, ends in batch.heartbeats:
             self.tracker.heartbeat(ts_ms, ends)
         self.metrics.batches += 1
         self.metrics.last_batch_rows = batch.events
         self.metrics.batch_rows_total += batch.events
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Commit the written batch's offsets of the partitions still ours; return what was.
+
+        A rebalance (a topic Debezium just created, a worker joining the group) can take
+        partitions away, or leave none assigned for a moment, between the fetch and the commit.
+        Their rows are written already: whoever owns them next starts from the last committed
+        offset and replays them, which FINAL collapses. Stopping the worker instead would stop
+        replication.
+        """
+        assigned = consumer.assignment()
+        mine = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        if mine:
+            try:
+                await consumer.commit(mine)
+            except (IllegalStateError, CommitFailedError) as error:
+                log.warning("offsets not committed: the group is rebalancing", error=str(error))
+                mine = {}
+        if len(mine) < len(offsets):
+            self.metrics.uncommitted_batches += 1
+            log.info(
+                "written changes of partitions no longer assigned will be replayed",
+                partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in offsets.keys() - mine),
+            )
+        return mine
 
     async def _write(self, batch: ChangeBatch) -> None:
         database = self._catalog.database

@@ -26,13 +26,15 @@ from google.protobuf import json_format
 
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from cdc_worker.source_schema import source_schema_ddl
-from cdc_worker.worker import CdcWorker
+from cdc_worker.worker import CdcWorker, ReplicaSink
 from local_stack import ClickHouseServer, LocalStack, make_stack_directory
 from service.api import convert
 from service.auth import mint_token
+from service.backends.embedded import EmbeddedBackend
 from service.backends.http import HttpBackend
 from service.catalog import Catalog
 from service.settings import PROJECT_ROOT, Settings
+from tests.conftest import catalog_in_database, unique_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -259,7 +261,7 @@ CH_TRUTH_SQL = (
 )
 
 
-async def server_truth(sink: HttpBackend, database: str, tenant: str) -> list[dict[str, Any]]:
+async def server_truth(sink: ReplicaSink, database: str, tenant: str) -> list[dict[str, Any]]:
     rows = await sink.query_rows(CH_TRUTH_SQL.format(database=database), {"tenant": tenant})
     return [_stats_row(r) for r in rows]
 
@@ -309,3 +311,55 @@ async def test_clickhouse_server_away_under_writes_loses_nothing(
         await sink.close()
         await pool.close()
         await asyncio.to_thread(clickhouse.stop)
+
+
+async def test_rebalances_under_writes_lose_nothing_and_stop_no_worker(
+    stack: LocalStack, catalog: Catalog, embedded_backend: EmbeddedBackend
+) -> None:
+    """A second worker joins the group and leaves again under writes: each time the group
+    rebalances, a batch written but not yet committed may lose its partitions. The first worker
+    keeps going (the batch replays, FINAL collapses it) and the replica ends equal."""
+    mine = catalog_in_database(catalog, unique_database("rebalance"))
+    pool = await asyncpg.create_pool(stack.postgres.dsn, min_size=1, max_size=2)
+    settings = Settings(
+        kafka_bootstrap_servers=stack.kafka.bootstrap_servers, kafka_group_id=uuid.uuid4().hex
+    )
+    first_stop, second_stop = asyncio.Event(), asyncio.Event()
+    first = CdcWorker(settings, mine, embedded_backend)
+    running = asyncio.create_task(first.run(first_stop))
+    second: asyncio.Task[None] | None = None
+    try:
+        load = asyncio.create_task(write_load(pool, seconds=12, first_id=900_000))
+        await asyncio.sleep(3)
+        second = asyncio.create_task(CdcWorker(settings, mine, embedded_backend).run(second_stop))
+        await asyncio.sleep(4)
+        second_stop.set()
+        await asyncio.wait_for(second, 60)
+        operations = await load
+        deadline = time.monotonic() + 60
+        mismatch: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            assert not running.done(), "the first worker stopped"
+            mismatch = {}
+            for tenant in TENANTS:
+                truth = await pg_truth(pool, tenant)
+                stored = await server_truth(embedded_backend, mine.database, tenant)
+                if stored != truth:
+                    mismatch[tenant] = (stored, truth)
+            if not mismatch:
+                break
+            await asyncio.sleep(0.5)
+        assert not mismatch, mismatch
+        assert operations > 200
+        print(
+            f"\nrebalances: {operations} PostgreSQL writes, a second worker in the group for 4 s; "
+            f"{first.metrics.uncommitted_batches} written batches replayed after a rebalance"
+        )
+    finally:
+        first_stop.set()
+        second_stop.set()
+        await asyncio.wait_for(running, 60)
+        if second is not None:
+            await asyncio.wait_for(second, 60)
+        await embedded_backend.command(f"DROP DATABASE IF EXISTS `{mine.database}`")
+        await pool.close()

@@ -790,6 +790,7 @@ def test_render_without_anything_is_valid() -> None:
         ("cdc_last_batch_rows", ""): 0,
         ("cdc_dead_letters_total", ""): 0,
         ("cdc_write_errors_total", ""): 0,
+        ("cdc_uncommitted_batches_total", ""): 0,
     }
 
 
@@ -802,6 +803,7 @@ def test_render_values(monkeypatch: pytest.MonkeyPatch) -> None:
         last_batch_rows=6,
         dead_letters=2,
         write_errors=1,
+        uncommitted_batches=5,
         tables={
             "crm_deals": progress(
                 "crm_deals",
@@ -825,6 +827,7 @@ def test_render_values(monkeypatch: pytest.MonkeyPatch) -> None:
         ("cdc_last_batch_rows", ""): 6,
         ("cdc_dead_letters_total", ""): 2,
         ("cdc_write_errors_total", ""): 1,
+        ("cdc_uncommitted_batches_total", ""): 5,
         ("cdc_events_per_second", '{table="billing_invoices"}'): 0.333,
         ("cdc_events_per_second", '{table="crm_contacts"}'): 0,
         ("cdc_events_per_second", '{table="crm_deals"}'): 12.5,
@@ -849,6 +852,7 @@ def test_render_counters_are_typed() -> None:
         "cdc_last_batch_rows": "gauge",
         "cdc_dead_letters_total": "counter",
         "cdc_write_errors_total": "counter",
+        "cdc_uncommitted_batches_total": "counter",
         "cdc_events_per_second": "gauge",
         "cdc_consumer_lag_events": "gauge",
         "cdc_last_sync_timestamp_seconds": "gauge",
