@@ -124,7 +124,7 @@ _SECRET_IN_STATEMENT = re.compile(
 _HEX_DIGEST = re.compile(r"\b[0-9a-fA-F]{64}\b")
 
 #: Percent-encoded characters of query parameters beyond which they are sent as literals in the
-#: body rather than in the URL (see ``_read_request``).
+#: body rather than in the URL (see ``bind_for_http``).
 MAX_URL_PARAMETER_CHARS = 256 * 1024
 _LARGE_BODY_BYTES = 1 << 20
 DEFAULT_MAX_QUERY_SIZE = 256 * 1024

@@ -8,7 +8,6 @@ the answers stay exact whatever mix of merged and changing partitions FINAL meet
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import random
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -26,6 +25,7 @@ from service.schema import (
     all_ddl,
     arrow_type,
     partition_expression,
+    zero_value,
 )
 from tests.conftest import catalog_in_database, unique_database
 
@@ -71,23 +71,12 @@ def _rows(model: Model, versions: list[dict[str, Any]]) -> pa.Table:
     }
     for spec in model.fields.values():
         columns[spec.name] = pa.array(
-            [v.get(spec.name, _default(spec)) for v in versions], arrow_type(spec)
+            [v.get(spec.name, None if spec.nullable else zero_value(spec)) for v in versions],
+            arrow_type(spec),
         )
     columns[VERSION_COLUMN] = pa.array([v["version"] for v in versions], pa.uint64())
     columns[DELETED_COLUMN] = pa.array([v["deleted"] for v in versions], pa.uint8())
     return pa.table(columns)
-
-
-def _default(spec: FieldSpec) -> Any:
-    if spec.nullable:
-        return None
-    return {
-        FieldType.INT: 0,
-        FieldType.FLOAT: 0.0,
-        FieldType.DECIMAL: Decimal(0),
-        FieldType.TIMESTAMP: dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-        FieldType.BOOL: False,
-    }.get(spec.type, "x")
 
 
 async def test_final_is_exact_across_merged_and_changing_partitions(

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -205,15 +205,27 @@ def json_format_request(body: dict[str, Any]) -> analytics_pb2.QueryRequest:
 
 
 async def converge(serve: ServeProcess, pool: asyncpg.Pool, within: float) -> None:
+    await until_equal(pool, lambda tenant: serve.query(tenant, TRUTH_QUERY), within)
+
+
+async def until_equal(
+    pool: asyncpg.Pool,
+    answer: Callable[[str], Awaitable[list[dict[str, Any]]]],
+    within: float,
+    running: asyncio.Task[None] | None = None,
+) -> None:
+    """Wait until ``answer`` gives PostgreSQL's figures for every tenant; fail after ``within``
+    seconds, or as soon as the worker task ``running`` (if given) has stopped."""
     deadline = time.monotonic() + within
     mismatch: dict[str, Any] = {}
     while time.monotonic() < deadline:
+        assert running is None or not running.done(), "the worker stopped"
         mismatch = {}
         for tenant in TENANTS:
             truth = await pg_truth(pool, tenant)
-            answer = await serve.query(tenant, TRUTH_QUERY)
-            if answer != truth:
-                mismatch[tenant] = (answer, truth)
+            got = await answer(tenant)
+            if got != truth:
+                mismatch[tenant] = (got, truth)
         if not mismatch:
             return
         await asyncio.sleep(0.5)
@@ -289,19 +301,9 @@ async def test_clickhouse_server_away_under_writes_loses_nothing(
         # Away for 4 s (plus its own shutdown time) while the writes go on.
         await asyncio.to_thread(clickhouse.restart, 4.0)
         operations = await load
-        deadline = time.monotonic() + 60
-        mismatch: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            mismatch = {}
-            for tenant in TENANTS:
-                truth = await pg_truth(pool, tenant)
-                stored = await server_truth(sink, catalog.database, tenant)
-                if stored != truth:
-                    mismatch[tenant] = (stored, truth)
-            if not mismatch:
-                break
-            await asyncio.sleep(0.5)
-        assert not mismatch, mismatch
+        await until_equal(
+            pool, lambda tenant: server_truth(sink, catalog.database, tenant), within=60
+        )
         # Writes failed during the outage (retried with back-off, nothing committed meanwhile).
         assert worker.metrics.write_errors > 0, "the outage was not seen by the worker"
         assert operations > 200
@@ -336,20 +338,12 @@ async def test_rebalances_under_writes_lose_nothing_and_stop_no_worker(
         second_stop.set()
         await asyncio.wait_for(second, 60)
         operations = await load
-        deadline = time.monotonic() + 60
-        mismatch: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            assert not running.done(), "the first worker stopped"
-            mismatch = {}
-            for tenant in TENANTS:
-                truth = await pg_truth(pool, tenant)
-                stored = await server_truth(embedded_backend, mine.database, tenant)
-                if stored != truth:
-                    mismatch[tenant] = (stored, truth)
-            if not mismatch:
-                break
-            await asyncio.sleep(0.5)
-        assert not mismatch, mismatch
+        await until_equal(
+            pool,
+            lambda tenant: server_truth(embedded_backend, mine.database, tenant),
+            within=60,
+            running=running,
+        )
         assert operations > 200
         print(
             f"\nrebalances: {operations} PostgreSQL writes, a second worker in the group for 4 s; "
