@@ -340,16 +340,25 @@ async def test_the_running_loader_keeps_up_and_moves_last_sync_at(source: Source
     try:
         await insert_deals(source.pool, "acme", range(1, 101))
         latency = await _until(source.assert_equal, within=10)
+
+        # The rows are visible before the loader reports the poll that wrote them: wait for it.
+        async def deals_synced() -> None:
+            assert await source.backend.last_sync_at(database, "crm_deals") is not None
+
+        await _until(deals_synced, within=10)
         first_sync = await source.backend.last_sync_at(database, "crm_deals")
         assert first_sync is not None
         await source.pool.execute("DELETE FROM deals WHERE id <= 10")
         await source.pool.execute("UPDATE deals SET amount = 0 WHERE id > 90")
         delete_latency = await _until(source.assert_equal, within=10)
+
         # Nobody writes contacts, yet the table is known complete up to a later time.
-        await asyncio.sleep(0.3)
-        later = await source.backend.last_sync_at(database, "crm_contacts")
-        assert later is not None
-        assert later > first_sync
+        async def contacts_synced_later() -> None:
+            later = await source.backend.last_sync_at(database, "crm_contacts")
+            assert later is not None
+            assert later > first_sync
+
+        await _until(contacts_synced_later, within=10)
         print(f"insert visible after {latency:.2f}s, hard delete after {delete_latency:.2f}s")
     finally:
         stop.set()
