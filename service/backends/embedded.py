@@ -15,7 +15,7 @@ import datetime as dt
 import queue
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -207,6 +207,8 @@ class _EmbeddedStream:
         self._timeout = timeout_seconds
         self._result: Any = None
         self._done = False
+        self._closing = False
+        self._pending: Future[list[pa.RecordBatch] | None] | None = None
         self.stats = QueryStats()
 
     async def start(self) -> None:
@@ -226,6 +228,10 @@ class _EmbeddedStream:
             chunk = self._result.fetch()
         except Exception as exc:
             self._done = True
+            if self._closing:
+                # close() cancelled the query under this fetch; the cancel leaves the
+                # connection clean, and nobody reads this block.
+                return None
             _reset_after_error(self._connection)
             raise _map_error(exc, self._timeout) from None
         if chunk is None:
@@ -238,24 +244,53 @@ class _EmbeddedStream:
         return list(ipc.open_stream(payload))
 
     async def __aiter__(self) -> AsyncIterator[pa.RecordBatch]:
-        loop = asyncio.get_running_loop()
         while not self._done:
-            fetched = await loop.run_in_executor(self._threads, self._next)
+            # Kept in _pending while awaited: a cancelled caller leaves it to close() to wait for.
+            self._pending = self._pending or self._threads.submit(self._next)
+            fetched = await asyncio.wrap_future(self._pending)
+            self._pending = None
             if fetched is None:
                 self._done = True
                 return
+            # One block ahead: chDB releases the GIL while it produces a block, so the engine
+            # works on the next one on a pool thread while the caller encodes and sends this
+            # one (a quarter off a long stream's time, bench/README.md). Never more than one:
+            # memory stays bounded by two blocks.
+            self._pending = self._threads.submit(self._next)
             for batch in fetched:
                 yield batch
 
     async def close(self) -> None:
-        if self._result is None or self._done:
+        pending, self._pending = self._pending, None
+        if self._result is None:
             return
+        if pending is not None and pending.done():
+            if not pending.cancelled() and (
+                pending.exception() is not None or pending.result() is None
+            ):
+                self._done = True  # the block fetched ahead ended the stream: nothing to cancel
+            pending = None
+        if self._done and pending is None:
+            return
+        cancel = not self._done
         self._done = True
-        # Cancelling waits for the engine's current block; do it off the event loop, and keep
-        # the connection out of the pool until it is done (the caller awaits this).
-        await asyncio.shield(
-            asyncio.get_running_loop().run_in_executor(self._threads, self._result.cancel)
-        )
+        self._closing = True
+        loop = asyncio.get_running_loop()
+
+        async def stop() -> None:
+            if cancel:
+                # Cancelling waits for the engine's current block; do it off the event loop.
+                await loop.run_in_executor(self._threads, self._result.cancel)
+            if pending is not None:
+                # The block fetched ahead ends with the cancel. The connection goes back to the
+                # pool only after it, or the next query would share it with this fetch.
+                fetched = asyncio.wrap_future(pending)
+                await asyncio.wait([fetched])
+                if not fetched.cancelled():
+                    fetched.exception()  # an error of a block nobody reads is not reported
+
+        # Shielded: the caller awaits this even when its own task is being cancelled.
+        await asyncio.shield(stop())
 
 
 def _settings(timeout_seconds: float, extra: Mapping[str, str]) -> str:

@@ -31,7 +31,7 @@ from service.demo.loader import (
     load_dataset,
 )
 from service.errors import AnalyticsError
-from service.query.compiler import CompiledQuery, compile_query
+from service.query.compiler import CompiledQuery, OutputColumn, compile_query
 from service.query.request import MetricRequest, QueryRequest
 from service.settings import DEFAULT_CATALOG
 from tests.conftest import catalog_in_database, unique_database
@@ -737,4 +737,61 @@ async def test_a_failed_query_does_not_spoil_the_next(loaded: Loaded) -> None:
     with pytest.raises(AnalyticsError):
         await loaded.backend.query_rows("SELECT throwIf(number = 1, 'boom') AS x FROM numbers(3)")
     # The pool hands out the most recently returned connection: the one that just failed.
+    await check(loaded, q("deals", group_by="stage"))
+
+
+def _numbers(count: int, *, fail_at: int | None = None) -> CompiledQuery:
+    """Many engine blocks of ``number``; failing at ``fail_at`` if given."""
+    value = "number" if fail_at is None else f"number + throwIf(number = {fail_at}, 'boom')"
+    return CompiledQuery(
+        sql=f"SELECT {value} AS c0 FROM numbers({count})",
+        parameters={},
+        columns=(OutputColumn("n", "c0", "int"),),
+        model=load_catalog(DEFAULT_CATALOG).models[("crm", "deals")],
+        settings={"max_block_size": "8192"},
+        limit=count,
+    )
+
+
+@pytest.mark.parametrize("fail_at", [None, 100_000], ids=["running", "failing later"])
+async def test_streams_left_early_return_clean_connections(
+    loaded: Loaded, fail_at: int | None
+) -> None:
+    # The engine fetches one block ahead while the caller handles the current one: a caller
+    # leaving after the first batch leaves that fetch in flight. The connection must go back
+    # to the pool only after it, the query stopped, and nothing of it in the next answers.
+    for attempt in range(12):
+        query = _numbers(5_000_000, fail_at=fail_at)
+        async with loaded.backend.stream(query, timeout_seconds=30, query_id=f"l{attempt}") as s:
+            async for batch in s:
+                assert batch.column(0)[0].as_py() == 0
+                break
+        assert loaded.backend.active_queries == 0
+        await check(loaded, q("deals", group_by="stage", metrics=[("count",)]))
+
+
+async def test_a_stream_read_to_the_end_has_every_row_once(loaded: Loaded) -> None:
+    query = _numbers(1_000_000)
+    total = rows = 0
+    async with loaded.backend.stream(query, timeout_seconds=30, query_id="whole") as stream:
+        async for batch in stream:
+            rows += batch.num_rows
+            total += pc.sum(batch.column(0)).as_py()
+    assert (rows, total) == (1_000_000, 1_000_000 * 999_999 // 2)
+
+
+async def test_an_error_after_the_first_blocks_reaches_the_reader(loaded: Loaded) -> None:
+    query = _numbers(1_000_000, fail_at=500_000)
+    rows = 0
+
+    async def read_all() -> None:
+        nonlocal rows
+        async with loaded.backend.stream(query, timeout_seconds=30, query_id="fails") as stream:
+            async for batch in stream:
+                rows += batch.num_rows
+
+    with pytest.raises(AnalyticsError):
+        await read_all()
+    assert 0 < rows <= 500_000
+    assert loaded.backend.active_queries == 0
     await check(loaded, q("deals", group_by="stage"))
