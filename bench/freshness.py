@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import time
 import uuid
@@ -38,10 +39,13 @@ from service.api.server import start_server
 from service.auth import mint_token
 from service.backends.embedded import EmbeddedBackend
 from service.catalog import load_catalog
+from service.cli import freeze_startup_heap
 from service.schema import all_ddl
 from service.settings import DEFAULT_CATALOG, Settings
 
 TARGET_P99_SECONDS = 1.0
+LOOP_TICK_SECONDS = 0.01
+STALL_SECONDS = 0.1
 WRITE_INTERVAL_SECONDS = 0.1
 POLL_SECONDS = 0.02
 # deals.id alone is the source's primary key: the probes take ids far above the load's.
@@ -137,6 +141,50 @@ def _p50_p99(delays: list[float]) -> str:
 
 
 @dataclasses.dataclass
+class _Stalls:
+    """What held up this process's event loop (the worker, server, prober and watcher share it)."""
+
+    loop_gaps: list[float] = dataclasses.field(default_factory=list)
+    gc_pauses: list[float] = dataclasses.field(default_factory=list)
+    _gc_started: float = 0.0
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        """``gc.callbacks`` hook: the length of every collection of the oldest generation."""
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses.append(time.perf_counter() - self._gc_started)
+
+    def figures(self) -> list[Figure]:
+        """The longest loop stalls and full collections, beside the freshness rows."""
+        gaps = sorted(self.loop_gaps, reverse=True)
+        longest = ", ".join(f"{gap * 1000:.0f}" for gap in gaps[:5])
+        over = sum(1 for gap in gaps if gap > STALL_SECONDS)
+        pauses = max(self.gc_pauses, default=0.0) * 1000
+        return [
+            Figure(
+                metric="Freshness: event-loop stalls of the benchmark process",
+                a=f"longest {longest} ms",
+                b=f"{over} over {STALL_SECONDS * 1000:.0f} ms",
+                ratio=None,
+                target="",
+                passed=None,
+                note=f"full collections: {len(self.gc_pauses)}, longest {pauses:.0f} ms",
+            )
+        ]
+
+
+async def _watch_loop(stalls: _Stalls, until: float) -> None:
+    """Sleep in short steps and note how late each wake-up is (a stall of the event loop)."""
+    while time.monotonic() < until:
+        asked = time.perf_counter()
+        await asyncio.sleep(LOOP_TICK_SECONDS)
+        stalls.loop_gaps.append(time.perf_counter() - asked - LOOP_TICK_SECONDS)
+
+
+@dataclasses.dataclass
 class _Load:
     rows: int = 0
     seconds: float = 0.0
@@ -198,6 +246,31 @@ async def _probe_until(
     return latencies
 
 
+async def _under_load(
+    seconds: float,
+    pool: Any,
+    stub: Any,
+    metadata: Any,
+    request: Any,
+    *,
+    stages: _Stages,
+    stalls: _Stalls,
+) -> tuple[list[float], _Load]:
+    """The write load and the probes for ``seconds``, the event loop and collector watched."""
+    load = _Load()
+    until = time.monotonic() + seconds
+    gc.callbacks.append(stalls.on_gc)
+    loop_watch = asyncio.create_task(_watch_loop(stalls, until))
+    writer = asyncio.create_task(_writer(pool, until, load))
+    try:
+        latencies = await _probe_until(until, pool, stub, metadata, request, stages=stages)
+        await writer
+    finally:
+        gc.callbacks.remove(stalls.on_gc)
+        loop_watch.cancel()
+    return latencies, load
+
+
 async def measure(backend: EmbeddedBackend, seconds: float) -> list[Figure]:
     """Run the stack, the load and the probes for ``seconds``; p50 and p99 freshness."""
     catalog = dataclasses.replace(
@@ -207,6 +280,7 @@ async def measure(backend: EmbeddedBackend, seconds: float) -> list[Figure]:
     await stack.astart()
     stop = asyncio.Event()
     stages = _Stages()
+    stalls = _Stalls()
     watcher: asyncio.Task[None] | None = None
     model = catalog.get("crm", "deals")
     if model is None:
@@ -224,6 +298,9 @@ async def measure(backend: EmbeddedBackend, seconds: float) -> list[Figure]:
             kafka_bootstrap_servers=stack.kafka.bootstrap_servers,
             kafka_group_id=f"bench-{uuid.uuid4().hex[:8]}",
         )
+        # As `analytics serve` does before its loops: otherwise every full collection walks
+        # what the benchmark process holds from earlier benchmarks (measured: 120 ms stalls).
+        freeze_startup_heap()
         worker = asyncio.create_task(run_worker(settings, catalog, backend, stop))
         server = await start_server(settings, catalog=catalog, backend=backend)
         token = mint_token(settings, subject="bench", tenant="probe", permissions=["crm.*.read"])
@@ -240,11 +317,9 @@ async def measure(backend: EmbeddedBackend, seconds: float) -> list[Figure]:
                         stack.kafka.bootstrap_servers, f"analytics.{model_source}", stages, stop
                     )
                 )
-                load = _Load()
-                until = time.monotonic() + seconds
-                writer = asyncio.create_task(_writer(pool, until, load))
-                latencies = await _probe_until(until, pool, stub, metadata, request, stages=stages)
-                await writer
+                latencies, load = await _under_load(
+                    seconds, pool, stub, metadata, request, stages=stages, stalls=stalls
+                )
         finally:
             stop.set()
             if watcher is not None:
@@ -268,4 +343,5 @@ async def measure(backend: EmbeddedBackend, seconds: float) -> list[Figure]:
             note=f"{len(latencies)} probes",
         ),
         *_stage_figures(stages),
+        *stalls.figures(),
     ]
