@@ -166,7 +166,7 @@ class _Stalls:
         return [
             Figure(
                 metric="Freshness: event-loop stalls of the benchmark process",
-                a=f"longest {longest} ms",
+                a=f"longest {longest} ms" if gaps else "no samples",
                 b=f"{over} over {STALL_SECONDS * 1000:.0f} ms",
                 ratio=None,
                 target="",

@@ -758,8 +758,8 @@ async def test_streams_left_early_return_clean_connections(
     loaded: Loaded, fail_at: int | None
 ) -> None:
     # The engine fetches one block ahead while the caller handles the current one: a caller
-    # leaving after the first batch leaves that fetch in flight. The connection must go back
-    # to the pool only after it, the query stopped, and nothing of it in the next answers.
+    # leaving after the first batch leaves that fetch in flight. Nothing of it may show in the
+    # next answers on the pool's connections, and no query may be left running.
     for attempt in range(12):
         query = _numbers(5_000_000, fail_at=fail_at)
         async with loaded.backend.stream(query, timeout_seconds=30, query_id=f"l{attempt}") as s:
