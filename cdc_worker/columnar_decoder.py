@@ -253,45 +253,48 @@ def _envelope_decoder(model: Model, attributes: list[str], *, closed: bool) -> _
     before = msgspec.defstruct(
         "Before", before_fields, rename=renames, forbid_unknown_fields=closed, gc=False
     )
-    source = msgspec.defstruct(
+    source = _optional_fields(
         "Source",
         [
-            ("schema", str | None, None),
-            ("table", str | None, None),
-            ("lsn", int | None, None),
-            ("ts_ms", int | None, None),
-            ("snapshot", str | bool | None, None),
-            ("sequence", str | None, None),
-            *((name, kind | None, None) for name, kind in _SOURCE_EXTRAS),
+            ("schema", str),
+            ("table", str),
+            ("lsn", int),
+            ("ts_ms", int),
+            ("snapshot", str | bool),
+            ("sequence", str),
+            *_SOURCE_EXTRAS,
         ],
-        forbid_unknown_fields=closed,
-        gc=False,
+        closed=closed,
     )
-    transaction = msgspec.defstruct(
+    transaction = _optional_fields(
         "Transaction",
-        [
-            ("id", str | None, None),
-            ("total_order", int | None, None),
-            ("data_collection_order", int | None, None),
-        ],
-        forbid_unknown_fields=closed,
-        gc=False,
+        [("id", str), ("total_order", int), ("data_collection_order", int)],
+        closed=closed,
     )
-    envelope = msgspec.defstruct(
+    envelope = _optional_fields(
         "Envelope",
         [
-            ("op", str | None, None),
-            ("source", source | None, None),
-            ("before", before | None, None),
-            ("after", after | None, None),
-            ("transaction", transaction | None, None),
-            *((name, kind | None, None) for name, kind in _ENVELOPE_EXTRAS),
+            ("op", str),
+            ("source", source),
+            ("before", before),
+            ("after", after),
+            ("transaction", transaction),
+            *_ENVELOPE_EXTRAS,
         ],
-        forbid_unknown_fields=closed,
-        gc=False,
+        closed=closed,
     )
     decode: _Decode = msgspec.json.Decoder(envelope).decode
     return decode
+
+
+def _optional_fields(name: str, fields: Sequence[tuple[str, Any]], *, closed: bool) -> Any:
+    """A struct of the envelope's frame: every field optional, missing read as null."""
+    return msgspec.defstruct(
+        name,
+        [(field, kind | None, None) for field, kind in fields],
+        forbid_unknown_fields=closed,
+        gc=False,
+    )
 
 
 class ColumnarDecoder:
