@@ -24,6 +24,8 @@ from service.query.request import MetricRequest, QueryRequest
 _EXACT_INT = 2**53
 _INT64_MAX = 2**63 - 1
 _MAX_EXACT_DIGITS = 15
+_DECIMAL64_DIGITS = 18
+_PLAIN_SCALE = 6
 
 
 def query_request(
@@ -127,7 +129,27 @@ def _fill(out: analytics_pb2.Column, kind: str, array: pa.Array) -> None:
         values = _filled(array, False)
         out.bool_values.values.extend(values.to_numpy(zero_copy_only=False).tolist())
     else:
-        out.string_values.values.extend(_filled(_as(array, pa.string()), "").to_pylist())
+        text = _decimal_text(array) if pa.types.is_decimal(array.type) else _as(array, pa.string())
+        out.string_values.values.extend(_filled(text, "").to_pylist())
+
+
+def _decimal_text(array: pa.Array) -> pa.Array:
+    """Each decimal as plain exact digits (``0.0000001``, never ``1E-7``)."""
+    kind = array.type
+    narrow = array
+    if pa.types.is_decimal128(kind) and kind.precision <= _DECIMAL64_DIGITS:
+        # Arrow formats a decimal64 a third faster than the same values as decimal128, and
+        # ClickHouse's Decimal(P <= 18) arrives as decimal128.
+        narrow = array.cast(pa.decimal64(kind.precision, kind.scale))
+    text = narrow.cast(pa.string())
+    if kind.scale <= _PLAIN_SCALE:
+        return text
+    # Arrow writes the exponent form where the exponent would be below -6 (Java's rule).
+    exponent_form = pc.fill_null(pc.match_substring(text, "E"), False)
+    if not pc.any(exponent_form).as_py():
+        return text
+    plain = [format(value, "f") for value in array.filter(exponent_form).to_pylist()]
+    return pc.replace_with_mask(text, exponent_form, pa.array(plain, pa.string()))
 
 
 def _as(array: pa.Array, target: pa.DataType) -> pa.Array:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pyarrow.compute as pc
 import pytest
 
+from service.api import convert
 from service.backends.base import QueryResult
 from service.backends.embedded import EmbeddedBackend
 from service.catalog import Catalog, FieldType, load_catalog
@@ -795,3 +797,29 @@ async def test_an_error_after_the_first_blocks_reaches_the_reader(loaded: Loaded
     assert 0 < rows <= 500_000
     assert loaded.backend.active_queries == 0
     await check(loaded, q("deals", group_by="stage"))
+
+
+@pytest.mark.parametrize(("precision", "scale"), [(9, 7), (18, 2), (18, 10), (38, 20), (38, 0)])
+async def test_streamed_decimals_are_plain_exact_digits(
+    loaded: Loaded, precision: int, scale: int
+) -> None:
+    # Arrow would write small values of scales above 6 as 1E-7; the API promises digits.
+    texts = ["0", "0.0000001", "-0.0000012", "5", "-123.4567", "1234567.1"]
+    exact = [Decimal(t) for t in texts if Decimal(t) == round(Decimal(t), scale)]
+    values = [v.quantize(Decimal(1).scaleb(-scale)) for v in exact]
+    values = [v for v in values if len(v.as_tuple().digits) <= precision]
+    listed = ", ".join(f"'{v}'" for v in values)
+    query = CompiledQuery(
+        sql=f"SELECT CAST(arrayJoin([{listed}]) AS Decimal({precision}, {scale})) AS c0",
+        parameters={},
+        columns=(OutputColumn("amount", "c0", "decimal"),),
+        model=load_catalog(DEFAULT_CATALOG).models[("crm", "deals")],
+        settings={},
+        limit=len(values),
+    )
+    streamed: list[str] = []
+    async with loaded.backend.stream(query, timeout_seconds=30, query_id="decimals") as stream:
+        async for batch in stream:
+            chunk = convert.column_chunk(query.columns, batch)
+            streamed += chunk.columns[0].string_values.values
+    assert streamed == [format(v, "f") for v in values]

@@ -5,6 +5,8 @@ from decimal import Decimal
 
 import pyarrow as pa
 from google.protobuf import json_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analytics.v1 import analytics_pb2
 from service.api import convert
@@ -127,3 +129,21 @@ def test_column_chunk_types_and_nulls_round_trip() -> None:
             "huge": None,
         },
     ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), precision=st.sampled_from([1, 2, 9, 10, 17, 18, 19, 38]))
+def test_decimal_columns_are_exact_text_at_every_precision_and_scale(
+    data: st.DataObject, precision: int
+) -> None:
+    """Up to precision 18 through decimal64, wider through decimal128: Python's text either way."""
+    scale = data.draw(st.integers(0, precision))
+    bound = 10**precision - 1
+    unscaled = data.draw(
+        st.lists(st.one_of(st.integers(-bound, bound), st.sampled_from([0, bound, -bound])))
+    )
+    values = [Decimal(f"{v}e-{scale}") for v in unscaled]  # exact: no context rounding
+    batch = pa.record_batch({"c0": pa.array([*values, None], pa.decimal128(precision, scale))})
+    chunk = convert.column_chunk((OutputColumn("amount", "c0", "decimal"),), batch)
+    assert list(chunk.columns[0].string_values.values) == [format(v, "f") for v in values] + [""]
+    assert list(chunk.columns[0].null_positions) == [len(values)]
