@@ -74,8 +74,9 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             figures += await _engine_benchmarks(args, backend, work)
         if "ingest" in args.only:
             events = 20_000 if args.quick else 300_000
-            _say(f"ingestion, {events:,} events")
-            figures += await ingestion.measure(backend, events)
+            rounds = 2 if args.quick else 3
+            _say(f"ingestion, {events:,} events, {rounds} rounds")
+            figures += await ingestion.measure(backend, events, rounds)
         if "fresh" in args.only:
             seconds = args.fresh_seconds or (10.0 if args.quick else 60.0)
             _say(f"freshness, {seconds:.0f} s of load")
@@ -118,7 +119,7 @@ async def _engine_benchmarks(
                             engine,
                             data,
                             size,
-                            repetitions=max(2, args.repetitions // (10 * size.copies)),
+                            repetitions=max(5, args.repetitions // (2 * size.copies)),
                             warmup=1,
                         )
             finally:
