@@ -267,7 +267,7 @@ async def load(
     for statement in (
         database_ddl(data.catalog),
         sync_state_ddl(data.catalog),
-        replica_table_ddl(data.catalog, model),
+        replica_table_ddl(data.catalog, model, dialect=await backend.dialect()),
     ):
         await backend.command(statement)
     if state == "unmerged":

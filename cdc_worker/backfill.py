@@ -61,7 +61,7 @@ from cdc_worker.backfill_plan import (
     tombstone_table,
 )
 from service.backends.base import AnalyticsBackend
-from service.backends.dialect import MODERN
+from service.backends.dialect import backend_dialect
 from service.backfill_jobs import (
     BackfillProgress,
     BackfillRequest,
@@ -489,8 +489,7 @@ class TableBackfill:
         self._state.removed += len(missing)
 
     async def _prepare_tables(self) -> None:
-        dialect_of = getattr(self._backend, "dialect", None)
-        dialect = await dialect_of() if dialect_of is not None else MODERN
+        dialect = await backend_dialect(self._backend)
         for statement in (
             database_ddl(self._catalog),
             sync_state_ddl(self._catalog, dialect=dialect),

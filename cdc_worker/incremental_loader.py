@@ -56,7 +56,7 @@ import structlog
 
 from cdc_worker.decoder import MAX_DATE, MAX_TIMESTAMP, MIN_DATE, MIN_TIMESTAMP, snapshot_version
 from cdc_worker.worker import ReplicaSink, report_sync_state
-from service.backends.dialect import MODERN
+from service.backends.dialect import backend_dialect
 from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.errors import AnalyticsError
 from service.query.values import encode_text_parameter
@@ -293,8 +293,7 @@ class IncrementalLoader:
 
     async def start(self) -> None:
         """Create the replica, sync-state and checkpoint tables, connect, read the checkpoints."""
-        dialect_of = getattr(self._sink, "dialect", None)
-        dialect = await dialect_of() if dialect_of is not None else MODERN
+        dialect = await backend_dialect(self._sink)
         for statement in [
             *all_ddl(self._catalog, dialect=dialect),
             checkpoint_ddl(self._catalog.database),

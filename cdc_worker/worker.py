@@ -32,7 +32,7 @@ from cdc_worker.decoder import DebeziumDecoder, DecodeError
 from cdc_worker.events import DecodedMessage, Heartbeat, RowChange, Truncate
 from cdc_worker.metrics import WorkerMetrics
 from cdc_worker.sync_tracker import SyncTracker
-from service.backends.dialect import MODERN
+from service.backends.dialect import backend_dialect
 from service.catalog import Catalog, FieldType, Model
 from service.errors import AnalyticsError
 from service.query.values import encode_text_parameter
@@ -117,8 +117,7 @@ class CdcWorker:
 
         A server sink says which DDL dialect it speaks; the embedded engine speaks the modern one.
         """
-        dialect_of = getattr(self._sink, "dialect", None)
-        dialect = await dialect_of() if dialect_of is not None else MODERN
+        dialect = await backend_dialect(self._sink)
         for statement in all_ddl(self._catalog, dialect=dialect):
             await self._sink.command(statement)
 

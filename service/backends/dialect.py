@@ -69,6 +69,9 @@ MODERN_LAYOUT_SINCE = (23, 2)
 SERVER_PARAMETERS_SINCE = (19, 11)
 #: What the project targets in production, and what callers get without asking a server.
 PRODUCTION_MINIMUM = (23, 8)
+#: The MergeTree setting ``merge_selector_base`` (ClickHouse PR 71497, November 2024); a table
+#: setting a server does not know fails the whole ``CREATE TABLE``.
+MERGE_SELECTOR_BASE_SINCE = (24, 12)
 EPOCH_MICROSECONDS_COMMENT = "microseconds since 1970-01-01 00:00:00 UTC"
 
 
@@ -125,6 +128,11 @@ class Dialect:
     def optimize_on_insert(self) -> bool:
         """The ``optimize_on_insert`` setting exists (and defaults to collapsing in one insert)."""
         return self.is_modern
+
+    @property
+    def merge_selector_base(self) -> bool:
+        """The ``merge_selector_base`` table setting exists."""
+        return self.version[:2] >= MERGE_SELECTOR_BASE_SINCE
 
     @property
     def fractional_timeouts(self) -> bool:
@@ -217,6 +225,15 @@ class Dialect:
 
 #: What callers get when they do not ask a server: the production minimum.
 MODERN = Dialect.for_server(PRODUCTION_MINIMUM)
+
+
+async def backend_dialect(backend: object) -> Dialect:
+    """The dialect ``backend`` reports (its ``dialect()``), or ``MODERN`` if it has none."""
+    dialect_of = getattr(backend, "dialect", None)
+    if dialect_of is None:
+        return MODERN
+    dialect: Dialect = await dialect_of()
+    return dialect
 
 
 def parse_version(text: str) -> tuple[int, ...]:

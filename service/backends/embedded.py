@@ -26,6 +26,7 @@ import structlog
 from pyarrow import ipc
 
 from service.backends.base import QueryResult, QueryStats
+from service.backends.dialect import Dialect, parse_version
 from service.errors import AnalyticsError, ErrorKind, engine_unavailable, query_timeout
 from service.query.compiler import CompiledQuery
 from service.schema import SYNC_STATE_TABLE
@@ -54,6 +55,10 @@ class EmbeddedBackend:
         self._slots = asyncio.Semaphore(pool_size)
         self._active = 0
         self._closed = False
+
+    async def dialect(self) -> Dialect:
+        """The capabilities of the engine chDB embeds (its ClickHouse version), for DDL."""
+        return Dialect.for_server(parse_version(chdb.engine_version))
 
     @property
     def active_queries(self) -> int:

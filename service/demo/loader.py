@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from service.backends.base import AnalyticsBackend
+from service.backends.dialect import backend_dialect
 from service.catalog import Catalog, Model
 from service.demo.generator import (
     DEFAULT_END,
@@ -65,7 +66,8 @@ async def load_dataset(
     """
     if batch_rows < 1:
         raise ValueError("batch_rows must be positive")
-    for statement in [*all_ddl(catalog), demo_state_ddl(catalog)]:
+    dialect = await backend_dialect(backend)
+    for statement in [*all_ddl(catalog, dialect=dialect), demo_state_ddl(catalog)]:
         await backend.command(statement)
     await _record_fingerprint(backend, catalog, "")
     for model in catalog.models.values():

@@ -7,20 +7,26 @@ the answers stay exact whatever mix of merged and changing partitions FINAL meet
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
+import chdb
 import pyarrow as pa
 import pytest_asyncio
 
+from service.backends.dialect import parse_version
 from service.backends.embedded import EmbeddedBackend
 from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.demo.generator import DELETED_COLUMN, VERSION_COLUMN
 from service.schema import (
+    FORCE_MERGE_AFTER_SECONDS,
     KEYS_PER_PARTITION,
+    MERGE_SELECTOR_BASE,
     PARTITIONS,
     all_ddl,
     arrow_type,
@@ -140,3 +146,52 @@ async def test_final_is_exact_across_merged_and_changing_partitions(
             if owner == tenant and not deleted
         )
         assert [(row["id"], row["amount"]) for row in rows] == expected
+
+
+async def test_replicas_on_the_embedded_engine_merge_a_burst_within_seconds(
+    embedded_backend: EmbeddedBackend, catalog: Catalog
+) -> None:
+    """chDB reports its own version, so its replicas get ``merge_selector_base``.
+
+    Three equal inserts into one partition: the default base (5) leaves them as three parts
+    until the forced merge a minute later, and FINAL merges all three on every read; base 2
+    merges them as soon as they exist.
+    """
+    dialect = await embedded_backend.dialect()
+    assert dialect.version == parse_version(chdb.engine_version)
+    assert dialect.merge_selector_base
+    mine = catalog_in_database(catalog, unique_database("selector"))
+    for statement in all_ddl(mine, dialect=dialect):
+        await embedded_backend.command(statement)
+    model = mine.get("crm", "deals")
+    assert model is not None
+    try:
+        created = await embedded_backend.query_rows(
+            "SELECT create_table_query AS q FROM system.tables "
+            "WHERE database = {db:String} AND name = {t:String}",
+            {"db": mine.database, "t": model.table},
+        )
+        assert f"merge_selector_base = {MERGE_SELECTOR_BASE}" in created[0]["q"]
+        for batch in range(3):
+            keys = range(batch * 1000, (batch + 1) * 1000)
+            versions = [
+                {"tenant": "acme", "id": key, "version": key + 1, "deleted": 0} for key in keys
+            ]
+            await embedded_backend.insert_arrow(mine.database, model.table, _rows(model, versions))
+        deadline = time.monotonic() + FORCE_MERGE_AFTER_SECONDS / 2
+        while True:
+            parts = await embedded_backend.query_rows(
+                "SELECT count() AS n FROM system.parts WHERE active "
+                "AND database = {db:String} AND table = {t:String}",
+                {"db": mine.database, "t": model.table},
+            )
+            if parts[0]["n"] == 1:
+                break
+            assert time.monotonic() < deadline, f"{parts[0]['n']} parts, not merged"
+            await asyncio.sleep(0.2)
+        counted = await embedded_backend.query_rows(
+            f"SELECT count() AS n FROM `{mine.database}`.`{model.table}` FINAL"
+        )
+        assert counted[0]["n"] == 3000
+    finally:
+        await embedded_backend.command(f"DROP DATABASE IF EXISTS `{mine.database}`")
