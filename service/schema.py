@@ -55,9 +55,10 @@ def replica_table_ddl(catalog: Catalog, model: Model, *, dialect: Dialect = MODE
     if dialect.merge_selector_base:
         # Until that forced merge, FINAL merges every part of a partition still being written.
         # The default base (5) leaves a burst of changes in 4-7 parts per partition; 2 merges
-        # parts once they hold as much as the largest, so a partition that just changed has
-        # 1-3 parts: the live FINAL count at 10 M rows 1.3x a plain read instead of 2.3x, for
-        # about 10 % of ingestion throughput spent merging (bench/README.md, FINAL fifth round).
+        # parts once together they hold as much as the largest, so a partition that just
+        # changed has 1-3 parts: the live FINAL count at 10 M rows 1.3-2.0 times a plain read
+        # instead of 2.1-2.5, for at most about 10 % of ingestion throughput spent merging
+        # (bench/README.md, FINAL fifth round).
         settings.append(f"merge_selector_base = {MERGE_SELECTOR_BASE}")
     return (
         f"CREATE TABLE IF NOT EXISTS `{catalog.database}`.`{model.table}` (\n    "
