@@ -115,7 +115,8 @@ class CdcWorker:
     async def prepare(self) -> None:
         """Create the database, the replica tables and the sync-state table if missing.
 
-        A server sink says which DDL dialect it speaks; the embedded engine speaks the modern one.
+        A sink with a ``dialect()`` (a server, or chDB for the engine version it embeds) says
+        which DDL it takes; any other gets the production minimum's.
         """
         dialect = await backend_dialect(self._sink)
         for statement in all_ddl(self._catalog, dialect=dialect):
