@@ -7,6 +7,9 @@ once into its own database; every request is compiled, run on chDB and compared 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -795,6 +798,49 @@ async def test_an_error_after_the_first_blocks_reaches_the_reader(loaded: Loaded
     with pytest.raises(AnalyticsError):
         await read_all()
     assert 0 < rows <= 500_000
+    assert loaded.backend.active_queries == 0
+    await check(loaded, q("deals", group_by="stage"))
+
+
+async def test_a_unary_query_gathers_every_block_once(loaded: Loaded) -> None:
+    result = await loaded.backend.execute(_numbers(1_000_000), timeout_seconds=30, query_id="all")
+    assert result.table.num_rows == 1_000_000
+    assert pc.sum(result.table.column(0)).as_py() == 1_000_000 * 999_999 // 2
+    assert result.stats.rows_scanned == 1_000_000
+    assert loaded.backend.active_queries == 0
+
+
+async def test_a_unary_query_failing_after_some_blocks_raises_and_cleans_up(
+    loaded: Loaded,
+) -> None:
+    with pytest.raises(AnalyticsError):
+        await loaded.backend.execute(
+            _numbers(1_000_000, fail_at=500_000), timeout_seconds=30, query_id="fails"
+        )
+    assert loaded.backend.active_queries == 0
+    await check(loaded, q("deals", group_by="stage"))
+
+
+async def test_a_cancelled_unary_query_stops_the_engine_at_its_next_block(
+    loaded: Loaded,
+) -> None:
+    # 1 000 blocks of 0.1 s: left to run, the engine timeout (30 s) would free the connection.
+    # A cancel takes effect where the engine hands over a block (module docstring).
+    endless = dataclasses.replace(
+        _numbers(1),
+        sql="SELECT sleepEachRow(0.001) + number AS c0 FROM numbers(100000)",
+        settings={"max_block_size": "100"},
+    )
+    task = asyncio.create_task(
+        loaded.backend.execute(endless, timeout_seconds=30, query_id="cancelled")
+    )
+    await asyncio.sleep(0.5)
+    assert loaded.backend.active_queries == 1
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - started < 5
     assert loaded.backend.active_queries == 0
     await check(loaded, q("deals", group_by="stage"))
 
