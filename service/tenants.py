@@ -47,13 +47,13 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import pyarrow as pa
 import structlog
 
 from service.backends.base import AnalyticsBackend
-from service.backends.dialect import MODERN, Dialect, quote_string
+from service.backends.dialect import MODERN, Dialect, backend_dialect, quote_string
 from service.catalog import Catalog, Model
 from service.errors import AnalyticsError, ErrorKind, validation_error
 from service.query.values import encode_text_parameter
@@ -364,11 +364,6 @@ def decode_page_token(token: str, field_name: str = "pageToken") -> str:
     return decoded
 
 
-@runtime_checkable
-class _KnowsDialect(Protocol):
-    async def dialect(self) -> Dialect: ...
-
-
 # --- the provisioner ------------------------------------------------------------------------------
 
 
@@ -638,10 +633,7 @@ class TenantProvisioner:
 
     async def _server_dialect(self) -> Dialect:
         if self._dialect is None:
-            backend: object = self._backend
-            self._dialect = (
-                await backend.dialect() if isinstance(backend, _KnowsDialect) else MODERN
-            )
+            self._dialect = await backend_dialect(self._backend)
         return self._dialect
 
 
