@@ -12,17 +12,25 @@ Semantics (the service's contract):
 * filters combine with SQL three-valued logic: a comparison with NULL is unknown, ``not.`` of
   unknown is unknown, only true rows are kept; ``is.null``/``is.true``/``is.false`` are never
   unknown;
+* a top-level filter value is literal, quotes included; inside ``in.(...)`` and and/or trees
+  double quotes delimit a value and a backslash in them escapes the next character (PostgREST);
 * ``like``/``ilike`` take ``*`` and ``%`` for any run and ``_`` for one character; a backslash
-  makes ``%``, ``_`` or a backslash literal and is itself literal before anything else (as in
-  ClickHouse);
-* aggregates skip NULLs; over no values count and sum are 0, everything else NULL; percentiles
-  interpolate linearly (numpy's default, PostgreSQL's ``percentile_cont``);
-* ``groupByInterval`` truncates timestamps in the request's time zone (weeks start on Monday);
-  buckets render as ISO 8601 with ``Z`` in UTC and a numeric offset elsewhere, dates as
-  ``YYYY-MM-DD``, other timestamps with microseconds and ``Z``;
-* order by the requested keys, then every group key ascending; NULLs last unless ``nullsfirst``
-  (ClickHouse's default in both directions); UUIDs sort the way ClickHouse sorts them (low 64
-  bits first), everything else by value; then offset and limit.
+  makes the next character literal, whatever it is (PostgreSQL); ``ilike`` lowers text and
+  pattern character by character with the simple Unicode mapping (PostgreSQL in a UTF-8 locale);
+* a timestamp without an offset is local time in the request's zone; in a DST gap it takes the
+  offset before the gap, in an overlap the later occurrence (PostgreSQL's ``AT TIME ZONE``);
+* aggregates skip NULLs; over no values count is 0, everything else NULL (SQL); sums are exact;
+  percentiles interpolate linearly (numpy's default, PostgreSQL's ``percentile_cont``);
+* -0.0 and 0.0 are one value;
+* ``groupByInterval`` truncates as PostgreSQL's ``date_trunc(unit, ts, zone)``: minutes and
+  hours cut the local time and keep the instant's offset, days and longer start at local
+  midnight (in a gap the offset before it, in an overlap the later one); weeks start on Monday;
+  fractions of a second floor; buckets render as ISO 8601 with ``Z`` in UTC and the exact
+  numeric offset elsewhere, dates as ``YYYY-MM-DD``, other timestamps with microseconds and ``Z``;
+* order by the requested keys, then every group key ascending; NULLs last ascending and first
+  descending unless ``nullsfirst``/``nullslast`` says otherwise (PostgreSQL); strings by code
+  point (PostgreSQL's C collation), UUIDs by their text, everything else by value; then offset
+  and limit.
 """
 
 from __future__ import annotations
@@ -207,8 +215,13 @@ class _Condition:
                 return lambda value: value is None
             return lambda value: value is (wanted == "true")
         if operator in ("like", "ilike"):
-            pattern = _like_pattern(self.operands[0], ignore_case=operator == "ilike")
-            return lambda value: None if value is None else bool(pattern.fullmatch(value))
+            folded = operator == "ilike"
+            pattern = _like_pattern(self.operands[0], ignore_case=folded)
+            return lambda value: (
+                None
+                if value is None
+                else bool(pattern.fullmatch(simple_lower(value) if folded else value))
+            )
         operands = [_typed(spec, text, zone) for text in self.operands]
         if operator == "in":
             allowed = set(operands)
@@ -266,16 +279,16 @@ def _parse_entry(key: str, value: str) -> _Condition | _Junction:
     kind = key[4:] if negated else key
     if kind in _JUNCTIONS:
         return _parse_junction(kind, value, negated)
-    return _parse_condition(key, value)
+    return _parse_condition(key, value, in_tree=False)
 
 
-def _parse_condition(field: str, expression: str) -> _Condition:
+def _parse_condition(field: str, expression: str, *, in_tree: bool) -> _Condition:
     negated = expression.startswith("not.")
     operator, _, operand = expression[4 if negated else 0 :].partition(".")
     if operator == "in":
         operands = tuple(_unquote(item) for item in _split(operand))
     else:
-        operands = (_unquote(operand),)
+        operands = (_unquote(operand) if in_tree else operand,)
     return _Condition(field, operator, operands, negated)
 
 
@@ -289,7 +302,7 @@ def _parse_junction(kind: str, text: str, negated: bool) -> _Junction:
             children.append(_parse_junction(head, body[len(head) :], item_negated))
         else:
             field, _, expression = item.partition(".")
-            children.append(_parse_condition(field, expression))
+            children.append(_parse_condition(field, expression, in_tree=True))
     return _Junction(kind, tuple(children), negated)
 
 
@@ -328,15 +341,24 @@ def _unquote(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text[1:-1], flags=re.DOTALL)
 
 
+def simple_lower(text: str) -> str:
+    """Each character by its simple Unicode lowercase (glibc's ``towlower``, PostgreSQL's
+    ``lower`` in a UTF-8 locale): U+0130 is a plain i, and no character becomes two."""
+    return "".join(
+        "i" if c == "\u0130" else (c.lower() if len(c.lower()) == 1 else c) for c in text
+    )
+
+
 def _like_pattern(text: str, *, ignore_case: bool) -> re.Pattern[str]:
     pattern = text.replace("*", "%")
+    if ignore_case:
+        pattern = simple_lower(pattern)
     parts: list[str] = []
     index = 0
     while index < len(pattern):
         character = pattern[index]
-        following = pattern[index + 1] if index + 1 < len(pattern) else ""
-        if character == "\\" and following in ("%", "_", "\\"):
-            parts.append(re.escape(following))
+        if character == "\\" and index + 1 < len(pattern):
+            parts.append(re.escape(pattern[index + 1]))
             index += 2
             continue
         if character == "%":
@@ -346,8 +368,7 @@ def _like_pattern(text: str, *, ignore_case: bool) -> re.Pattern[str]:
         else:
             parts.append(re.escape(character))
         index += 1
-    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
-    return re.compile("".join(parts), flags)
+    return re.compile("".join(parts), re.DOTALL)
 
 
 def _typed(spec: FieldSpec, text: str, zone: ZoneInfo) -> Any:
@@ -366,10 +387,26 @@ def _typed(spec: FieldSpec, text: str, zone: ZoneInfo) -> Any:
         moment = dt.datetime.fromisoformat(text)
         # Compared as UTC instants: Python's equality across zones is unreliable for local
         # times that occur twice.
-        return (moment if moment.tzinfo else moment.replace(tzinfo=zone)).astimezone(dt.UTC)
+        return (moment if moment.tzinfo else _wall_clock(moment, zone)).astimezone(dt.UTC)
     if kind is FieldType.DATE:
         return dt.date.fromisoformat(text)
     return text
+
+
+def _wall_clock(naive: dt.datetime, zone: ZoneInfo) -> dt.datetime:
+    """PostgreSQL's reading of a local time: the later occurrence of a repeated one, the offset
+    before a gap for a skipped one."""
+    candidates = [naive.replace(tzinfo=zone, fold=fold) for fold in (0, 1)]
+    real = [
+        c for c in candidates if c.astimezone(dt.UTC).astimezone(zone).replace(tzinfo=None) == naive
+    ]
+    if len(real) == 2:  # repeated: the later instant
+        return max(real, key=lambda c: c.astimezone(dt.UTC))
+    if real:
+        return real[0]
+    # skipped: read with the offset in force just before the gap
+    before = (naive - dt.timedelta(days=1)).replace(tzinfo=zone).utcoffset() or dt.timedelta()
+    return (naive - before).replace(tzinfo=dt.UTC)
 
 
 def _is_soft_deleted(value: Any) -> bool:
@@ -387,12 +424,13 @@ def _bucket(value: Any, spec: FieldSpec, interval: str, zone: ZoneInfo) -> Any:
         return value
     if spec.type is FieldType.TIMESTAMP:
         local = value.astimezone(zone)
+        seconds = dt.timedelta(seconds=local.second, microseconds=local.microsecond)
         if interval == "minute":
-            return local.replace(second=0, microsecond=0).astimezone(dt.UTC)
+            return (value - seconds).astimezone(dt.UTC)
         if interval == "hour":
-            return local.replace(minute=0, second=0, microsecond=0).astimezone(dt.UTC)
+            return (value - seconds - dt.timedelta(minutes=local.minute)).astimezone(dt.UTC)
         day = _truncate_date(local.date(), interval)
-        return dt.datetime.combine(day, dt.time(), tzinfo=zone).astimezone(dt.UTC)
+        return _wall_clock(dt.datetime.combine(day, dt.time()), zone).astimezone(dt.UTC)
     if spec.type is FieldType.DATE:
         return _truncate_date(value, interval)
     return value
@@ -422,7 +460,7 @@ def _aggregate(metric: MetricRequest, spec: FieldSpec | None, members: list[Row]
     if aggregate == "count_distinct":
         return len(set(values))
     if aggregate == "sum":
-        return _exact_sum(values, spec)
+        return _exact_sum(values, spec) if values else None
     if aggregate in ("min", "max"):
         if not values:
             return None
@@ -472,10 +510,8 @@ def _render_value(value: Any, spec: FieldSpec | None, aggregate: str) -> Any:
 
 
 def _sortable(value: Any, spec: FieldSpec) -> Any:
-    if value is None or spec.type is not FieldType.UUID:
-        return value
-    number = uuid.UUID(value).int
-    return (number & (2**64 - 1), number >> 64)
+    # UUIDs are held as their canonical text, which is how they order.
+    return value
 
 
 def _order_terms(text: str, keys: Sequence[str]) -> list[tuple[str, bool, bool]]:
@@ -483,7 +519,9 @@ def _order_terms(text: str, keys: Sequence[str]) -> list[tuple[str, bool, bool]]
     terms: list[tuple[str, bool, bool]] = []
     for part in filter(None, (piece.strip() for piece in text.split(","))):
         name, *modifiers = part.split(".")
-        terms.append((name, "desc" in modifiers, "nullsfirst" in modifiers))
+        descending = "desc" in modifiers
+        nulls_first = "nullsfirst" in modifiers or (descending and "nullslast" not in modifiers)
+        terms.append((name, descending, nulls_first))
     named = {name for name, _, _ in terms}
     terms += [(key, False, False) for key in keys if key not in named]
     return terms

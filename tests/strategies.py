@@ -384,26 +384,28 @@ class Shape:
         return found
 
 
-def _render_operand(cond: Cond) -> str:
+def _render_operand(cond: Cond, *, in_tree: bool) -> str:
+    """PostgREST's forms: a top-level value is literal, list and tree values are quoted."""
     textual = cond.spec.type in (FieldType.STRING, FieldType.ENUM)
 
-    def one(value: str) -> str:
-        return quote_value(value) if textual else value
+    def one(value: str, quoted: bool) -> str:
+        return quote_value(value) if textual and quoted else value
 
     if cond.operator == "is":
         return cond.values[0]
     if cond.operator == "in":
-        return "(" + ",".join(one(v) for v in cond.values) + ")"
-    return one(cond.values[0])
+        return "(" + ",".join(one(v, True) for v in cond.values) + ")"
+    return one(cond.values[0], in_tree)
 
 
-def _render_expression(cond: Cond) -> str:
-    return ("not." if cond.negated else "") + f"{cond.operator}.{_render_operand(cond)}"
+def _render_expression(cond: Cond, *, in_tree: bool = False) -> str:
+    operand = _render_operand(cond, in_tree=in_tree)
+    return ("not." if cond.negated else "") + f"{cond.operator}.{operand}"
 
 
 def _render_item(node: Node) -> str:
     if isinstance(node, Cond):
-        return f"{node.spec.name}.{_render_expression(node)}"
+        return f"{node.spec.name}.{_render_expression(node, in_tree=True)}"
     body = ",".join(_render_item(child) for child in node.children)
     return ("not." if node.negated else "") + f"{node.kind}({body})"
 

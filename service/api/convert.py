@@ -84,7 +84,9 @@ def _json_value(kind: str, value: Any) -> Any:
     if value is None:
         return None
     if kind == "int":
-        return value if abs(value) <= _EXACT_INT else str(value)
+        # Sums of integer fields arrive as Decimal(38, 0).
+        number = int(value)
+        return number if abs(number) <= _EXACT_INT else str(number)
     if kind == "decimal":
         digits = value.as_tuple().digits
         return float(value) if len(digits) <= _MAX_EXACT_DIGITS else format(value, "f")
@@ -161,9 +163,14 @@ def _filled(array: pa.Array, value: Any) -> pa.Array:
 
 
 def _beyond_int64(array: pa.Array) -> bool:
-    if not pa.types.is_uint64(array.type) or array.null_count == len(array):
+    """Whether an integer column (UInt64, or Decimal(38, 0) for sums) has a value past int64."""
+    kind = array.type
+    if not (pa.types.is_uint64(kind) or pa.types.is_decimal(kind)) or array.null_count == len(
+        array
+    ):
         return False
-    return bool(pc.max(array).as_py() > _INT64_MAX)
+    bounds = pc.min_max(array).as_py()
+    return bool(bounds["max"] > _INT64_MAX or bounds["min"] < -_INT64_MAX - 1)
 
 
 def response_json(response: analytics_pb2.QueryResponse) -> dict[str, Any]:

@@ -26,11 +26,18 @@ from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.errors import AnalyticsError, ErrorKind, not_found, unknown_field, validation_error
 from service.query.filters import Condition, Filter, Junction, mentioned_fields, parse_filters
 from service.query.request import MetricRequest, QueryRequest
+from service.query.text_match import fold_case, folded_sql, like_pattern
+from service.query.time_buckets import (
+    BUCKET_SETTINGS,
+    INTERVALS,
+    date_bucket,
+    render_local,
+    timestamp_bucket,
+)
 from service.query.values import encode_text_parameter, parse_time_zone, typed_parameter
 
 SIMPLE_AGGREGATES = ("count", "sum", "avg", "min", "max", "count_distinct")
 _PERCENTILE = re.compile(r"^p([1-9][0-9]?)$")
-INTERVALS = ("minute", "hour", "day", "week", "month", "quarter", "year")
 _ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 MAX_METRICS = 32
 MAX_GROUP_KEYS = 8
@@ -152,16 +159,7 @@ def compile_query(
         columns.append(OutputColumn(key, alias, output_type))
         order_targets[key] = raw
 
-    where = [
-        f"t.`{model.tenant_column}` = {tenant_placeholder}",
-        "t.`_is_deleted` = 0",
-    ]
-    parsed_filters = parse_filters(request.filters)
-    if model.soft_delete_column and model.soft_delete_column not in mentioned_fields(
-        parsed_filters
-    ):
-        where.append(_not_soft_deleted(model))
-    where.extend(f"({_filter_sql(item, model, builder, time_zone)})" for item in parsed_filters)
+    where = _where(request, model, builder, tenant_placeholder, time_zone)
 
     inner = (
         f"SELECT {', '.join(inner_select)} "
@@ -171,8 +169,9 @@ def compile_query(
     if group_keys:
         inner += f" GROUP BY {', '.join(f'k{i}' for i in range(len(group_keys)))}"
 
+    uuid_keys = {f"k{i}" for i, spec in enumerate(group_keys) if spec.type is FieldType.UUID}
     order_by = _order(
-        request.order, order_targets, [f"k{i}" for i in range(len(group_keys))], model
+        request.order, order_targets, [f"k{i}" for i in range(len(group_keys))], model, uuid_keys
     )
     limit, offset = _limit_offset(request, limits)
     sql = f"SELECT {', '.join(outer_select)} FROM ({inner})"
@@ -181,12 +180,24 @@ def compile_query(
     sql += (
         f" LIMIT {builder.bind('UInt64', str(limit))} OFFSET {builder.bind('UInt64', str(offset))}"
     )
-    # Without extended results, date functions clamp or wrap outside 1970-2106 instead of
-    # bucketing the 1900-2299 range that filters and columns accept.
-    settings = {"enable_extended_results_for_datetime_functions": "1"} if interval else {}
+    settings = dict(BUCKET_SETTINGS) if interval else {}
     return CompiledQuery(
         sql, builder.parameters, tuple(columns), model, limit, settings, tenant=tenant
     )
+
+
+def _where(
+    request: QueryRequest, model: Model, builder: _Builder, tenant: str, time_zone: str
+) -> list[str]:
+    """The WHERE conditions: the tenant first, the deleted-row guards, then the filters."""
+    where = [f"t.`{model.tenant_column}` = {tenant}", "t.`_is_deleted` = 0"]
+    parsed_filters = parse_filters(request.filters)
+    if model.soft_delete_column and model.soft_delete_column not in mentioned_fields(
+        parsed_filters
+    ):
+        where.append(_not_soft_deleted(model))
+    where.extend(f"({_filter_sql(item, model, builder, time_zone)})" for item in parsed_filters)
+    return where
 
 
 def _field(model: Model, name: str, source: str) -> FieldSpec:
@@ -316,11 +327,18 @@ def _metric_expression(
     if aggregate == "count":
         return f"count({column})", "int", None
     if aggregate == "count_distinct":
+        if spec.type is FieldType.FLOAT:
+            column = f"({column} + 0.)"  # -0.0 and 0.0 are one value (see _group_expression)
         return f"uniqExact({column})", "int", None
     if aggregate == "sum":
-        # A sum over no values is 0 whether or not the column is nullable.
-        return f"ifNull(sum({column}), 0)", _sum_type(spec), None
+        if spec.type is FieldType.INT:
+            # Exact: Int64 sums wrap around at 2^63; 38 digits hold 10^19 rows of any value.
+            column = f"toDecimal128({column}, 0)"
+        # The -OrNull form answers NULL over no rows, as SQL's sum does.
+        return f"sumOrNull({column})", _sum_type(spec), None
     if aggregate == "avg":
+        if spec.type is FieldType.INT:
+            column = f"toInt128({column})"  # summed exactly, divided once
         return f"avg({column})", "float", None
     if aggregate in ("min", "max"):
         # Plain min/max give the type's default (0, 1970-01-01) over no rows; NULL is the truth.
@@ -344,33 +362,19 @@ def _value_type(spec: FieldSpec) -> str:
     }.get(spec.type, "string")
 
 
-_TRUNCATE = {
-    "minute": "toStartOfMinute({c}, {tz})",
-    "hour": "toStartOfHour({c}, {tz})",
-    "day": "toStartOfDay({c}, {tz})",
-    "week": "toDateTime64(toMonday({c}, {tz}), 6, {tz})",
-    "month": "toDateTime64(toStartOfMonth({c}, {tz}), 6, {tz})",
-    "quarter": "toDateTime64(toStartOfQuarter({c}, {tz}), 6, {tz})",
-    "year": "toDateTime64(toStartOfYear({c}, {tz}), 6, {tz})",
-}
-_TRUNCATE_DATE = {
-    "day": "{c}",
-    "week": "toMonday({c})",
-    "month": "toStartOfMonth({c})",
-    "quarter": "toStartOfQuarter({c})",
-    "year": "toStartOfYear({c})",
-}
-
-
 def _group_expression(
     spec: FieldSpec, interval: str, time_zone: str, builder: _Builder
 ) -> tuple[str, str]:
     column = f"t.`{spec.name}`"
     if interval and spec.type is FieldType.TIMESTAMP:
         tz = builder.bind("String", time_zone)
-        return _TRUNCATE[interval].format(c=column, tz=tz), "timestamp"
+        return timestamp_bucket(column, interval, tz), "timestamp"
     if interval and spec.type is FieldType.DATE:
-        return _TRUNCATE_DATE[interval].format(c=column), "date"
+        return date_bucket(column, interval), "date"
+    if spec.type is FieldType.FLOAT:
+        # -0.0 and 0.0 are one value in SQL but two group keys in ClickHouse, which hashes the
+        # bits; adding zero turns -0.0 into 0.0 and leaves every other value as it is.
+        return f"{column} + 0.", "float"
     return column, _value_type(spec)
 
 
@@ -385,9 +389,7 @@ def _render(  # noqa: PLR0917 (private, called from two places with every argume
     """The outer query's expression that turns a raw value into its JSON-ready form."""
     if output_type == "timestamp":
         if interval and time_zone != "UTC":
-            tz = builder.bind("String", time_zone)
-            local = f"formatDateTime({raw}, '%Y-%m-%dT%H:%i:%S%z', {tz})"
-            return f"replaceRegexpOne({local}, '(\\\\d\\\\d)$', ':\\\\1')"
+            return render_local(raw, builder.bind("String", time_zone))
         if interval:
             return f"formatDateTime({raw}, '%Y-%m-%dT%H:%i:%SZ', 'UTC')"
         return f"formatDateTime({raw}, '%Y-%m-%dT%H:%i:%S.%fZ', 'UTC')"
@@ -436,6 +438,7 @@ def _condition_sql(item: Condition, model: Model, builder: _Builder, time_zone: 
     if operator in ("like", "ilike"):
         if spec.type not in (FieldType.STRING, FieldType.ENUM):
             raise _operator_error(item, spec)
+        # PostgREST's wildcard: every * is %, escaped or not.
         pattern = item.values[0].replace("*", "%")
         trailing = len(pattern) - len(pattern.rstrip("\\"))
         if trailing % 2:
@@ -444,8 +447,10 @@ def _condition_sql(item: Condition, model: Model, builder: _Builder, time_zone: 
                 f"{item.source}: a pattern cannot end in an unpaired backslash (escape it as \\\\)",
                 "INVALID_FILTER",
             )
-        placeholder = builder.bind("String", encode_text_parameter(pattern))
-        return f"{column} {operator.upper()} {placeholder}"
+        if operator == "ilike":
+            column, pattern = folded_sql(column), fold_case(pattern)
+        placeholder = builder.bind("String", encode_text_parameter(like_pattern(pattern)))
+        return f"{column} LIKE {placeholder}"
     if operator in ("gt", "gte", "lt", "lte") and (
         not spec.type.is_ordered or spec.type is FieldType.UUID
     ):
@@ -457,6 +462,9 @@ def _condition_sql(item: Condition, model: Model, builder: _Builder, time_zone: 
         # IN converts its list to the column's type and overflows on a wider value; equalities
         # compare in the wider type each value is bound with.
         return "(" + " OR ".join(f"{column} = {p}" for p in placeholders) + ")"
+    if operator == "in" and spec.type is FieldType.FLOAT:
+        # IN looks values up by their bits, which tells -0.0 from 0.0 (values are bound as 0.0).
+        return f"({column} + 0.) IN ({', '.join(placeholders)})"
     if operator == "in":
         return f"{column} IN ({', '.join(placeholders)})"
     return f"{column} {_COMPARISON_SQL[operator]} {placeholders[0]}"
@@ -471,10 +479,21 @@ def _operator_error(item: Condition, spec: FieldSpec) -> AnalyticsError:
     )
 
 
-def _order(text: str, targets: dict[str, str], group_raw: Sequence[str], model: Model) -> list[str]:
-    """ORDER BY terms: the requested keys, then every group key as a tie-break for stable pages."""
+def _order(
+    text: str, targets: dict[str, str], group_raw: Sequence[str], model: Model, uuids: set[str]
+) -> list[str]:
+    """ORDER BY terms: the requested keys, then every group key as a tie-break for stable pages.
+
+    As in PostgreSQL, NULLs come last in ascending and first in descending order unless a
+    modifier says otherwise (ClickHouse puts them last both ways), and UUIDs order by their text
+    (ClickHouse compares their two 64-bit halves low one first).
+    """
     terms: list[str] = []
     used: set[str] = set()
+
+    def term(raw: str, direction: str, nulls: str) -> str:
+        return f"{f'toString({raw})' if raw in uuids else raw} {direction}{nulls}"
+
     if text.strip():
         for part in text.split(","):
             key, _, rest = part.strip().partition(".")
@@ -503,8 +522,10 @@ def _order(text: str, targets: dict[str, str], group_raw: Sequence[str], model: 
             if targets[key] in used:
                 raise validation_error("order", f"order: {key!r} is listed twice", "INVALID_ORDER")
             used.add(targets[key])
-            terms.append(f"{targets[key]} {direction}{nulls}")
-    terms.extend(f"{raw} ASC" for raw in group_raw if raw not in used)
+            if not nulls and direction == "DESC":
+                nulls = " NULLS FIRST"
+            terms.append(term(targets[key], direction, nulls))
+    terms.extend(term(raw, "ASC", "") for raw in group_raw if raw not in used)
     return terms
 
 

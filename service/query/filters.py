@@ -55,7 +55,7 @@ def parse_filters(filters: Mapping[str, str]) -> list[Filter]:
         if kind in JUNCTIONS:
             parsed.append(_parse_junction(kind, value, negated, source, 1, budget))
         else:
-            parsed.append(_parse_condition(key, value, source, budget))
+            parsed.append(_parse_condition(key, value, source, budget, in_tree=False))
     return parsed
 
 
@@ -76,7 +76,15 @@ def _strip_not(text: str) -> tuple[bool, str]:
     return False, text
 
 
-def _parse_condition(field: str, expression: str, source: str, budget: list[int]) -> Condition:
+def _parse_condition(
+    field: str, expression: str, source: str, budget: list[int], *, in_tree: bool
+) -> Condition:
+    """One condition; as in PostgREST, quotes delimit a value only inside an and/or tree.
+
+    A top-level value runs to the end of the text, quotes included (PostgREST's ``pSingleVal``),
+    so ``eq."quoted"`` matches the seven characters ``"quoted"``; inside a tree a value ends at
+    the next comma or parenthesis unless it is double-quoted (``pLogicSingleVal``).
+    """
     budget[0] -= 1
     if budget[0] < 0:
         raise _error(source, f"too many conditions (at most {MAX_CONDITIONS})")
@@ -101,7 +109,8 @@ def _parse_condition(field: str, expression: str, source: str, budget: list[int]
         if operand not in IS_VALUES:
             raise _error(source, f"is. takes null, true or false, got {_preview(operand)}")
         return Condition(field, operator, (operand,), negated, source)
-    return Condition(field, operator, (_unquote(operand, source),), negated, source)
+    value = _unquote(operand, source) if in_tree else operand
+    return Condition(field, operator, (value,), negated, source)
 
 
 def _parse_junction(  # noqa: PLR0917 (private recursion)
@@ -124,7 +133,7 @@ def _parse_junction(  # noqa: PLR0917 (private recursion)
         field, dot, expression = item.partition(".")
         if not dot or not field:
             raise _error(source, f"expected field.operator.value, got {_preview(item)}")
-        children.append(_parse_condition(field, expression, source, budget))
+        children.append(_parse_condition(field, expression, source, budget, in_tree=True))
     return Junction(kind, tuple(children), negated, source)
 
 
@@ -178,7 +187,7 @@ def _parse_list(text: str, source: str, *, keep_quotes: bool = False) -> list[st
 
 
 def _unquote(text: str, source: str) -> str:
-    """A value written as ``"..."`` (needed inside and/or lists) loses its quotes and escapes."""
+    """A value of an and/or tree written as ``"..."`` loses its quotes and backslash escapes."""
     if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
         inner = text[1:-1]
         out: list[str] = []

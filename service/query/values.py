@@ -82,7 +82,8 @@ def _typed_parameter(spec: FieldSpec, text: str, time_zone: str) -> tuple[str, s
         number_f = float(text)
         if not math.isfinite(number_f):
             raise ValueError("not a finite number")
-        return "Float64", repr(number_f)
+        # -0.0 is 0.0 in SQL; bound as 0.0 it also matches in IN's lookup by bits.
+        return "Float64", repr(number_f + 0.0)
     if kind is FieldType.DECIMAL:
         return _decimal_parameter(spec, text)
     if kind is FieldType.BOOL:
@@ -99,17 +100,44 @@ def _typed_parameter(spec: FieldSpec, text: str, time_zone: str) -> tuple[str, s
 def _decimal_parameter(spec: FieldSpec, text: str) -> tuple[str, str]:
     if not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", text):
         raise ValueError("not a decimal number")
-    number = Decimal(text)
+    number = _comparable_decimal(Decimal(text), spec)
     # The pattern above admits only finite numbers, so the exponent is an int.
     exponent = int(number.as_tuple().exponent)
     scale = max(spec.scale, -exponent, 0)
     integer_digits = max(number.adjusted() + 1, 1)
     # Compare in a type wide enough for the value itself, so that `gt.10.005` on a
     # Decimal(18, 2) column means exactly that rather than a rounded bound.
-    if integer_digits + scale > 76:
-        raise ValueError("too many digits")
     precision = 38 if integer_digits + scale <= 38 else 76
     return f"Decimal({precision}, {scale})", f"{number:f}"
+
+
+def _comparable_decimal(number: Decimal, spec: FieldSpec) -> Decimal:
+    """``number`` cut to at most ``scale + 2`` fractional digits, comparing alike to the column.
+
+    A literal may have more digits than the engine's 76, and every column value must compare to
+    the stand-in exactly as it compares to ``number``. A column value is a multiple of 10^-scale
+    below 10^(precision - scale) in magnitude. Past that range ``number`` is as good as
+    10^(precision - scale); with more than ``scale + 1`` fractional digits, it lies strictly
+    between two neighbouring multiples of 10^-(scale + 1) where no column value is, and so does
+    the midpoint of the two, which stands in for it.
+    """
+    if number.is_zero():
+        return Decimal(0)
+    range_digits = spec.precision - spec.scale
+    if number.adjusted() >= range_digits:
+        return Decimal(1).scaleb(range_digits).copy_sign(number)
+    sign, digits, finite_exponent = number.as_tuple()
+    exponent = int(finite_exponent)  # finite: the caller's pattern admits no NaN or infinity
+    coefficient = int("".join(map(str, digits)))
+    while exponent < 0 and coefficient % 10 == 0:
+        coefficient //= 10
+        exponent += 1
+    signed = -coefficient if sign else coefficient
+    kept = spec.scale + 1
+    if -exponent <= kept:
+        return Decimal(f"{signed}e{exponent}")  # the constructor is exact; scaleb rounds
+    floor = signed // 10 ** (-exponent - kept)
+    return Decimal(f"{floor * 10 + 5}e{-kept - 1}")
 
 
 def parse_timestamp(text: str, time_zone: str) -> dt.datetime:
@@ -118,7 +146,7 @@ def parse_timestamp(text: str, time_zone: str) -> dt.datetime:
         raise ValueError("too long for a timestamp")
     moment = dt.datetime.fromisoformat(text)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=ZoneInfo(time_zone))
+        moment = local_time(moment, ZoneInfo(time_zone))
     moment = moment.astimezone(dt.UTC)
     if (
         not dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
@@ -127,6 +155,23 @@ def parse_timestamp(text: str, time_zone: str) -> dt.datetime:
     ):
         raise ValueError("outside the supported range 1900-2299")
     return moment
+
+
+def local_time(naive: dt.datetime, zone: ZoneInfo) -> dt.datetime:
+    """A wall-clock time in ``zone``, read as PostgreSQL reads ``timestamp AT TIME ZONE zone``.
+
+    A time that a change of offset skipped (a DST gap) takes the offset before the change, so
+    02:30 on a spring-forward night is 03:30 of the new offset; a time that occurs twice (an
+    overlap) is the later occurrence, the one after the change.
+    """
+    first = naive.replace(tzinfo=zone, fold=0)
+    second = naive.replace(tzinfo=zone, fold=1)
+    # Python's fold=0 takes the offset before a change in both cases; an offset that falls
+    # (fold=1's is smaller) marks an overlap, where PostgreSQL takes the later one.
+    before, after = first.utcoffset(), second.utcoffset()
+    if before is not None and after is not None and after < before:
+        return second
+    return first
 
 
 def _bad_value(spec: FieldSpec, text: str, source: str, detail: str) -> AnalyticsError:

@@ -82,7 +82,8 @@ def test_design_example_compiles(catalog: Catalog) -> None:
     assert compiled.sql == (
         "SELECT formatDateTime(k0, '%Y-%m-%dT%H:%i:%SZ', 'UTC') AS c0, m0 AS c1, m1 AS c2, "
         "if(isFinite(m2), m2, NULL) AS c3 FROM ("
-        "SELECT toStartOfDay(t.`created_at`, {p1:String}) AS k0, ifNull(sum(t.`amount`), 0) AS m0, "
+        "SELECT toDateTime64(toDate32(t.`created_at`, {p1:String}), 6, {p1:String}) AS k0, "
+        "sumOrNull(t.`amount`) AS m0, "
         "count() AS m1, avg(t.`amount`) AS m2 "
         "FROM `analytics`.`crm_deals` AS t FINAL "
         "WHERE t.`tenant_id` = {p0:String} AND t.`_is_deleted` = 0 "
@@ -186,7 +187,8 @@ def test_grouping_by_the_soft_delete_column_keeps_the_default(catalog: Catalog) 
         ({"owner_id": "lt.7"}, "(t.`owner_id` < {p1:Int64})", ["7"]),
         ({"probability": "lte.0.5"}, "(t.`probability` <= {p1:Float64})", ["0.5"]),
         ({"title": "like.*big*"}, "(t.`title` LIKE {p1:String})", ["%big%"]),
-        ({"title": "ilike.Big_*"}, "(t.`title` ILIKE {p1:String})", ["Big_%"]),
+        ({"title": r"like.C:\t*"}, "(t.`title` LIKE {p1:String})", ["C:t%"]),
+        ({"title": r"like.100\%\_\\*"}, "(t.`title` LIKE {p1:String})", [r"100\\%\\_\\\\%"]),
         (
             {"stage": 'in.(won,"lost, sadly")'},
             "(t.`stage` IN ({p1:String}, {p2:String}))",
@@ -311,13 +313,19 @@ def test_bare_field_counts_that_field(catalog: Catalog) -> None:
         ),
         (
             MetricRequest("sum", "lifetime_value"),
-            "ifNull(sum(t.`lifetime_value`), 0)",
+            "sumOrNull(t.`lifetime_value`)",
             "sum_lifetime_value",
             "decimal",
         ),
-        (MetricRequest("sum", "id"), "ifNull(sum(t.`id`), 0)", "sum_id", "int"),
-        (MetricRequest("sum", "score"), "ifNull(sum(t.`score`), 0)", "sum_score", "float"),
-        (MetricRequest("avg", "id"), "avg(t.`id`)", "avg_id", "float"),
+        (MetricRequest("sum", "id"), "sumOrNull(toDecimal128(t.`id`, 0))", "sum_id", "int"),
+        (MetricRequest("sum", "score"), "sumOrNull(t.`score`)", "sum_score", "float"),
+        (MetricRequest("avg", "id"), "avg(toInt128(t.`id`))", "avg_id", "float"),
+        (
+            MetricRequest("count_distinct", "score"),
+            "uniqExact((t.`score` + 0.))",
+            "count_distinct_score",
+            "int",
+        ),
         (
             MetricRequest("min", "created_at"),
             "minOrNull(t.`created_at`)",
@@ -374,7 +382,8 @@ def test_rendering_of_outputs(catalog: Catalog) -> None:
 def test_group_by_several_fields_orders_by_all_keys(catalog: Catalog) -> None:
     compiled = run(catalog, group_by="stage, currency", order="count.desc")
     assert "GROUP BY k0, k1)" in compiled.sql
-    assert " ORDER BY m0 DESC, k0 ASC, k1 ASC LIMIT " in compiled.sql
+    # descending without a modifier puts NULLs first, as PostgreSQL does
+    assert " ORDER BY m0 DESC NULLS FIRST, k0 ASC, k1 ASC LIMIT " in compiled.sql
     assert [c.key for c in compiled.columns] == ["stage", "currency", "count"]
 
 
@@ -391,9 +400,17 @@ def test_order_modifiers(catalog: Catalog) -> None:
 @pytest.mark.parametrize(
     ("interval", "expression"),
     [
-        ("minute", "toStartOfMinute(t.`created_at`, {p1:String})"),
-        ("hour", "toStartOfHour(t.`created_at`, {p1:String})"),
-        ("day", "toStartOfDay(t.`created_at`, {p1:String})"),
+        (
+            "minute",
+            "subtractSeconds(toStartOfSecond(t.`created_at`), "
+            "toSecond(t.`created_at`, {p1:String}))",
+        ),
+        (
+            "hour",
+            "subtractSeconds(toStartOfSecond(t.`created_at`), "
+            "toMinute(t.`created_at`, {p1:String}) * 60 + toSecond(t.`created_at`, {p1:String}))",
+        ),
+        ("day", "toDateTime64(toDate32(t.`created_at`, {p1:String}), 6, {p1:String})"),
         ("week", "toDateTime64(toMonday(t.`created_at`, {p1:String}), 6, {p1:String})"),
         ("month", "toDateTime64(toStartOfMonth(t.`created_at`, {p1:String}), 6, {p1:String})"),
         ("quarter", "toDateTime64(toStartOfQuarter(t.`created_at`, {p1:String}), 6, {p1:String})"),
@@ -416,8 +433,8 @@ def test_interval_in_another_time_zone_renders_the_offset(catalog: Catalog) -> N
     assert compiled.parameters["p1"] == "America/New_York"
     assert compiled.parameters["p2"] == "America/New_York"
     assert (
-        "replaceRegexpOne(formatDateTime(k0, '%Y-%m-%dT%H:%i:%S%z', {p2:String}), "
-        "'(\\\\d\\\\d)$', ':\\\\1') AS c0"
+        "concat(formatDateTime(k0, '%Y-%m-%dT%H:%i:%S', {p2:String}), "
+        "if(timeZoneOffset(toTimeZone(k0, {p2:String})) < 0, '-', '+'), "
     ) in compiled.sql
 
 
@@ -728,14 +745,14 @@ def test_invalid_values(catalog: Catalog, filters: dict[str, str], violation: st
 @pytest.mark.parametrize("pattern", ["abc\\", "\\", "*\\", "a\\\\\\"])
 def test_like_pattern_ending_in_an_unpaired_backslash(catalog: Catalog, pattern: str) -> None:
     quoted = '"' + pattern.replace("\\", "\\\\") + '"'
-    validation(catalog, "INVALID_FILTER", "filters.title", filters={"title": f"like.{quoted}"})
+    validation(catalog, "INVALID_FILTER", "filters.title", filters={"title": f"like.{pattern}"})
     validation(catalog, "INVALID_FILTER", "filters.or", filters={"or": f"(title.ilike.{quoted})"})
 
 
 @pytest.mark.parametrize("pattern", ["abc\\\\", "a\\\\%", "\\\\*x", "\\%"])
 def test_like_pattern_with_escaped_backslashes(catalog: Catalog, pattern: str) -> None:
-    quoted = '"' + pattern.replace("\\", "\\\\") + '"'
-    compiled = run(catalog, filters={"title": f"like.{quoted}"})
+    """An escaped backslash, % or _ stays escaped: ClickHouse reads those escapes as PostgreSQL."""
+    compiled = run(catalog, filters={"title": f"like.{pattern}"})
     assert compiled.parameters["p1"] == pattern.replace("*", "%").replace("\\", "\\\\")
 
 

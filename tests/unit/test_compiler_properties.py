@@ -214,8 +214,22 @@ def test_hostile_string_values_leave_the_sql_unchanged(
     # Every string value travels as a parameter that decodes back to exactly what was sent.
     decoded = [tsv_unescape(v) for v in second.parameters.values()]
     for value in attacked.string_values():
-        pattern = value.replace("*", "%")
-        assert value in decoded or pattern in decoded
+        assert value in decoded or bool(_like_forms(value) & set(decoded)), value
+
+
+def _like_forms(value: str) -> set[str]:
+    """The forms a like/ilike pattern may be bound in: ``*`` as ``%``, backslash escapes that
+    ClickHouse reads differently from PostgreSQL resolved, and (ilike) lowered per character."""
+    pattern = re.sub(
+        r"\\(.)",
+        lambda m: "\\" + m[1] if m[1] in "%_\\" else m[1],
+        value.replace("*", "%"),
+        flags=re.DOTALL,
+    )
+    lowered = "".join(
+        "i" if c == "\u0130" else (c.lower() if len(c.lower()) == 1 else c) for c in pattern
+    )
+    return {pattern, lowered}
 
 
 # --- (b) hostile names -----------------------------------------------------------------------

@@ -78,14 +78,27 @@ def test_empty_value_is_an_empty_string() -> None:
     assert cond("email", "eq.").values == ("",)
 
 
-def test_quoted_value_loses_quotes_and_escapes() -> None:
-    assert cond("title", 'eq."a,b(c)"').values == ("a,b(c)",)
-    assert cond("title", r'eq."say \"hi\" \\ now"').values == ('say "hi" \\ now',)
-    assert cond("title", 'eq.""').values == ("",)
+def test_top_level_values_are_literal_quotes_included() -> None:
+    """PostgREST's pSingleVal: a top-level value is the rest of the text, quotes and all."""
+    assert cond("title", 'eq."quoted"').values == ('"quoted"',)
+    assert cond("title", 'eq."a,b(c)"').values == ('"a,b(c)"',)
+    assert cond("title", r'eq."say \"hi\""').values == (r'"say \"hi\""',)
+    assert cond("title", 'eq.""').values == ('""',)
+    assert cond("title", 'eq."a"b"').values == ('"a"b"',)
 
 
-def test_unbalanced_quote_inside_a_quoted_value() -> None:
-    invalid({"title": 'eq."a"b"'}, "filters.title")
+def test_quoted_value_in_a_tree_loses_quotes_and_escapes() -> None:
+    """PostgREST's pLogicSingleVal: inside and/or, quotes delimit and a backslash escapes."""
+    tree = junction("or", r'(title.eq."a,b(c)",title.eq."say \"hi\" \\ now",title.eq."")')
+    assert [child.values for child in tree.children] == [  # type: ignore[union-attr]
+        ("a,b(c)",),
+        ('say "hi" \\ now',),
+        ("",),
+    ]
+
+
+def test_unbalanced_quote_inside_a_quoted_value_in_a_tree() -> None:
+    invalid({"or": '(title.eq."a"b")'}, "filters.or")
 
 
 def test_like_keeps_its_pattern_characters() -> None:
@@ -323,5 +336,6 @@ def test_quoted_in_values_round_trip(values: list[str]) -> None:
 @given(st.text())
 def test_quoted_scalar_values_round_trip(value: str) -> None:
     quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    assert cond("title", f"eq.{quoted}").values == (value,)
-    assert cond("title", f"not.like.{quoted}").values == (value,)
+    assert cond("title", f"eq.{quoted}").values == (quoted,)
+    inside = junction("or", f"(title.eq.{quoted},title.not.like.{quoted})")
+    assert [child.values for child in inside.children] == [(value,), (value,)]  # type: ignore[union-attr]
