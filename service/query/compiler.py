@@ -30,9 +30,11 @@ from service.query.text_match import fold_case, folded_sql, like_pattern
 from service.query.time_buckets import (
     BUCKET_SETTINGS,
     INTERVALS,
+    UTC,
+    bucket_start,
     date_bucket,
     render_local,
-    timestamp_bucket,
+    timestamp_bucket_key,
 )
 from service.query.values import encode_text_parameter, parse_time_zone, typed_parameter
 
@@ -368,7 +370,7 @@ def _group_expression(
     column = f"t.`{spec.name}`"
     if interval and spec.type is FieldType.TIMESTAMP:
         tz = builder.bind("String", time_zone)
-        return timestamp_bucket(column, interval, tz), "timestamp"
+        return timestamp_bucket_key(column, interval, tz), "timestamp"
     if interval and spec.type is FieldType.DATE:
         return date_bucket(column, interval), "date"
     if spec.type is FieldType.FLOAT:
@@ -388,11 +390,13 @@ def _render(  # noqa: PLR0917 (private, called from two places with every argume
 ) -> str:
     """The outer query's expression that turns a raw value into its JSON-ready form."""
     if output_type == "timestamp":
-        if interval and time_zone != "UTC":
-            return render_local(raw, builder.bind("String", time_zone))
-        if interval:
-            return f"formatDateTime({raw}, '%Y-%m-%dT%H:%i:%SZ', 'UTC')"
-        return f"formatDateTime({raw}, '%Y-%m-%dT%H:%i:%S.%fZ', 'UTC')"
+        if not interval:
+            return f"formatDateTime({raw}, '%Y-%m-%dT%H:%i:%S.%fZ', 'UTC')"
+        if time_zone == "UTC":
+            start = bucket_start(raw, interval, UTC)
+            return f"formatDateTime({start}, '%Y-%m-%dT%H:%i:%SZ', 'UTC')"
+        zone = builder.bind("String", time_zone)
+        return render_local(bucket_start(raw, interval, zone), zone)
     if output_type == "date":
         return f"toString({raw})"
     if spec is not None and spec.type is FieldType.UUID:
