@@ -18,8 +18,9 @@ instants where the engine's local-time functions are wrong (``ENGINE_LOCAL_TIME_
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import zoneinfo
-from zoneinfo import ZoneInfo, _zoneinfo
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -86,9 +87,10 @@ def iso_local(moment: dt.datetime, zone: ZoneInfo) -> str:
 def instants(zone_name: str) -> list[dt.datetime]:
     """Instants around the zone's changes of offset in 1900-2037, a bounded spread of them."""
     # The pure-Python implementation exposes the zone's transitions; the C one does not.
+    pure = importlib.import_module("zoneinfo._zoneinfo").ZoneInfo.no_cache(zone_name)
     transitions = [
         dt.datetime.fromtimestamp(second, dt.UTC)
-        for second in _zoneinfo.ZoneInfo.no_cache(zone_name)._trans_utc  # type: ignore[attr-defined]
+        for second in pure._trans_utc
         if LOW.timestamp() + 86_400 < second < HIGH.timestamp() - 86_400
     ]
     stride = max(1, len(transitions) // TRANSITIONS_PER_ZONE)
