@@ -136,7 +136,14 @@ def metric_requests(request: QueryRequest) -> list[tuple[str, MetricRequest]]:
 
 def result_dicts(table: pa.Table, columns: Sequence[OutputColumn]) -> list[dict[str, Any]]:
     """An engine result as the service's rows: dicts keyed by the result keys."""
-    values = {column.key: table.column(column.alias).to_pylist() for column in columns}
+    values = {
+        column.key: [
+            # integer sums are Decimal(38, 0) in the engine: integers all the same
+            int(v) if column.type == "int" and isinstance(v, Decimal) else v
+            for v in table.column(column.alias).to_pylist()
+        ]
+        for column in columns
+    }
     return [
         {column.key: values[column.key][index] for column in columns}
         for index in range(table.num_rows)

@@ -167,11 +167,18 @@ COMPILER_FEATURE_PROBES: tuple[tuple[str, str, str], ...] = (
         "123456",
     ),
     (
-        "formatDateTime %z (UTC offset)",
-        "SELECT formatDateTime(toDateTime('2026-01-02 03:04:05', 'UTC'), '%z', 'Asia/Kolkata')"
-        " AS v",
-        "+0530",
+        "timeZoneOffset of a DateTime64",
+        "SELECT toString(timeZoneOffset(toTimeZone(toDateTime64('2026-01-02 03:04:05', 6, 'UTC'),"
+        " 'Asia/Kolkata'))) AS v",
+        "19800",
     ),
+    ("leftPad", "SELECT leftPad('5', 2, '0') AS v", "05"),
+    (
+        "toStartOfSecond",
+        "SELECT toString(toStartOfSecond(toDateTime64('2026-01-02 03:04:05.5', 6, 'UTC'))) AS v",
+        "2026-01-02 03:04:05.000000",
+    ),
+    ("sumOrNull of Decimal128", "SELECT toString(sumOrNull(toDecimal128(1, 0))) AS v", "1"),
     (
         "quantileExactInclusive",
         "SELECT toString(quantileExactInclusive(0.5)(number)) AS v FROM numbers(3)",
@@ -183,7 +190,7 @@ COMPILER_FEATURE_PROBES: tuple[tuple[str, str, str], ...] = (
         "SELECT toString(isNull(minOrNull(number))) AS v FROM numbers(1) WHERE number > 1",
         "1",
     ),
-    ("ILIKE", "SELECT toString('Ab' ILIKE 'a%') AS v", "1"),
+    ("translateUTF8", "SELECT translateUTF8('\u212aB', '\u212aB', 'kb') AS v", "kb"),
 )
 #: The setting the compiler sends for time buckets: without it, date functions clamp or wrap
 #: outside 1970-2106 (a server without it runs the query, with those buckets wrong).
