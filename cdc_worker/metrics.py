@@ -23,6 +23,26 @@ class WorkerMetrics:
     uncommitted_batches: int = 0
     """Written batches whose offsets a rebalance kept from being committed (they replay)."""
     tables: dict[str, TableProgress] = field(default_factory=dict)
+    outages: dict[str, int] = field(default_factory=dict)
+    """Times each dependency (clickhouse, kafka) was found unreachable and waited for."""
+    away: set[str] = field(default_factory=set)
+    """Dependencies unreachable now."""
+    started: bool = False
+    """Whether the worker has its tables and its Kafka clients (it consumes)."""
+
+    @property
+    def ready(self) -> bool:
+        """Consuming, with every dependency reachable as far as the worker knows."""
+        return self.started and not self.away
+
+    def dependency_away(self, dependency: str) -> None:
+        """``dependency`` was found unreachable: one more outage, not ready until it is back."""
+        self.outages[dependency] = self.outages.get(dependency, 0) + 1
+        self.away.add(dependency)
+
+    def dependency_back(self, dependency: str) -> None:
+        """``dependency`` answered again."""
+        self.away.discard(dependency)
 
     def render(self) -> str:
         """The Prometheus text exposition format (version 0.0.4), one group per metric."""
@@ -84,6 +104,15 @@ class WorkerMetrics:
             "# HELP cdc_uncommitted_batches_total Written batches a rebalance kept uncommitted.",
             "# TYPE cdc_uncommitted_batches_total counter",
             f"cdc_uncommitted_batches_total {self.uncommitted_batches}",
+            "# HELP cdc_dependency_outages_total Times a dependency was found unreachable.",
+            "# TYPE cdc_dependency_outages_total counter",
+            *(
+                f'cdc_dependency_outages_total{{dependency="{name}"}} {count}'
+                for name, count in sorted(self.outages.items())
+            ),
+            "# HELP cdc_ready Whether the worker consumes with its dependencies reachable.",
+            "# TYPE cdc_ready gauge",
+            f"cdc_ready {int(self.ready)}",
         ]
         return "\n".join(lines) + "\n"
 
@@ -93,13 +122,23 @@ def _number(value: float) -> str:
 
 
 async def serve_metrics(metrics: WorkerMetrics, host: str, port: int) -> web.AppRunner:
-    """Serve ``GET /metrics`` on ``host:port``; the caller cleans the runner up."""
+    """Serve ``GET /metrics`` and ``GET /ready`` on ``host:port``; the caller cleans up.
+
+    ``/ready`` answers 200 while the worker consumes with its dependencies reachable and 503
+    (naming what it waits for) otherwise, for a readiness probe.
+    """
 
     async def handle(_request: web.Request) -> web.Response:
         return web.Response(text=metrics.render(), content_type="text/plain", charset="utf-8")
 
+    async def ready(_request: web.Request) -> web.Response:
+        waiting = ", ".join(sorted(metrics.away)) or ("starting" if not metrics.started else "")
+        status = 200 if metrics.ready else 503
+        return web.Response(status=status, text=f"waiting for {waiting}" if waiting else "ready")
+
     app = web.Application()
     app.router.add_get("/metrics", handle)
+    app.router.add_get("/ready", ready)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -31,6 +31,7 @@ from cdc_worker.columnar_decoder import ColumnarDecoder
 from cdc_worker.decoder import DebeziumDecoder, DecodeError
 from cdc_worker.events import DecodedMessage, Heartbeat, RowChange, Truncate
 from cdc_worker.metrics import WorkerMetrics
+from cdc_worker.outage import OutageWaiter, is_transient
 from cdc_worker.sync_tracker import SyncTracker
 from service.backends.dialect import backend_dialect
 from service.catalog import Catalog, FieldType, Model
@@ -123,23 +124,21 @@ class CdcWorker:
             await self._sink.command(statement)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set, then write what is pending and commit it."""
-        await self.prepare()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            group_id=self._settings.kafka_group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            metadata_max_age_ms=1_000,
-            max_poll_interval_ms=600_000,
-            # About 5 000 events of a busy partition per fetch (the default 1 MiB holds ~1 200):
-            # the column-wise decoding's cost per list is then spread over more events.
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            check_crcs=self._settings.kafka_check_crcs,
-        )
-        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
-        await consumer.start()
-        await producer.start()
+        """Consume until ``stop`` is set, then write what is pending and commit it.
+
+        ClickHouse or Kafka unreachable at start is waited for (cdc_worker/outage.py).
+        """
+        waiter = OutageWaiter(stop, self.metrics, self._settings.cdc_retry_max_seconds)
+        if not await waiter.until_available(self._prepared, "clickhouse"):
+            return
+        consumer = await waiter.until_available(self._consumer, "kafka")
+        if consumer is None:
+            return
+        producer = await waiter.until_available(self._producer, "kafka")
+        if producer is None:
+            await consumer.stop()
+            return
+        self.metrics.started = True
         consumer.subscribe(pattern=self._topics.pattern())
         log.info("cdc worker started", topics=sorted(self._topics.by_table.values()))
         batch = ChangeBatch()
@@ -160,9 +159,45 @@ class CdcWorker:
                 await self._flush(batch, consumer)
             await self._report(consumer, force=True)
         finally:
+            self.metrics.started = False
             await consumer.stop()
             await producer.stop()
             log.info("cdc worker stopped")
+
+    async def _prepared(self) -> bool:
+        await self.prepare()
+        return True
+
+    async def _consumer(self) -> AIOKafkaConsumer:
+        """A started consumer of the worker's group (closed again if it cannot start)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=self._settings.kafka_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            metadata_max_age_ms=1_000,
+            max_poll_interval_ms=600_000,
+            # About 5 000 events of a busy partition per fetch (the default 1 MiB holds ~1 200):
+            # the column-wise decoding's cost per list is then spread over more events.
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            check_crcs=self._settings.kafka_check_crcs,
+        )
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
+        return consumer
+
+    async def _producer(self) -> AIOKafkaProducer:
+        """A started producer for the dead-letter topic (closed again if it cannot start)."""
+        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
 
     async def _take(
         self,
@@ -263,6 +298,8 @@ class CdcWorker:
             except AnalyticsError as error:
                 self.tracker.failed(error.message)
                 self.metrics.write_errors += 1
+                if is_transient(error) and "clickhouse" not in self.metrics.away:
+                    self.metrics.dependency_away("clickhouse")
                 log.warning(
                     "replica write failed; retrying",
                     error=error.message,
@@ -276,6 +313,7 @@ class CdcWorker:
                 # Keep polling (paused partitions return nothing) so the group keeps us.
                 await consumer.getmany(timeout_ms=int(delay * 1000))
                 delay = min(delay * 2, self._settings.cdc_retry_max_seconds)
+        self.metrics.dependency_back("clickhouse")
         if paused:
             consumer.resume(*consumer.assignment())
         offsets = await self._commit(

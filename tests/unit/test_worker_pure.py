@@ -791,6 +791,7 @@ def test_render_without_anything_is_valid() -> None:
         ("cdc_dead_letters_total", ""): 0,
         ("cdc_write_errors_total", ""): 0,
         ("cdc_uncommitted_batches_total", ""): 0,
+        ("cdc_ready", ""): 0,
     }
 
 
@@ -804,6 +805,9 @@ def test_render_values(monkeypatch: pytest.MonkeyPatch) -> None:
         dead_letters=2,
         write_errors=1,
         uncommitted_batches=5,
+        outages={"kafka": 2, "clickhouse": 1},
+        away={"kafka"},
+        started=True,
         tables={
             "crm_deals": progress(
                 "crm_deals",
@@ -828,6 +832,10 @@ def test_render_values(monkeypatch: pytest.MonkeyPatch) -> None:
         ("cdc_dead_letters_total", ""): 2,
         ("cdc_write_errors_total", ""): 1,
         ("cdc_uncommitted_batches_total", ""): 5,
+        ("cdc_dependency_outages_total", '{dependency="clickhouse"}'): 1,
+        ("cdc_dependency_outages_total", '{dependency="kafka"}'): 2,
+        # started, but waiting for Kafka again
+        ("cdc_ready", ""): 0,
         ("cdc_events_per_second", '{table="billing_invoices"}'): 0.333,
         ("cdc_events_per_second", '{table="crm_contacts"}'): 0,
         ("cdc_events_per_second", '{table="crm_deals"}'): 12.5,
@@ -842,6 +850,19 @@ def test_render_values(monkeypatch: pytest.MonkeyPatch) -> None:
     }
 
 
+def test_ready_once_started_with_nothing_away() -> None:
+    metrics = WorkerMetrics(started=True)
+    seen = [metrics.ready]
+    metrics.dependency_away("clickhouse")
+    metrics.dependency_away("clickhouse")
+    seen.append(metrics.ready)
+    metrics.dependency_back("clickhouse")
+    seen.append(metrics.ready)
+    assert seen == [True, False, True]
+    assert metrics.outages == {"clickhouse": 2}
+    assert "cdc_ready 1" in metrics.render()
+
+
 def test_render_counters_are_typed() -> None:
     text = WorkerMetrics(events={"crm_deals": 1}).render()
     types = {m["name"]: m["type"] for m in map(_TYPE.match, text.splitlines()) if m}
@@ -853,6 +874,8 @@ def test_render_counters_are_typed() -> None:
         "cdc_dead_letters_total": "counter",
         "cdc_write_errors_total": "counter",
         "cdc_uncommitted_batches_total": "counter",
+        "cdc_dependency_outages_total": "counter",
+        "cdc_ready": "gauge",
         "cdc_events_per_second": "gauge",
         "cdc_consumer_lag_events": "gauge",
         "cdc_last_sync_timestamp_seconds": "gauge",
@@ -947,3 +970,18 @@ def test_stored_value_legacy_booleans(contacts: Model) -> None:
     assert _stored_value(contacts, "is_subscribed", 1) is True
     assert _stored_value(contacts, "is_subscribed", 0) is False
     assert _stored_value(contacts, "is_subscribed", False) is False
+
+
+def test_only_unreachable_dependencies_are_waited_for() -> None:
+    from aiokafka.errors import KafkaConnectionError
+
+    from cdc_worker.outage import is_transient
+    from service.errors import AnalyticsError, ErrorKind, engine_unavailable
+
+    assert is_transient(engine_unavailable("connection refused"))
+    assert is_transient(KafkaConnectionError("no broker"))
+    assert is_transient(ConnectionRefusedError())
+    # a server that refuses the credentials or the DDL is a configuration to fix, not to wait for
+    assert not is_transient(AnalyticsError(ErrorKind.INTERNAL, "DDL refused", "ENGINE_ERROR"))
+    assert not is_transient(AnalyticsError(ErrorKind.UNAUTHORIZED, "bad password", "AUTH"))
+    assert not is_transient(ValueError("bad topic pattern"))
