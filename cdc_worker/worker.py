@@ -112,6 +112,7 @@ class CdcWorker:
         )
         self.metrics = metrics or WorkerMetrics()
         self._last_report = 0.0
+        self._started_at = time.monotonic()
 
     async def prepare(self) -> None:
         """Create the database, the replica tables and the sync-state table if missing.
@@ -128,6 +129,7 @@ class CdcWorker:
 
         ClickHouse or Kafka unreachable at start is waited for (cdc_worker/outage.py).
         """
+        self._started_at = time.monotonic()
         waiter = OutageWaiter(stop, self.metrics, self._settings.cdc_retry_max_seconds)
         if not await waiter.until_available(self._prepared, "clickhouse"):
             return
@@ -181,6 +183,12 @@ class CdcWorker:
             # the column-wise decoding's cost per list is then spread over more events.
             max_partition_fetch_bytes=4 * 1024 * 1024,
             check_crcs=self._settings.kafka_check_crcs,
+            # With a stable instance id the coordinator hands a restarted worker its partitions
+            # back without a rebalance; without one, a killed member holds them until its
+            # session times out.
+            group_instance_id=self._settings.kafka_group_instance_id or None,
+            session_timeout_ms=int(self._settings.kafka_session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(self._settings.kafka_session_timeout_seconds * 1000 / 3),
         )
         try:
             await consumer.start()
@@ -327,6 +335,13 @@ class CdcWorker:
         for ts_ms, ends in batch.heartbeats:
             self.tracker.heartbeat(ts_ms, ends)
         self.metrics.batches += 1
+        if self.metrics.batches == 1:
+            # How long a (re)start takes to write again: the figure static membership shortens.
+            log.info(
+                "first batch written",
+                events=batch.events,
+                seconds_since_start=round(time.monotonic() - self._started_at, 3),
+            )
         self.metrics.last_batch_rows = batch.events
         self.metrics.batch_rows_total += batch.events
 

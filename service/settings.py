@@ -94,6 +94,20 @@ class Settings(BaseSettings):
         None, description="Kafka brokers (host:port,...) of the Debezium topics; unset: no CDC."
     )
     kafka_group_id: str = Field("analytics-cdc", description="Consumer group of the CDC worker.")
+    kafka_group_instance_id: str = Field(
+        "",
+        max_length=249,
+        description="Static group membership: a name that stays the same across restarts of "
+        "one worker (a StatefulSet pod's name) and differs between workers; a restarted worker "
+        "then takes its partitions back at once instead of after a rebalance. Empty: dynamic.",
+    )
+    kafka_session_timeout_seconds: float = Field(
+        10.0,
+        ge=6.0,
+        le=300.0,
+        description="How long the group keeps a silent member's partitions before it gives them "
+        "to the others (with static membership, the window for a restart to take them back).",
+    )
     kafka_check_crcs: bool = Field(
         False,
         description="Check each consumed record's CRC32C (aiokafka does it in software, about "

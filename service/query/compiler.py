@@ -333,20 +333,32 @@ def _metric_expression(
             column = f"({column} + 0.)"  # -0.0 and 0.0 are one value (see _group_expression)
         return f"uniqExact({column})", "int", None
     if aggregate == "sum":
-        if spec.type is FieldType.INT:
-            # Exact: Int64 sums wrap around at 2^63; 38 digits hold 10^19 rows of any value.
-            column = f"toDecimal128({column}, 0)"
         # The -OrNull form answers NULL over no rows, as SQL's sum does.
-        return f"sumOrNull({column})", _sum_type(spec), None
+        return f"sumOrNull({_exact_summand(spec, column)})", _sum_type(spec), None
     if aggregate == "avg":
-        if spec.type is FieldType.INT:
-            column = f"toInt128({column})"  # summed exactly, divided once
-        return f"avg({column})", "float", None
+        return f"avg({_exact_summand(spec, column)})", "float", None
     if aggregate in ("min", "max"):
         # Plain min/max give the type's default (0, 1970-01-01) over no rows; NULL is the truth.
         return f"{aggregate}OrNull({column})", _value_type(spec), spec
     level = int(aggregate[1:]) / 100
     return f"quantileExactInclusive({level})(toFloat64({column}))", "float", None
+
+
+#: Decimal precisions whose sums ClickHouse keeps in 38 digits: room for 10^19 rows.
+_NARROW_DECIMAL = 19
+
+
+def _exact_summand(spec: FieldSpec, column: str) -> str:
+    """``column`` in a type whose sum cannot wrap around.
+
+    ClickHouse sums in the argument's width and wraps silently: Int64 at 2^63, Decimal128 at 38
+    digits.
+    """
+    if spec.type is FieldType.INT:
+        return f"toDecimal128({column}, 0)"
+    if spec.type is FieldType.DECIMAL and spec.precision > _NARROW_DECIMAL:
+        return f"toDecimal256({column}, {spec.scale})"
+    return column
 
 
 def _sum_type(spec: FieldSpec) -> str:

@@ -319,7 +319,7 @@ def test_bare_field_counts_that_field(catalog: Catalog) -> None:
         ),
         (MetricRequest("sum", "id"), "sumOrNull(toDecimal128(t.`id`, 0))", "sum_id", "int"),
         (MetricRequest("sum", "score"), "sumOrNull(t.`score`)", "sum_score", "float"),
-        (MetricRequest("avg", "id"), "avg(toInt128(t.`id`))", "avg_id", "float"),
+        (MetricRequest("avg", "id"), "avg(toDecimal128(t.`id`, 0))", "avg_id", "float"),
         (
             MetricRequest("count_distinct", "score"),
             "uniqExact((t.`score` + 0.))",
