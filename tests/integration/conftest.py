@@ -1,11 +1,13 @@
-"""Fixtures shared by the tests of the ClickHouse server path.
+"""Fixtures shared by the integration tests.
 
 Module-scoped: each test module gets a server (or the developer's, from
-``LOCAL_STACK_CLICKHOUSE_URL``), one backend with its connection pool, and a database of its own.
+``LOCAL_STACK_CLICKHOUSE_URL``), one backend with its connection pool, and a database of its own;
+modules that poll PostgreSQL with the incremental loader get a cluster of their own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -13,9 +15,44 @@ from dataclasses import dataclass
 
 import pytest
 
-from local_stack import ClickHouseServer, make_stack_directory
+from cdc_worker.source_schema import source_schema_ddl
+from local_stack import ClickHouseServer, LocalStack, make_stack_directory
 from service.backends.http import HttpBackend
+from service.catalog import Catalog
 from tests.conftest import unique_database
+
+#: What the incremental loader asks of a source table: ``updated_at`` stamped on every write.
+TOUCH = """
+CREATE OR REPLACE FUNCTION touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.updated_at := now(); RETURN NEW; END $$
+"""
+
+
+def loader_source_ddl(catalog: Catalog) -> list[str]:
+    """The catalog's source tables, each with a trigger stamping ``updated_at`` (README)."""
+    return [
+        *source_schema_ddl(catalog),
+        TOUCH,
+        *(
+            f"CREATE TRIGGER touch BEFORE INSERT OR UPDATE ON {model.source} "
+            "FOR EACH ROW EXECUTE FUNCTION touch_updated_at()"
+            for model in catalog.models.values()
+        ),
+    ]
+
+
+@pytest.fixture(scope="module")
+async def postgres() -> AsyncIterator[LocalStack]:
+    """A PostgreSQL cluster of the module's own, its role able to see others' transactions."""
+    stack = LocalStack(make_stack_directory(), ["postgres"])
+    await stack.astart()
+    try:
+        # What the loader's role needs to see other roles' open transactions (README).
+        await asyncio.to_thread(stack.postgres.execute, "GRANT pg_read_all_stats TO analytics")
+        yield stack
+    finally:
+        await stack.astop()
+        stack.remove()
 
 
 @dataclass

@@ -26,8 +26,7 @@ from google.protobuf import json_format
 
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from cdc_worker.incremental_loader import IncrementalLoader, run_loader
-from cdc_worker.source_schema import source_schema_ddl
-from local_stack import LocalStack, make_stack_directory
+from local_stack import LocalStack
 from service.api import convert
 from service.auth import mint_token
 from service.backends.embedded import EmbeddedBackend
@@ -35,27 +34,10 @@ from service.catalog import Catalog, Model
 from service.errors import AnalyticsError
 from service.settings import Settings
 from tests.conftest import catalog_in_database, unique_database
+from tests.integration.conftest import loader_source_ddl
 from tests.served import start_serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-TOUCH = """
-CREATE OR REPLACE FUNCTION touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN NEW.updated_at := now(); RETURN NEW; END $$
-"""
-
-
-@pytest.fixture(scope="module")
-async def postgres() -> AsyncIterator[LocalStack]:
-    stack = LocalStack(make_stack_directory(), ["postgres"])
-    await stack.astart()
-    try:
-        # What the loader's role needs to see other roles' open transactions (README).
-        await asyncio.to_thread(stack.postgres.execute, "GRANT pg_read_all_stats TO analytics")
-        yield stack
-    finally:
-        await stack.astop()
-        stack.remove()
 
 
 async def source_database(stack: LocalStack, catalog: Catalog) -> str:
@@ -63,13 +45,8 @@ async def source_database(stack: LocalStack, catalog: Catalog) -> str:
     dsn = await asyncio.to_thread(stack.postgres.create_database, f"src_{uuid.uuid4().hex[:10]}")
     connection = await asyncpg.connect(dsn)
     try:
-        for statement in [*source_schema_ddl(catalog), TOUCH]:
+        for statement in loader_source_ddl(catalog):
             await connection.execute(statement)
-        for model in catalog.models.values():
-            await connection.execute(
-                f"CREATE TRIGGER touch BEFORE INSERT OR UPDATE ON {model.source} "
-                "FOR EACH ROW EXECUTE FUNCTION touch_updated_at()"
-            )
     finally:
         await connection.close()
     return dsn

@@ -54,8 +54,7 @@ from google.protobuf import json_format
 
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from cdc_worker.incremental_loader import run_loader
-from cdc_worker.source_schema import source_schema_ddl
-from local_stack import LocalStack, make_stack_directory
+from local_stack import LocalStack
 from service.api import convert
 from service.api.server import start_server
 from service.auth import mint_token
@@ -67,6 +66,7 @@ from service.errors import AnalyticsError
 from service.settings import Settings
 from tests.chdb_http import ChdbOverHttp
 from tests.conftest import catalog_in_database, unique_database
+from tests.integration.conftest import loader_source_ddl
 from tests.pg_parity import (
     QUERY_DEFAULT_LIMIT,
     Answer,
@@ -89,10 +89,6 @@ REPORT = os.environ.get("ANALYTICS_PARITY_REPORT", "")
 SHOWN = 5
 IN_FLIGHT = 4
 
-TOUCH = """
-CREATE OR REPLACE FUNCTION touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN NEW.updated_at := now(); RETURN NEW; END $$
-"""
 
 #: One request per edge the contract pins down, with the tenant that sends it.
 PINNED: list[tuple[dict[str, Any], str]] = [
@@ -308,19 +304,6 @@ PINNED: list[tuple[dict[str, Any], str]] = [
 
 
 @pytest.fixture(scope="module")
-async def postgres() -> AsyncIterator[LocalStack]:
-    stack = LocalStack(make_stack_directory(), ["postgres"])
-    await stack.astart()
-    try:
-        # What the loader's role needs to see other roles' open transactions (README).
-        await asyncio.to_thread(stack.postgres.execute, "GRANT pg_read_all_stats TO analytics")
-        yield stack
-    finally:
-        await stack.astop()
-        stack.remove()
-
-
-@pytest.fixture(scope="module")
 def parity_catalog() -> Catalog:
     return catalog_in_database(load_catalog(CATALOG_PATH), unique_database("parity"))
 
@@ -350,13 +333,8 @@ async def source(
     )
     try:
         assert await pool.fetchval("SHOW standard_conforming_strings") == "on"
-        for statement in [*source_schema_ddl(parity_catalog), TOUCH]:
+        for statement in loader_source_ddl(parity_catalog):
             await pool.execute(statement)
-        for model in parity_catalog.models.values():
-            await pool.execute(
-                f"CREATE TRIGGER touch BEFORE INSERT OR UPDATE ON {model.source} "
-                "FOR EACH ROW EXECUTE FUNCTION touch_updated_at()"
-            )
         await replicate(pool, dsn, parity_catalog, dataset, embedded_backend)
         yield pool
     finally:
