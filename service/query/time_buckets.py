@@ -9,9 +9,6 @@ zone:
   ``toStartOfHour`` cuts the UTC-relative hour there instead. The local minute and second are
   subtracted, which keeps the instant's own offset, as PostgreSQL does.
 
-One known difference remains, in the engine's own local-time functions: around Antarctica/Casey's
-change from +11 to +08 on 2010-03-05, ClickHouse reads the local time of a few instants an hour
-or a day off (tests/integration/test_time_buckets.py lists it).
 * ``day`` and longer: the local date (Monday-based week, month, quarter, year) at local midnight.
   Where midnight does not exist (a DST gap), the offset before the gap applies, so the bucket
   starts at the first instant of that local day; where it exists twice, the later one (the
@@ -25,6 +22,12 @@ Queries group on ``timestamp_bucket_key`` (an instant, or a local date for calen
 that the per-row work stays one date function) and turn each group's key into the bucket's first
 instant with ``bucket_start``; ``render_local`` writes one as ISO 8601 in the zone with the
 offset it has there (``+10:30``, ``-03:00``, ``+00:19:32`` for a local mean time).
+
+Two differences are the engine's own and remain: its time zone tables keep the moment of a day's
+change of offset in whole quarter hours, so where a zone changed at another minute (St. John's at
+00:01, 1987-2010) the offset written for the minutes between is the other side's; and around
+Antarctica/Casey's change from +11 to +08 on 2010-03-05 its local-time functions read a few
+instants an hour or a day off (tests/integration/test_time_buckets.py names both).
 """
 
 from __future__ import annotations
