@@ -8,7 +8,6 @@ zone:
   Chatham, or any zone before 1980 with an odd offset) this is still a local hour; ClickHouse's
   ``toStartOfHour`` cuts the UTC-relative hour there instead. The local minute and second are
   subtracted, which keeps the instant's own offset, as PostgreSQL does.
-
 * ``day`` and longer: the local date (Monday-based week, month, quarter, year) at local midnight.
   Where midnight does not exist (a DST gap), the offset before the gap applies, so the bucket
   starts at the first instant of that local day; where it exists twice, the later one (the
