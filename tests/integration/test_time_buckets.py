@@ -11,7 +11,9 @@ zones end to end (tests/integration/test_pg_parity.py); this one covers them all
 
 ClickHouse carries its own copy of the time zone database and Python reads the system's: where
 the two disagree about an offset that a bucket depends on (a rule changed between their releases)
-the bucket is left out, and the test asserts that this happens only rarely. So are the few
+the bucket is left out, and the test asserts that this happens only rarely. The engine's tables
+also keep a change of offset at whole quarter hours, so St. John's changes at 00:01 (1987-2010)
+show up here as such a disagreement. So are the few
 instants where the engine's local-time functions are wrong (``ENGINE_LOCAL_TIME_BUGS``).
 """
 
