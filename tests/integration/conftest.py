@@ -8,10 +8,13 @@ modules that poll PostgreSQL with the incremental loader get a cluster of their 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -39,6 +42,16 @@ def loader_source_ddl(catalog: Catalog) -> list[str]:
             for model in catalog.models.values()
         ),
     ]
+
+
+def comparable(value: Any) -> Any:
+    """A PostgreSQL or replica value in the form both sides compare in: uuids as text,
+    timestamps as aware UTC datetimes (the replica's come back naive in UTC)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    return value
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ live replica rows (``FINAL``, not deleted) must equal the source rows column by 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import signal
 import time
@@ -34,7 +33,7 @@ from service.catalog import Catalog, Model
 from service.errors import AnalyticsError
 from service.settings import Settings
 from tests.conftest import catalog_in_database, unique_database
-from tests.integration.conftest import loader_source_ddl
+from tests.integration.conftest import comparable, loader_source_ddl
 from tests.served import start_serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -79,7 +78,7 @@ class Source:
         columns = ", ".join([model.tenant_column, *model.fields])
         key = ", ".join([model.tenant_column, *model.primary_key])
         records = await self.pool.fetch(f"SELECT {columns} FROM {model.source} ORDER BY {key}")
-        return [tuple(_normal(v) for v in record) for record in records]
+        return [tuple(comparable(v) for v in record) for record in records]
 
     async def replica_rows(self, model: Model) -> list[tuple[Any, ...]]:
         columns = [model.tenant_column, *model.fields]
@@ -89,7 +88,7 @@ class Source:
             f"FROM `{self.catalog.database}`.`{model.table}` FINAL "
             f"WHERE _is_deleted = 0 ORDER BY {key}"
         )
-        return [tuple(_normal(row[c]) for c in columns) for row in rows]
+        return [tuple(comparable(row[c]) for c in columns) for row in rows]
 
     async def assert_equal(self) -> int:
         """Every model's live replica rows equal the source rows; returns the rows compared."""
@@ -99,14 +98,6 @@ class Source:
             assert await self.replica_rows(model) == expected, model.qualified_name
             compared += len(expected)
         return compared
-
-
-def _normal(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
-    return value
 
 
 @pytest.fixture

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import os
 import random
@@ -66,7 +65,7 @@ from service.errors import AnalyticsError
 from service.settings import Settings
 from tests.chdb_http import ChdbOverHttp
 from tests.conftest import catalog_in_database, unique_database
-from tests.integration.conftest import loader_source_ddl
+from tests.integration.conftest import comparable, loader_source_ddl
 from tests.pg_parity import (
     QUERY_DEFAULT_LIMIT,
     Answer,
@@ -434,7 +433,7 @@ async def source_rows(pool: asyncpg.Pool, model: Model) -> list[tuple[Any, ...]]
     records = await pool.fetch(
         f"SELECT {', '.join(map(ident, columns))} FROM {model.source} ORDER BY {key}"
     )
-    return [tuple(_plain(v) for v in record) for record in records]
+    return [tuple(comparable(v) for v in record) for record in records]
 
 
 async def replica_rows(
@@ -447,15 +446,7 @@ async def replica_rows(
         f"FROM `{catalog.database}`.`{model.table}` FINAL "
         f"WHERE _is_deleted = 0 ORDER BY {key}"
     )
-    return [tuple(_plain(row[c]) for c in columns) for row in rows]
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
-    return value
+    return [tuple(comparable(row[c]) for c in columns) for row in rows]
 
 
 # --- the service ---------------------------------------------------------------------------------
