@@ -394,26 +394,42 @@ def _typed(spec: FieldSpec, text: str, zone: ZoneInfo) -> Any:
         moment = dt.datetime.fromisoformat(text)
         # Compared as UTC instants: Python's equality across zones is unreliable for local
         # times that occur twice.
-        return (moment if moment.tzinfo else _wall_clock(moment, zone)).astimezone(dt.UTC)
+        return (moment if moment.tzinfo else pg_wall_clock(moment, zone)).astimezone(dt.UTC)
     if kind is FieldType.DATE:
         return dt.date.fromisoformat(text)
     return text
 
 
-def _wall_clock(naive: dt.datetime, zone: ZoneInfo) -> dt.datetime:
-    """PostgreSQL's reading of a local time: the later occurrence of a repeated one, the offset
-    before a gap for a skipped one."""
-    candidates = [naive.replace(tzinfo=zone, fold=fold) for fold in (0, 1)]
-    real = [
-        c for c in candidates if c.astimezone(dt.UTC).astimezone(zone).replace(tzinfo=None) == naive
+def pg_wall_clock(naive: dt.datetime, zone: ZoneInfo) -> dt.datetime:
+    """A local time as PostgreSQL places it (``timestamp AT TIME ZONE``): a skipped one with the
+    offset before the gap, a repeated one at its later occurrence."""
+    first, second = (naive.replace(tzinfo=zone, fold=fold) for fold in (0, 1))
+    if first.utcoffset() == second.utcoffset():
+        return first
+    round_trips = [
+        moment
+        for moment in (first, second)
+        if moment.astimezone(dt.UTC).astimezone(zone).replace(tzinfo=None) == naive
     ]
-    if len(real) == 2:  # repeated: the later instant
-        return max(real, key=lambda c: c.astimezone(dt.UTC))
-    if real:
-        return real[0]
-    # skipped: read with the offset in force just before the gap
-    before = (naive - dt.timedelta(days=1)).replace(tzinfo=zone).utcoffset() or dt.timedelta()
-    return (naive - before).replace(tzinfo=dt.UTC)
+    if round_trips:  # an overlap (both) or an odd zone (one): the later instant that exists
+        return max(round_trips, key=lambda moment: moment.astimezone(dt.UTC))
+    # a gap: Python's fold=0 reads a skipped time with the offset before it, as PostgreSQL does
+    return first
+
+
+def pg_date_trunc(unit: str, moment: dt.datetime, zone: ZoneInfo) -> dt.datetime:
+    """PostgreSQL's ``date_trunc(unit, moment, zone)`` as a UTC instant: minutes and hours cut
+    the local time and keep the instant's offset, longer units start at local midnight."""
+    local = moment.astimezone(zone)
+    if unit in ("minute", "hour"):
+        cut = dt.timedelta(
+            minutes=local.minute if unit == "hour" else 0,
+            seconds=local.second,
+            microseconds=local.microsecond,
+        )
+        return (moment - cut).astimezone(dt.UTC)
+    day = _truncate_date(local.date(), unit)
+    return pg_wall_clock(dt.datetime.combine(day, dt.time()), zone).astimezone(dt.UTC)
 
 
 def _is_soft_deleted(value: Any) -> bool:
@@ -430,14 +446,7 @@ def _bucket(value: Any, spec: FieldSpec, interval: str, zone: ZoneInfo) -> Any:
     if value is None or not interval:
         return value
     if spec.type is FieldType.TIMESTAMP:
-        local = value.astimezone(zone)
-        seconds = dt.timedelta(seconds=local.second, microseconds=local.microsecond)
-        if interval == "minute":
-            return (value - seconds).astimezone(dt.UTC)
-        if interval == "hour":
-            return (value - seconds - dt.timedelta(minutes=local.minute)).astimezone(dt.UTC)
-        day = _truncate_date(local.date(), interval)
-        return _wall_clock(dt.datetime.combine(day, dt.time()), zone).astimezone(dt.UTC)
+        return pg_date_trunc(interval, value, zone)
     if spec.type is FieldType.DATE:
         return _truncate_date(value, interval)
     return value

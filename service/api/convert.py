@@ -164,10 +164,8 @@ def _filled(array: pa.Array, value: Any) -> pa.Array:
 
 def _beyond_int64(array: pa.Array) -> bool:
     """Whether an integer column (UInt64, or Decimal(38, 0) for sums) has a value past int64."""
-    kind = array.type
-    if not (pa.types.is_uint64(kind) or pa.types.is_decimal(kind)) or array.null_count == len(
-        array
-    ):
+    integral = pa.types.is_uint64(array.type) or pa.types.is_decimal(array.type)
+    if not integral or array.null_count == len(array):
         return False
     bounds = pc.min_max(array).as_py()
     return bool(bounds["max"] > _INT64_MAX or bounds["min"] < -_INT64_MAX - 1)

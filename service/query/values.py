@@ -104,12 +104,11 @@ def _decimal_parameter(spec: FieldSpec, text: str) -> tuple[str, str]:
     # The pattern above admits only finite numbers, so the exponent is an int.
     exponent = int(number.as_tuple().exponent)
     scale = max(spec.scale, -exponent, 0)
-    integer_digits = max(number.adjusted() + 1, 1)
     # Compare in a type wide enough for the value itself, so that `gt.10.005` on a
     # Decimal(18, 2) column means exactly that rather than a rounded bound, and for every column
     # value at that scale: ClickHouse rescales the column to the wider scale in the comparison,
     # and a Decimal(38, 10) value of 28 integer digits at scale 11 overflows Decimal128.
-    integer_digits = max(integer_digits, spec.precision - spec.scale)
+    integer_digits = max(number.adjusted() + 1, 1, spec.precision - spec.scale)
     precision = 38 if integer_digits + scale <= 38 else 76
     return f"Decimal({precision}, {scale})", f"{number:f}"
 

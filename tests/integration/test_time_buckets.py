@@ -3,11 +3,12 @@
 The SQL of ``service/query/time_buckets.py`` runs on the embedded engine for instants around
 every change of UTC offset between 1900 and 2037 in every zone (DST gaps and overlaps, 30- and
 45-minute shifts, local mean times with offsets in seconds, days skipped by a date-line move),
-and before 1970 with fractions of a second. The expected buckets are computed here in Python from
-PostgreSQL's rule (``timestamptz_trunc_zone``): minutes and hours cut the local time and keep the
-instant's own offset; days and longer start at local midnight, read with the offset before a gap
-or the later offset of an overlap. The differential test against PostgreSQL itself checks a few
-zones end to end (tests/integration/test_pg_parity.py); this one covers them all.
+and before 1970 with fractions of a second. The expected buckets are computed in Python from
+PostgreSQL's rule (``pg_date_trunc`` in tests/reference.py): minutes and hours cut the local
+time and keep the instant's own offset; days and longer start at local midnight, read with the
+offset before a gap or the later offset of an overlap. The differential test against
+PostgreSQL itself checks a few zones end to end (tests/integration/test_pg_parity.py); this one
+covers them all.
 
 ClickHouse carries its own copy of the time zone database and Python reads the system's: where
 the two disagree about an offset that a bucket depends on (a rule changed between their releases)
@@ -28,6 +29,7 @@ import pytest
 
 from service.backends.embedded import EmbeddedBackend
 from service.query.time_buckets import bucket_start, render_local, timestamp_bucket_key
+from tests.reference import pg_date_trunc
 
 pytestmark = pytest.mark.integration
 
@@ -40,45 +42,6 @@ TRANSITIONS_PER_ZONE = 16
 #: around Casey's change from +11 to +08 an hour or a day off, while its offsets are right):
 #: zone and the UTC days left out.
 ENGINE_LOCAL_TIME_BUGS = {"Antarctica/Casey": (dt.date(2010, 3, 4), dt.date(2010, 3, 5))}
-
-
-def pg_wall_clock(naive: dt.datetime, zone: ZoneInfo) -> dt.datetime:
-    """A local time as PostgreSQL places it: a skipped one with the offset before the gap, a
-    repeated one at its later occurrence."""
-    first, second = (naive.replace(tzinfo=zone, fold=fold) for fold in (0, 1))
-    if first.utcoffset() == second.utcoffset():
-        return first
-    round_trips = [
-        moment
-        for moment in (first, second)
-        if moment.astimezone(dt.UTC).astimezone(zone).replace(tzinfo=None) == naive
-    ]
-    if round_trips:  # an overlap (both) or an odd zone (one): the later instant that exists
-        return max(round_trips, key=lambda moment: moment.astimezone(dt.UTC))
-    # a gap: Python's fold=0 reads a skipped time with the offset before it, as PostgreSQL does
-    return first
-
-
-def pg_date_trunc(unit: str, moment: dt.datetime, zone: ZoneInfo) -> dt.datetime:
-    """PostgreSQL's ``date_trunc(unit, moment, zone)`` as a UTC instant."""
-    local = moment.astimezone(zone)
-    if unit in ("minute", "hour"):
-        cut = dt.timedelta(
-            minutes=local.minute if unit == "hour" else 0,
-            seconds=local.second,
-            microseconds=local.microsecond,
-        )
-        return (moment - cut).astimezone(dt.UTC)
-    day = local.date()
-    if unit == "week":
-        day -= dt.timedelta(days=day.weekday())
-    elif unit == "month":
-        day = day.replace(day=1)
-    elif unit == "quarter":
-        day = day.replace(month=(day.month - 1) // 3 * 3 + 1, day=1)
-    elif unit == "year":
-        day = day.replace(month=1, day=1)
-    return pg_wall_clock(dt.datetime.combine(day, dt.time()), zone).astimezone(dt.UTC)
 
 
 def iso_local(moment: dt.datetime, zone: ZoneInfo) -> str:
