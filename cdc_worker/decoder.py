@@ -239,7 +239,7 @@ class DebeziumDecoder:
     ) -> None:
         self._prefix = topic_prefix
         self._heartbeat_topic = heartbeat_topic or f"{HEARTBEAT_TOPIC_PREFIX}.{topic_prefix}"
-        self._models = {f"{topic_prefix}.{m.source}": m for m in catalog.models.values()}
+        self._models = {f"{topic_prefix}.{m.source}": m for m in catalog.replicated_models()}
         # Per topic, each field with its message path and converter, resolved once: the
         # per-event loop then does no enum hashing or string formatting (bench/README.md).
         self._plans = {

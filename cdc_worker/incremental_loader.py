@@ -281,7 +281,7 @@ class IncrementalLoader:
         self._revision = 0
         self._last_reconcile = time.monotonic()
         self.tables: dict[str, TableState] = {}
-        for model in catalog.models.values():
+        for model in catalog.replicated_models():
             if model.watermark_column is None:
                 log.warning(
                     "model has no watermark column; the incremental loader skips it "

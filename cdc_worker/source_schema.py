@@ -47,4 +47,4 @@ def source_table_ddl(model: Model) -> list[str]:
 
 def source_schema_ddl(catalog: Catalog) -> list[str]:
     """Every statement creating the catalog's source tables, in order."""
-    return [s for model in catalog.models.values() for s in source_table_ddl(model)]
+    return [s for model in catalog.replicated_models() for s in source_table_ddl(model)]

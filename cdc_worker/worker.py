@@ -73,7 +73,7 @@ class Topics:
     def for_catalog(cls, catalog: Catalog, prefix: str) -> Topics:
         """``<prefix>.<schema>.<table>`` for every model, and Debezium's heartbeat topic."""
         return cls(
-            by_table={m.table: f"{prefix}.{m.source}" for m in catalog.models.values()},
+            by_table={m.table: f"{prefix}.{m.source}" for m in catalog.replicated_models()},
             heartbeat=f"__debezium-heartbeat.{prefix}",
         )
 
@@ -108,7 +108,7 @@ class CdcWorker:
         )
         self._columnar = ColumnarDecoder(self._decoder)
         self.tracker = SyncTracker(
-            {m.table: m.qualified_name for m in catalog.models.values()}, self._topics.by_table
+            {m.table: m.qualified_name for m in catalog.replicated_models()}, self._topics.by_table
         )
         self.metrics = metrics or WorkerMetrics()
         self._last_report = 0.0

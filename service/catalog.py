@@ -60,6 +60,9 @@ class FieldSpec:
     nullable: bool = False
     precision: int = 0
     scale: int = 0
+    property_key: str | None = None
+    """Set for ``properties.<key>`` of an event model: the key in the free-form string map
+    (such a field is a nullable string that is not a column of its own)."""
 
     @property
     def clickhouse_type(self) -> str:
@@ -89,9 +92,42 @@ class FieldSpec:
         return FieldSpec(self.name, self.type, False, self.precision, self.scale).clickhouse_type
 
 
+class ModelKind(enum.Enum):
+    """Where a model's rows come from."""
+
+    CDC = "cdc"
+    """Replicated from a PostgreSQL table (Debezium, the loader, backfills)."""
+    EVENTS = "events"
+    """Product events written by the event sink; append-only, idempotent by event id."""
+
+
+@dataclass(frozen=True)
+class EventFields:
+    """Which fields of an event model play the fixed roles, and its free-form properties."""
+
+    actor: str
+    timestamp: str
+    event: str
+    event_id: str
+    properties: str
+    """Base name of the string map of further properties: ``properties.<key>`` in requests,
+    stored as the parallel arrays ``<properties>_keys`` and ``<properties>_values`` (every
+    ClickHouse version has arrays; ``Map`` needs 21.1)."""
+
+    @property
+    def key_column(self) -> str:
+        """The column holding the property keys."""
+        return f"{self.properties}_keys"
+
+    @property
+    def value_column(self) -> str:
+        """The column holding the property values, parallel to the keys."""
+        return f"{self.properties}_values"
+
+
 @dataclass(frozen=True)
 class Model:
-    """A queryable model: a module's table replicated into ClickHouse."""
+    """A queryable model: a module's table replicated into ClickHouse, or an event model."""
 
     module: str
     name: str
@@ -104,6 +140,14 @@ class Model:
     watermark_column: str | None = None
     """The non-nullable timestamp the incremental loader orders changes by (the source must set
     it to the write time on every insert and update); None: the loader cannot read the model."""
+    kind: ModelKind = ModelKind.CDC
+    events: EventFields | None = None
+    """The event roles; set exactly when ``kind`` is EVENTS."""
+
+    @property
+    def is_events(self) -> bool:
+        """Whether the model holds product events rather than replicated rows."""
+        return self.kind is ModelKind.EVENTS
 
     @property
     def qualified_name(self) -> str:
@@ -114,6 +158,11 @@ class Model:
     def read_permission(self) -> str:
         """The permission a caller needs to query this model."""
         return f"{self.module}.{self.name}.read"
+
+    @property
+    def write_permission(self) -> str:
+        """The permission a caller needs to send events to this model."""
+        return f"{self.module}.{self.name}.write"
 
 
 @dataclass(frozen=True)
@@ -134,6 +183,14 @@ class Catalog:
     def get(self, module: str, name: str) -> Model | None:
         """The model ``name`` of ``module``, if it exists."""
         return self.models.get((module, name))
+
+    def replicated_models(self) -> list[Model]:
+        """The models replicated from PostgreSQL, in catalog order (what CDC and loaders read)."""
+        return [m for m in self.models.values() if m.kind is ModelKind.CDC]
+
+    def event_models(self) -> list[Model]:
+        """The event models, in catalog order (what the event sink writes)."""
+        return [m for m in self.models.values() if m.kind is ModelKind.EVENTS]
 
 
 def load_catalog(path: Path) -> Catalog:
@@ -177,6 +234,13 @@ def parse_catalog(data: Mapping[str, Any], origin: str = "<catalog>") -> Catalog
 
 
 def _parse_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Model:
+    kind_text = raw.get("kind", "cdc")
+    try:
+        kind = ModelKind(kind_text)
+    except ValueError:
+        raise CatalogError(f"{where}.kind: {kind_text!r} is not cdc or events") from None
+    if kind is ModelKind.EVENTS:
+        return _parse_event_model(raw, default_tenant, where)
     _only_keys(
         raw,
         {
@@ -189,6 +253,7 @@ def _parse_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Mod
             "soft_delete_column",
             "watermark_column",
             "fields",
+            "kind",
         },
         where,
     )
@@ -201,19 +266,7 @@ def _parse_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Mod
     if len(parts) != 2 or not all(IDENTIFIER.fullmatch(p) for p in parts):
         raise CatalogError(f"{where}.source must be schema.table of lowercase identifiers")
     tenant_column = _identifier(raw.get("tenant_column", default_tenant), f"{where}.tenant_column")
-    raw_fields = raw.get("fields")
-    if not isinstance(raw_fields, dict) or not raw_fields:
-        raise CatalogError(f'{where}.fields must be a non-empty table of name = "type"')
-    fields: dict[str, FieldSpec] = {}
-    for field_name, spec in raw_fields.items():
-        fname = _identifier(field_name, f"{where}.fields")
-        if fname == tenant_column:
-            raise CatalogError(
-                f"{where}.fields.{fname}: the tenant column is implicit and must not be listed"
-            )
-        if fname.startswith("_"):
-            raise CatalogError(f"{where}.fields.{fname}: names starting with _ are reserved")
-        fields[fname] = _parse_field(fname, spec, f"{where}.fields.{fname}")
+    fields = _parse_fields(raw, tenant_column, where)
     primary_key = raw.get("primary_key", ["id"])
     if not isinstance(primary_key, list) or not primary_key:
         raise CatalogError(f"{where}.primary_key must be a non-empty list of field names")
@@ -233,10 +286,10 @@ def _parse_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Mod
             )
     watermark = raw.get("watermark_column")
     if watermark is not None:
-        spec = fields.get(watermark) if isinstance(watermark, str) else None
-        if spec is None:
+        marker = fields.get(watermark) if isinstance(watermark, str) else None
+        if marker is None:
             raise CatalogError(f"{where}.watermark_column: {watermark!r} is not a field")
-        if spec.type is not FieldType.TIMESTAMP or spec.nullable:
+        if marker.type is not FieldType.TIMESTAMP or marker.nullable:
             raise CatalogError(
                 f"{where}.watermark_column: {watermark!r} must be a non-nullable timestamp"
             )
@@ -257,6 +310,83 @@ def _parse_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Mod
         soft_delete_column=soft_delete,
         fields=fields,
         watermark_column=watermark,
+    )
+
+
+def _parse_fields(raw: Mapping[str, Any], tenant_column: str, where: str) -> dict[str, FieldSpec]:
+    raw_fields = raw.get("fields")
+    if not isinstance(raw_fields, dict) or not raw_fields:
+        raise CatalogError(f'{where}.fields must be a non-empty table of name = "type"')
+    fields: dict[str, FieldSpec] = {}
+    for field_name, spec in raw_fields.items():
+        fname = _identifier(field_name, f"{where}.fields")
+        if fname == tenant_column:
+            raise CatalogError(
+                f"{where}.fields.{fname}: the tenant column is implicit and must not be listed"
+            )
+        if fname.startswith("_"):
+            raise CatalogError(f"{where}.fields.{fname}: names starting with _ are reserved")
+        fields[fname] = _parse_field(fname, spec, f"{where}.fields.{fname}")
+    return fields
+
+
+#: The types each event role may have; all roles are non-nullable.
+_EVENT_ROLE_TYPES = {
+    "actor": (FieldType.INT, FieldType.STRING, FieldType.UUID),
+    "timestamp": (FieldType.TIMESTAMP,),
+    "event": (FieldType.ENUM, FieldType.STRING),
+    "event_id": (FieldType.UUID, FieldType.STRING),
+}
+
+
+def _parse_event_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Model:
+    """An event model: fields with four fixed roles, plus the free-form property map."""
+    _only_keys(raw, {"module", "name", "table", "tenant_column", "kind", "events", "fields"}, where)
+    module = _identifier(raw.get("module"), f"{where}.module")
+    name = _identifier(raw.get("name"), f"{where}.name")
+    where = f"{where} ({module}.{name})"
+    table = _identifier(raw.get("table", f"{module}_{name}"), f"{where}.table")
+    tenant_column = _identifier(raw.get("tenant_column", default_tenant), f"{where}.tenant_column")
+    fields = _parse_fields(raw, tenant_column, where)
+    roles = raw.get("events")
+    if not isinstance(roles, dict):
+        raise CatalogError(
+            f"{where}.events must be a table naming the actor, timestamp, event and event_id "
+            "fields (and optionally properties)"
+        )
+    _only_keys(roles, {*_EVENT_ROLE_TYPES, "properties"}, f"{where}.events")
+    chosen: dict[str, str] = {}
+    for role, allowed in _EVENT_ROLE_TYPES.items():
+        field_name = roles.get(role, role)
+        spec = fields.get(field_name) if isinstance(field_name, str) else None
+        if spec is None:
+            raise CatalogError(f"{where}.events.{role}: {field_name!r} is not a field")
+        if spec.type not in allowed or spec.nullable:
+            kinds = " or ".join(t.value for t in allowed)
+            raise CatalogError(
+                f"{where}.events.{role}: {field_name!r} must be a non-nullable {kinds}"
+            )
+        if field_name in chosen.values():
+            raise CatalogError(f"{where}.events.{role}: {field_name!r} already plays another role")
+        chosen[role] = field_name
+    properties = _identifier(roles.get("properties", "properties"), f"{where}.events.properties")
+    event_fields = EventFields(properties=properties, **chosen)
+    for column in (properties, event_fields.key_column, event_fields.value_column):
+        if column in fields or column == tenant_column:
+            raise CatalogError(
+                f"{where}.events.properties: {column!r} collides with a field of the model"
+            )
+    return Model(
+        module=module,
+        name=name,
+        table=table,
+        source="",
+        primary_key=(event_fields.event_id,),
+        tenant_column=tenant_column,
+        soft_delete_column=None,
+        fields=fields,
+        kind=ModelKind.EVENTS,
+        events=event_fields,
     )
 
 

@@ -20,6 +20,7 @@ class ErrorKind(enum.Enum):
     TIMEOUT = "gateway-timeout"
     UNAVAILABLE = "unavailable"
     PRECONDITION = "failed-precondition"
+    RESOURCE_EXHAUSTED = "too-many-requests"
     INTERNAL = "internal"
 
 
@@ -40,6 +41,8 @@ class AnalyticsError(Exception):
     reason: str
     violations: list[FieldViolation] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    retry_after_seconds: float | None = None
+    """When to try again, for errors that pass (a full buffer); sent as RetryInfo/Retry-After."""
 
     def __str__(self) -> str:
         return self.message
@@ -100,4 +103,15 @@ def engine_unavailable(detail: str) -> AnalyticsError:
         "the analytics engine is unavailable",
         "ENGINE_UNAVAILABLE",
         metadata={"engine_message": detail[:500]},
+    )
+
+
+def resource_exhausted(message: str, reason: str, retry_after_seconds: float) -> AnalyticsError:
+    """The service is at a limit that passes; the caller should retry after the delay."""
+    return AnalyticsError(
+        ErrorKind.RESOURCE_EXHAUSTED,
+        message,
+        reason,
+        metadata={"retry_after_seconds": f"{retry_after_seconds:.3f}"},
+        retry_after_seconds=retry_after_seconds,
     )

@@ -38,6 +38,8 @@ def replica_table_ddl(catalog: Catalog, model: Model, *, dialect: Dialect = MODE
     chDB and production servers speak. On a legacy server the engine has no ``_is_deleted``
     argument: readers filter ``_is_deleted = 0`` after FINAL, which the compiler always does.
     """
+    if model.events is not None:
+        return event_table_ddl(catalog, model, dialect=dialect)
     columns = [f"`{model.tenant_column}` {dialect.tenant_column_type()}"]
     columns += [dialect.column_definition(spec.name, spec) for spec in model.fields.values()]
     columns += ["`_version` UInt64", "`_is_deleted` UInt8"]
@@ -66,6 +68,44 @@ def replica_table_ddl(catalog: Catalog, model: Model, *, dialect: Dialect = MODE
         + f"\n) ENGINE = {dialect.replacing_engine('_version', '_is_deleted')}\n"
         f"PARTITION BY {partition_expression(model)}\n"
         f"ORDER BY ({order_by})" + (f"\nSETTINGS {', '.join(settings)}" if settings else "")
+    )
+
+
+#: Microseconds in 31 days: the legacy layout's stand-in for a calendar month of epoch times.
+_LEGACY_EVENT_PARTITION_MICROSECONDS = 31 * 86_400 * 1_000_000
+
+
+def event_table_ddl(catalog: Catalog, model: Model, *, dialect: Dialect = MODERN) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for an event model.
+
+    The sort key is (tenant, event id), so FINAL keeps one row per (tenant, event id) however
+    often an event is sent and whatever timestamp a re-send carries; ``_version`` is the sink's
+    write sequence, so the latest send wins. Partitions are months of the event time: a trend
+    over a date range reads only its months. FINAL merges across partitions (the partition key
+    is not part of the sort key), which is what makes a re-send in another month count once.
+    ``_is_deleted`` is there for erasure requests and so that every reader is the same.
+    """
+    roles = model.events
+    if roles is None:
+        raise ValueError(f"{model.qualified_name} is not an event model")
+    columns = [f"`{model.tenant_column}` {dialect.tenant_column_type()}"]
+    columns += [dialect.column_definition(spec.name, spec) for spec in model.fields.values()]
+    columns += [
+        f"`{roles.key_column}` Array(String)",
+        f"`{roles.value_column}` Array(String)",
+        "`_version` UInt64",
+        "`_is_deleted` UInt8 DEFAULT 0",
+    ]
+    if dialect.is_modern:
+        partition = f"toYYYYMM(`{roles.timestamp}`)"
+    else:
+        partition = f"intDiv(`{roles.timestamp}`, {_LEGACY_EVENT_PARTITION_MICROSECONDS})"
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{catalog.database}`.`{model.table}` (\n    "
+        + ",\n    ".join(columns)
+        + f"\n) ENGINE = {dialect.replacing_engine('_version', '_is_deleted')}\n"
+        f"PARTITION BY {partition}\n"
+        f"ORDER BY (`{model.tenant_column}`, `{roles.event_id}`)"
     )
 
 

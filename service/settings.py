@@ -154,6 +154,31 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus text endpoint of the CDC worker; unset: off."
     )
+    event_flush_events: int = Field(
+        5_000,
+        ge=1,
+        description="The event sink writes once it holds this many events (group commit).",
+    )
+    event_flush_milliseconds: float = Field(
+        50.0,
+        gt=0,
+        le=60_000,
+        description="... or once its oldest event has waited this long, whichever comes first.",
+    )
+    event_buffer_events: int = Field(
+        200_000,
+        ge=1,
+        description="Events the sink holds unwritten before it answers RESOURCE_EXHAUSTED / 429.",
+    )
+    event_max_request_events: int = Field(
+        10_000, ge=1, description="Events one REST request or one Ingest message may carry."
+    )
+    event_max_future_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="How far past the server's clock an event's timestamp may be before it is "
+        "rejected.",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: readable on a terminal, JSON otherwise."
     )

@@ -25,6 +25,7 @@ _STATUS = {
     ErrorKind.TIMEOUT: HTTPStatus.GATEWAY_TIMEOUT,
     ErrorKind.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
     ErrorKind.PRECONDITION: HTTPStatus.CONFLICT,
+    ErrorKind.RESOURCE_EXHAUSTED: HTTPStatus.TOO_MANY_REQUESTS,
     ErrorKind.INTERNAL: HTTPStatus.INTERNAL_SERVER_ERROR,
 }
 _TITLES = {
@@ -35,6 +36,7 @@ _TITLES = {
     ErrorKind.TIMEOUT: "Query exceeded its time budget",
     ErrorKind.UNAVAILABLE: "Analytics engine unavailable",
     ErrorKind.PRECONDITION: "Failed precondition",
+    ErrorKind.RESOURCE_EXHAUSTED: "Too many requests",
     ErrorKind.INTERNAL: "Internal error",
 }
 
@@ -66,6 +68,8 @@ def problem_document(error: AnalyticsError, trace_id: str) -> dict[str, Any]:
         ]
     if error.metadata:
         document["metadata"] = dict(error.metadata)
+    if error.retry_after_seconds is not None:
+        document["retryAfterSeconds"] = round(error.retry_after_seconds, 3)
     return document
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -40,6 +41,9 @@ from service.api.problem import (
 from service.auth import Principal, TokenVerifier
 from service.catalog import Catalog
 from service.errors import AnalyticsError, ErrorKind, not_found, validation_error
+from service.events.ingestion import EventIngestion, all_rejected, audit_ingest
+from service.events.json_events import BodyError, read_body
+from service.events.validation import EventError, RawEvent, Rejection
 from service.query.request import QueryRequest
 from service.query_service import QueryService
 
@@ -51,6 +55,10 @@ _Field: TypeAlias = "FieldDescriptor | UpbFieldDescriptor"
 log = structlog.get_logger(__name__)
 # The audit records' `rpc` of REST calls, beside gRPC's method names.
 REST_RPC = "POST " + QUERY_PATH
+EVENTS_PATH = "/v1/events/{module}/{model}"
+EVENTS_RPC = "POST " + EVENTS_PATH
+METRICS_PATH = "/metrics"
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -63,14 +71,23 @@ class RestServer:
         verifier: TokenVerifier,
         *,
         max_body_bytes: int,
+        ingestion: EventIngestion | None = None,
     ) -> None:
-        """Serve ``queries`` to callers ``verifier`` accepts; bodies up to ``max_body_bytes``."""
+        """Serve ``queries`` to callers ``verifier`` accepts; bodies up to ``max_body_bytes``.
+
+        With ``ingestion``, also ``POST /v1/events/{module}/{model}`` and the sink's metrics at
+        ``GET /metrics``.
+        """
         self._queries = queries
         self._verifier = verifier
+        self._ingestion = ingestion
         self._openapi = openapi_document(queries.catalog)
         self._app = web.Application(middlewares=[self._problems], client_max_size=max_body_bytes)
         self._app.router.add_post(QUERY_PATH, self._query)
         self._app.router.add_get(OPENAPI_PATH, self._openapi_json)
+        if ingestion is not None:
+            self._app.router.add_post(EVENTS_PATH, self._events)
+            self._app.router.add_get(METRICS_PATH, self._metrics)
         self._runner: web.AppRunner | None = None
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -124,6 +141,9 @@ class RestServer:
             if error.kind is ErrorKind.UNAUTHORIZED:
                 sent = bool(request.headers.get("Authorization"))
                 response.headers["WWW-Authenticate"] = www_authenticate(sent)
+            if error.retry_after_seconds is not None:
+                # Retry-After takes whole seconds (RFC 9110); never 0, which invites a hot loop.
+                response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_seconds)))
         except web.HTTPException as exc:
             response = _problem_response(
                 http_problem_document(exc.status, _http_detail(request, exc), trace_id)
@@ -167,6 +187,76 @@ class RestServer:
             meta=convert.query_meta(outcome.columns, outcome.stats, outcome.last_sync_at),
         )
         return web.json_response(convert.response_json(response))
+
+    async def _events(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        principal = self._authenticate(request, started)
+        ingestion = self._ingestion
+        if ingestion is None:
+            raise web.HTTPNotFound
+        module, name = request.match_info["module"], request.match_info["model"]
+        reference = f"{module}.{name}"
+        structlog.contextvars.bind_contextvars(rpc=EVENTS_RPC)
+        try:
+            if ingestion.catalog.get(module, name) is None:
+                raise not_found(
+                    f"model: module {module[:100]!r} has no model {name[:200]!r}",
+                    model=reference[:300],
+                )
+            model = ingestion.resolve(principal, reference)
+            try:
+                items = read_body(request.content_type, await request.read())
+            except BodyError as error:
+                raise validation_error(
+                    error.field, f"{error.field}: {error.reason}", "INVALID_BODY"
+                ) from None
+            events = [item for item in items if isinstance(item, RawEvent)]
+            unreadable = [
+                Rejection(index, item.field, item.reason)
+                for index, item in enumerate(items)
+                if isinstance(item, EventError)
+            ]
+            # Indexes are positions in the body: readable events are renumbered back below.
+            positions = [index for index, item in enumerate(items) if isinstance(item, RawEvent)]
+            if len(items) > ingestion.max_request_events:
+                raise validation_error(
+                    "body",
+                    f"body: {len(items)} events in one request; at most "
+                    f"{ingestion.max_request_events} (split the batch)",
+                    "TOO_MANY_EVENTS",
+                )
+            submitted = ingestion.submit(principal.tenant, model, events, source="body")
+            rejected = sorted(
+                [
+                    *unreadable,
+                    *(Rejection(positions[r.index], r.field, r.reason) for r in submitted.rejected),
+                ],
+                key=lambda r: r.index,
+            )
+            # Shielded: a caller that hangs up does not stop events already handed over.
+            await asyncio.shield(submitted.written)
+            if rejected and not submitted.accepted:
+                raise all_rejected(rejected)
+        except AnalyticsError as error:
+            audit_ingest(principal, reference, EVENTS_RPC, started, accepted=0, error=error)
+            raise
+        audit_ingest(principal, reference, EVENTS_RPC, started, accepted=submitted.accepted)
+        return web.json_response(
+            {
+                "accepted": submitted.accepted,
+                "rejected": [
+                    {"index": r.index, "field": r.field, "reason": r.reason} for r in rejected
+                ],
+            }
+        )
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        if self._ingestion is None:
+            raise web.HTTPNotFound
+        return web.Response(
+            body=self._ingestion.sink.metrics.exposition(),
+            headers={"Content-Type": PROMETHEUS_CONTENT_TYPE},
+        )
 
     def _authenticate(self, request: web.Request, started: float) -> Principal:
         try:

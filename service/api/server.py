@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import signal
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -16,12 +17,15 @@ from grpc_reflection.v1alpha import reflection
 from analytics.v1 import (
     analytics_pb2,
     analytics_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
     sync_pb2,
     sync_pb2_grpc,
     tenant_pb2,
     tenant_pb2_grpc,
 )
 from service.api.analytics_servicer import AnalyticsServicer
+from service.api.event_servicer import EventServicer
 from service.api.health import IsolationReportingHealth
 from service.api.interceptors import AuthInterceptor
 from service.api.rest_app import RestServer
@@ -33,6 +37,9 @@ from service.backends.embedded import EmbeddedBackend
 from service.backends.http import HttpBackend, TenantLogin
 from service.backfill_jobs import BackfillLauncherFactory
 from service.catalog import Catalog, load_catalog
+from service.events.ingestion import EventIngestion
+from service.events.sink import EventSink
+from service.events.validation import EventLimits
 from service.query.compiler import QueryLimits
 from service.query_service import QueryService
 from service.settings import Settings
@@ -41,6 +48,7 @@ from service.tenants import TenantProvisioner, derive_credentials, engine_detail
 log = structlog.get_logger(__name__)
 ANALYTICS_SERVICE = analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
 SYNC_SERVICE = sync_pb2.DESCRIPTOR.services_by_name["SyncService"].full_name
+EVENT_SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
 TENANT_SERVICE = tenant_pb2.DESCRIPTOR.services_by_name["TenantService"].full_name
 
 
@@ -55,10 +63,17 @@ class RunningServer:
     owns_backend: bool
     rest: RestServer | None = None
     rest_port: int | None = None
+    sink: EventSink | None = None
 
     async def stop(self, grace: float) -> None:
-        """Report NOT_SERVING, let in-flight calls finish, then release an engine it opened."""
+        """Report NOT_SERVING, let in-flight calls finish, then release an engine it opened.
+
+        The event sink closes first: it stops taking events, writes what it holds and answers
+        those callers, so no acknowledged event is lost and none is left unanswered.
+        """
         await self.health.enter_graceful_shutdown()
+        if self.sink is not None:
+            await self.sink.close()
         stopping = [self.server.stop(grace)]
         if self.rest is not None:
             stopping.append(self.rest.stop(grace))
@@ -142,6 +157,19 @@ async def start_server(
         timeout_seconds=settings.query_timeout_seconds,
     )
     verifier = TokenVerifier(settings)
+    sink = EventSink(
+        backend,
+        catalog.database,
+        flush_events=settings.event_flush_events,
+        flush_seconds=settings.event_flush_milliseconds / 1000,
+        capacity=settings.event_buffer_events,
+    )
+    ingestion = EventIngestion(
+        catalog,
+        sink,
+        max_request_events=settings.event_max_request_events,
+        limits=EventLimits(max_future=dt.timedelta(seconds=settings.event_max_future_seconds)),
+    )
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(verifier)],
         options=[
@@ -159,6 +187,9 @@ async def start_server(
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
         AnalyticsServicer(queries, settings.stream_chunk_rows), server
     )
+    events_pb2_grpc.add_EventServiceServicer_to_server(
+        EventServicer(ingestion, window_events=max(settings.event_buffer_events // 8, 1)), server
+    )
     launcher = backfills(catalog, backend) if backfills is not None else None
     sync_pb2_grpc.add_SyncServiceServicer_to_server(
         SyncServicer(catalog, backend, launcher), server
@@ -170,6 +201,7 @@ async def start_server(
     reflection.enable_server_reflection(
         (
             ANALYTICS_SERVICE,
+            EVENT_SERVICE,
             SYNC_SERVICE,
             TENANT_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -187,17 +219,21 @@ async def start_server(
     health_servicer.isolation = engine_detail(backend)
     # A catalog that gained a table gets every tenant's grants and row policies re-applied.
     await provisioner.reconcile()
+    sink.start()
     await server.start()
     rest: RestServer | None = None
     rest_port: int | None = None
     if settings.rest_port is not None:
-        rest = RestServer(queries, verifier, max_body_bytes=settings.max_message_bytes)
+        rest = RestServer(
+            queries, verifier, max_body_bytes=settings.max_message_bytes, ingestion=ingestion
+        )
         try:
             rest_port = await rest.start(settings.host, settings.rest_port)
         except OSError:
             await server.stop(None)
+            await sink.close()
             raise
-    for service_name in ("", ANALYTICS_SERVICE, SYNC_SERVICE, TENANT_SERVICE):
+    for service_name in ("", ANALYTICS_SERVICE, EVENT_SERVICE, SYNC_SERVICE, TENANT_SERVICE):
         await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
     if settings.uses_development_secret:
         log.warning(
@@ -213,7 +249,9 @@ async def start_server(
         backend=backend.name,
         models=sorted(m.qualified_name for m in catalog.models.values()),
     )
-    return RunningServer(server, port, health_servicer, backend, owns_backend, rest, rest_port)
+    return RunningServer(
+        server, port, health_servicer, backend, owns_backend, rest, rest_port, sink
+    )
 
 
 async def serve(

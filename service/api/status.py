@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NoReturn
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -20,6 +20,7 @@ _CODES = {
     ErrorKind.TIMEOUT: code_pb2.DEADLINE_EXCEEDED,
     ErrorKind.UNAVAILABLE: code_pb2.UNAVAILABLE,
     ErrorKind.PRECONDITION: code_pb2.FAILED_PRECONDITION,
+    ErrorKind.RESOURCE_EXHAUSTED: code_pb2.RESOURCE_EXHAUSTED,
     ErrorKind.INTERNAL: code_pb2.INTERNAL,
 }
 
@@ -42,6 +43,10 @@ def error_status(error: AnalyticsError) -> grpc.Status:
             ]
         )
         details.append(_pack(bad_request))
+    if error.retry_after_seconds is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(round(error.retry_after_seconds * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(code=_CODES[error.kind], message=error.message, details=details)
     return rpc_status.to_status(status)
 
@@ -54,7 +59,11 @@ async def abort_with_error(
     raise AssertionError("abort_with_status returned")  # it always raises
 
 
-def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
+def _pack(
+    message: error_details_pb2.ErrorInfo
+    | error_details_pb2.BadRequest
+    | error_details_pb2.RetryInfo,
+) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from service.catalog import Catalog, FieldSpec, FieldType, Model
-from service.errors import AnalyticsError, ErrorKind, not_found, unknown_field, validation_error
+from service.errors import AnalyticsError, ErrorKind, not_found, validation_error
+from service.query.field_paths import column_sql, resolve_field
 from service.query.filters import Condition, Filter, Junction, mentioned_fields, parse_filters
 from service.query.request import MetricRequest, QueryRequest
 from service.query.text_match import fold_case, folded_sql, like_pattern
@@ -135,7 +136,7 @@ def compile_query(
     used_keys: set[str] = set()
     for index, spec in enumerate(group_keys):
         raw = f"k{index}"
-        expression, output_type = _group_expression(spec, interval, time_zone, builder)
+        expression, output_type = _group_expression(spec, model, interval, time_zone, builder)
         inner_select.append(f"{expression} AS {raw}")
         alias = f"c{len(columns)}"
         outer_select.append(
@@ -153,7 +154,9 @@ def compile_query(
                 "DUPLICATE_KEY",
             )
         used_keys.add(key)
-        expression, output_type, value_spec = _metric_expression(metric, model, metric_source)
+        expression, output_type, value_spec = _metric_expression(
+            metric, model, metric_source, builder
+        )
         inner_select.append(f"{expression} AS {raw}")
         alias = f"c{len(columns)}"
         rendered = _render(raw, output_type, value_spec, "", "UTC", builder)
@@ -203,17 +206,7 @@ def _where(
 
 
 def _field(model: Model, name: str, source: str) -> FieldSpec:
-    spec = model.fields.get(name)
-    if spec is not None:
-        return spec
-    if name == model.tenant_column:
-        raise validation_error(
-            source,
-            f"{source}: {name!r} is the tenant column; the tenant comes from the token and "
-            "cannot be named in a request",
-            "TENANT_COLUMN",
-        )
-    raise unknown_field(source, name, model.qualified_name)
+    return resolve_field(model, name, source)
 
 
 def _group_keys(request: QueryRequest, model: Model) -> list[FieldSpec]:
@@ -319,13 +312,13 @@ def _check_metric(metric: MetricRequest, model: Model, source: str) -> None:
 
 
 def _metric_expression(
-    metric: MetricRequest, model: Model, source: str
+    metric: MetricRequest, model: Model, source: str, builder: _Builder
 ) -> tuple[str, str, FieldSpec | None]:
     aggregate = metric.aggregate
     if not metric.field:
         return "count()", "int", None
     spec = _field(model, metric.field, source)
-    column = f"t.`{spec.name}`"
+    column = column_sql(spec, model, builder.bind)
     if aggregate == "count":
         return f"count({column})", "int", None
     if aggregate == "count_distinct":
@@ -377,9 +370,9 @@ def _value_type(spec: FieldSpec) -> str:
 
 
 def _group_expression(
-    spec: FieldSpec, interval: str, time_zone: str, builder: _Builder
+    spec: FieldSpec, model: Model, interval: str, time_zone: str, builder: _Builder
 ) -> tuple[str, str]:
-    column = f"t.`{spec.name}`"
+    column = column_sql(spec, model, builder.bind)
     if interval and spec.type is FieldType.TIMESTAMP:
         tz = builder.bind("String", time_zone)
         return timestamp_bucket_key(column, interval, tz), "timestamp"
@@ -442,7 +435,7 @@ _COMPARISON_SQL = {"eq": "=", "neq": "!=", "gt": ">", "gte": ">=", "lt": "<", "l
 
 def _condition_sql(item: Condition, model: Model, builder: _Builder, time_zone: str) -> str:
     spec = _field(model, item.field, item.source)
-    column = f"t.`{spec.name}`"
+    column = column_sql(spec, model, builder.bind)
     operator = item.operator
     if operator == "is":
         value = item.values[0]

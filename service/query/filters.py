@@ -130,11 +130,26 @@ def _parse_junction(  # noqa: PLR0917 (private recursion)
                 _parse_junction(head, body[len(head) :], item_negated, source, depth + 1, budget)
             )
             continue
-        field, dot, expression = item.partition(".")
-        if not dot or not field:
-            raise _error(source, f"expected field.operator.value, got {_preview(item)}")
+        field, expression = _split_field(item, source)
         children.append(_parse_condition(field, expression, source, budget, in_tree=True))
     return Junction(kind, tuple(children), negated, source)
+
+
+def _split_field(item: str, source: str) -> tuple[str, str]:
+    """``field.operator.value`` -> (field, ``operator.value``), for fields with dots too.
+
+    The field ends before the first segment that is an operator or ``not``, so dotted paths
+    (``properties.plan.eq.pro``) read as one field; a path segment named like an operator
+    cannot be used inside and/or (it can as a top-level filter key).
+    """
+    segments = item.split(".")
+    for index in range(1, len(segments)):
+        if segments[index] in OPERATORS or segments[index] == "not":
+            field = ".".join(segments[:index])
+            if field:
+                return field, ".".join(segments[index:])
+            break
+    raise _error(source, f"expected field.operator.value, got {_preview(item)}")
 
 
 def _parse_list(text: str, source: str, *, keep_quotes: bool = False) -> list[str]:

@@ -39,7 +39,7 @@ def loader_source_ddl(catalog: Catalog) -> list[str]:
         *(
             f"CREATE TRIGGER touch BEFORE INSERT OR UPDATE ON {model.source} "
             "FOR EACH ROW EXECUTE FUNCTION touch_updated_at()"
-            for model in catalog.models.values()
+            for model in catalog.replicated_models()
         ),
     ]
 

@@ -701,7 +701,7 @@ async def test_rows_scanned_is_reported(loaded: Loaded) -> None:
 
 
 async def test_last_sync_at_is_the_newest_update(loaded: Loaded) -> None:
-    for model in loaded.catalog.models.values():
+    for model in loaded.catalog.replicated_models():
         data = loaded.dataset.tables[model.qualified_name]
         newest = pc.max(data.column("updated_at")).as_py()
         moment = await loaded.backend.last_sync_at(loaded.catalog.database, model.table)

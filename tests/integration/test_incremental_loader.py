@@ -93,7 +93,7 @@ class Source:
     async def assert_equal(self) -> int:
         """Every model's live replica rows equal the source rows; returns the rows compared."""
         compared = 0
-        for model in self.catalog.models.values():
+        for model in self.catalog.replicated_models():
             expected = await self.source_rows(model)
             assert await self.replica_rows(model) == expected, model.qualified_name
             compared += len(expected)

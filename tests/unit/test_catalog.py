@@ -11,6 +11,7 @@ import pytest
 from service.catalog import (
     Catalog,
     CatalogError,
+    EventFields,
     FieldSpec,
     FieldType,
     load_catalog,
@@ -78,7 +79,20 @@ def test_shipped_catalog_loads() -> None:
         ("billing", "invoices"),
         ("crm", "contacts"),
         ("crm", "deals"),
+        ("product", "events"),
     ]
+    assert [m.qualified_name for m in catalog.replicated_models()] == [
+        "crm.contacts",
+        "crm.deals",
+        "billing.invoices",
+    ]
+    events = catalog.models[("product", "events")]
+    assert events.is_events
+    assert events.events == EventFields(
+        "contact_id", "timestamp", "event", "event_id", "properties"
+    )
+    assert events.primary_key == ("event_id",)
+    assert events.write_permission == "product.events.write"
     deals = catalog.models[("crm", "deals")]
     assert deals.table == "crm_deals"
     assert deals.source == "public.deals"
@@ -444,3 +458,115 @@ def test_duplicate_default_table() -> None:
         {"module": "crm_deals", "name": "x", "fields": {"id": "int"}},
     ]
     fails(document, "models[1]: table crm_deals_x is used by two models")
+
+
+# --- event models ------------------------------------------------------------------------------
+
+
+def event_model(**change: Any) -> dict[str, Any]:
+    """A catalog with the minimal models plus one valid event model, changed by ``change``."""
+    model: dict[str, Any] = {
+        "module": "product",
+        "name": "events",
+        "kind": "events",
+        "events": {
+            "actor": "user_id",
+            "timestamp": "ts",
+            "event": "name",
+            "event_id": "uuid",
+            "properties": "props",
+        },
+        "fields": {"uuid": "string", "name": "enum", "user_id": "string", "ts": "timestamp"},
+    }
+    model.update(change)
+    document = copy.deepcopy(minimal())
+    document["models"].append(model)
+    return document
+
+
+def test_event_model_roles_and_defaults() -> None:
+    catalog = parse_catalog(event_model())
+    model = catalog.models[("product", "events")]
+    assert model.events == EventFields("user_id", "ts", "name", "uuid", "props")
+    assert model.events.key_column == "props_keys"
+    assert model.table == "product_events"
+    assert model.soft_delete_column is None
+    assert model.watermark_column is None
+    assert [m.qualified_name for m in catalog.event_models()] == ["product.events"]
+    assert "product.events" not in [m.qualified_name for m in catalog.replicated_models()]
+    defaults = event_model(
+        events={},
+        fields={"event_id": "uuid", "event": "string", "actor": "int", "timestamp": "timestamp"},
+    )
+    roles = parse_catalog(defaults).models[("product", "events")].events
+    assert roles == EventFields("actor", "timestamp", "event", "event_id", "properties")
+
+
+@pytest.mark.parametrize(
+    ("change", "fragments"),
+    [
+        ({"kind": "stream"}, ["kind", "'stream'", "cdc or events"]),
+        ({"events": "user_id"}, ["events must be a table"]),
+        ({"source": "public.events"}, ["unknown keys", "source"]),
+        ({"primary_key": ["uuid"]}, ["unknown keys", "primary_key"]),
+        ({"soft_delete_column": "ts"}, ["unknown keys", "soft_delete_column"]),
+        (
+            {"events": {"actor": "nobody", "timestamp": "ts", "event": "name", "event_id": "uuid"}},
+            ["events.actor", "'nobody' is not a field"],
+        ),
+        (
+            {"events": {"actor": "user_id", "timestamp": "name", "event": "name"}},
+            ["events.timestamp", "non-nullable timestamp"],
+        ),
+        (
+            {
+                "events": {"actor": "ts", "timestamp": "ts", "event": "name", "event_id": "uuid"},
+            },
+            ["events.actor", "int or string or uuid"],
+        ),
+        (
+            {
+                "events": {
+                    "actor": "user_id",
+                    "timestamp": "ts",
+                    "event": "name",
+                    "event_id": "user_id",
+                },
+            },
+            ["events.event_id", "already plays another role"],
+        ),
+        (
+            {
+                "events": {
+                    "actor": "user_id",
+                    "timestamp": "ts",
+                    "event": "name",
+                    "event_id": "uuid",
+                    "properties": "name",
+                },
+            },
+            ["events.properties", "collides"],
+        ),
+        (
+            {
+                "events": {
+                    "actor": "user_id",
+                    "timestamp": "ts",
+                    "event": "name",
+                    "event_id": "uuid",
+                    "extra": "x",
+                },
+            },
+            ["events", "unknown keys", "extra"],
+        ),
+    ],
+)
+def test_event_model_mistakes_are_named(change: dict[str, Any], fragments: list[str]) -> None:
+    fails(event_model(**change), "models[2]", *fragments)
+
+
+def test_event_role_must_not_be_nullable() -> None:
+    document = event_model(
+        fields={"uuid": "string", "name": "enum", "user_id": "string?", "ts": "timestamp"}
+    )
+    fails(document, "events.actor", "non-nullable")

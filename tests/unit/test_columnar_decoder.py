@@ -290,7 +290,7 @@ def _mutate(target: Model, envelope: dict[str, Any], mutation: str) -> Any:
 
 @st.composite
 def record_lists(draw: st.DrawFn, catalog: Catalog) -> tuple[Model, list[Record]]:
-    target = draw(st.sampled_from(sorted(catalog.models.values(), key=lambda m: m.table)))
+    target = draw(st.sampled_from(sorted(catalog.replicated_models(), key=lambda m: m.table)))
     records: list[Record] = []
     lsn = draw(st.integers(0, 10**9))
     for _ in range(draw(st.integers(1, 12))):

@@ -426,7 +426,7 @@ def test_replica_rows_schema_of_deals(deals: Model) -> None:
 
 
 def test_replica_rows_schema_follows_the_catalog(catalog: Catalog) -> None:
-    for model in catalog.models.values():
+    for model in catalog.replicated_models():
         table = replica_rows(model, [])
         assert table.num_rows == 0
         assert table.schema.names == [
@@ -503,7 +503,7 @@ def test_delete_placeholder_cases_cover_every_type(catalog: Catalog) -> None:
     # The three models above have a non-nullable field of every type between them.
     types = {
         spec.type
-        for model in catalog.models.values()
+        for model in catalog.replicated_models()
         for spec in model.fields.values()
         if not spec.nullable
     }

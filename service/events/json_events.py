@@ -1,0 +1,134 @@
+"""Events in JSON, as REST bodies and the events Kafka topic carry them.
+
+The JSON form of an event is the proto3 JSON of ``analytics.v1.Event``, made forgiving where
+producers differ: ``eventId`` or ``event_id``, an integer or text ``actor``, and property values
+of any JSON type (numbers keep their JSON text, booleans are ``true``/``false``, objects and
+arrays their compact JSON; ``null`` leaves the property out). A body is a JSON array of events,
+or NDJSON (one event per line).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from service.events.validation import EventError, RawEvent
+
+JSON = "application/json"
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
+_KEYS = {
+    "eventId": "event_id",
+    "event_id": "event_id",
+    "event": "event",
+    "actor": "actor",
+    "timestamp": "timestamp",
+    "properties": "properties",
+}
+
+
+class BodyError(ValueError):
+    """The body as a whole cannot be read (not JSON, not an array); ``field`` names where."""
+
+    def __init__(self, field_name: str, reason: str) -> None:
+        """Name where reading stopped and why."""
+        super().__init__(reason)
+        self.field = field_name
+        self.reason = reason
+
+
+def read_body(content_type: str, body: bytes) -> list[RawEvent | EventError]:
+    """Every event of a REST body, in order; an event that cannot be read is its EventError."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError("body", "not UTF-8 text") from None
+    if content_type in NDJSON_TYPES:
+        items: list[Any] = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except (ValueError, RecursionError) as exc:
+                items.append(EventError("", f"line {number} is not valid JSON: {exc}"))
+    elif content_type == JSON:
+        try:
+            document = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise BodyError("body", f"not valid JSON: {exc}") from None
+        if not isinstance(document, list):
+            raise BodyError("body", "must be a JSON array of events (or send NDJSON)")
+        items = document
+    else:
+        raise BodyError(
+            "Content-Type",
+            f"send events as {JSON} (an array) or application/x-ndjson, "
+            f"not {content_type or 'nothing'}",
+        )
+    return [item if isinstance(item, EventError) else _event_or_error(item) for item in items]
+
+
+def _event_or_error(item: Any) -> RawEvent | EventError:
+    try:
+        return event_from_json(item)
+    except EventError as error:
+        return error
+
+
+def event_from_json(item: Any) -> RawEvent:
+    """One event from its JSON object; EventError naming the property that cannot be read."""
+    if not isinstance(item, dict):
+        raise EventError("", "an event must be a JSON object")
+    values: dict[str, Any] = {}
+    for key, value in item.items():
+        name = _KEYS.get(key)
+        if name is None:
+            raise EventError(
+                str(key)[:100],
+                "unknown property; an event has eventId, event, actor, timestamp and properties",
+            )
+        if name in values:
+            raise EventError(str(key), "given twice")
+        values[name] = value
+    return RawEvent(
+        event_id=_text(values.get("event_id"), "eventId"),
+        event=_text(values.get("event"), "event"),
+        actor=_actor(values.get("actor")),
+        timestamp=_text(values.get("timestamp"), "timestamp"),
+        properties=_properties(values.get("properties")),
+    )
+
+
+def _text(value: Any, where: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise EventError(where, "must be a string")
+    return value
+
+
+def _actor(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise EventError("actor", "must be a string or an integer")
+    return str(value)
+
+
+def _properties(value: Any) -> Mapping[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise EventError("properties", "must be a JSON object")
+    texts: dict[str, str] = {}
+    for key, item in value.items():
+        if item is None:
+            continue
+        if isinstance(item, str):
+            texts[key] = item
+        elif isinstance(item, bool):
+            texts[key] = "true" if item else "false"
+        else:
+            texts[key] = json.dumps(item, separators=(",", ":"), ensure_ascii=False)
+    return texts
