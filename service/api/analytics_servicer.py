@@ -12,16 +12,37 @@ from service.api import convert
 from service.api.interceptors import Context, current_principal
 from service.api.status import abort_with_error
 from service.errors import AnalyticsError
+from service.insights.trend_service import TrendService
 from service.query_service import QueryService, StreamMeta
 
 
 class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
-    """Query (unary) and StreamQuery (columnar chunks, then meta once)."""
+    """Query (unary), StreamQuery (columnar chunks, then meta once) and Trend."""
 
-    def __init__(self, queries: QueryService, default_chunk_rows: int) -> None:
-        """Serve through ``queries``; chunks default to ``default_chunk_rows`` rows."""
+    def __init__(
+        self, queries: QueryService, default_chunk_rows: int, trends: TrendService
+    ) -> None:
+        """Serve through ``queries`` and ``trends``; chunks default to ``default_chunk_rows``."""
         self._queries = queries
         self._default_chunk_rows = default_chunk_rows
+        self._trends = trends
+
+    async def Trend(  # noqa: N802
+        self, request: analytics_pb2.TrendRequest, context: Context
+    ) -> analytics_pb2.TrendResponse:
+        """Compute a trend's zero-filled series."""
+        try:
+            outcome = await self._trends.run(
+                current_principal.get(),
+                convert.trend_request(request),
+                remaining=context.time_remaining(),
+                rpc="Trend",
+            )
+        except AnalyticsError as error:
+            await abort_with_error(context, error)
+        return convert.trend_response(
+            outcome.answer, outcome.stats, outcome.last_sync_at, breakdown=bool(request.breakdown)
+        )
 
     async def Query(  # noqa: N802 (the generated base class names it)
         self, request: analytics_pb2.QueryRequest, context: Context

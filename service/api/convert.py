@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,8 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from analytics.v1 import analytics_pb2
 from service.backends.base import QueryStats
+from service.insights.trend_request import TrendRequest, TrendSeries
+from service.insights.trend_results import TrendAnswer
 from service.query.compiler import OutputColumn
 from service.query.request import MetricRequest, QueryRequest
 
@@ -226,3 +229,111 @@ def _plain_number(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_INT:
         return int(value)
     return value
+
+
+def trend_request(message: analytics_pb2.TrendRequest) -> TrendRequest:
+    """The domain request of a Trend message."""
+    return TrendRequest(
+        model=message.model,
+        series=tuple(
+            TrendSeries(s.aggregate, s.field, dict(s.filters), s.label, s.event)
+            for s in message.series
+        ),
+        date_from=message.date_from,
+        date_to=message.date_to,
+        interval=message.interval,
+        time_zone=message.time_zone,
+        week_start=message.week_start,
+        date_field=message.date_field,
+        filters=dict(message.filters),
+        breakdown=message.breakdown,
+        breakdown_limit=message.breakdown_limit,
+        compare=message.compare,
+        formula=message.formula,
+        display=message.display,
+        rolling_window=message.rolling_window,
+    )
+
+
+def trend_response(
+    answer: TrendAnswer,
+    stats: QueryStats,
+    last_sync_at: dt.datetime | None,
+    *,
+    breakdown: bool,
+) -> analytics_pb2.TrendResponse:
+    """The Trend response message; values exact as in Query (strings past a double's reach)."""
+    response = analytics_pb2.TrendResponse(
+        buckets=answer.buckets,
+        compare_buckets=answer.compare_buckets,
+        meta=query_meta((), stats, last_sync_at),
+    )
+    for line in answer.lines:
+        out = response.lines.add(
+            series=line.series,
+            label=line.label,
+            is_other=line.is_other,
+            compare=line.compare,
+            type=line.output_type,
+        )
+        if breakdown:
+            out.breakdown_value.CopyFrom(_protobuf_value(_breakdown_json(line.breakdown_value)))
+        out.values.extend([_json_value(line.output_type, v) for v in line.values])
+    return response
+
+
+def trend_json(response: analytics_pb2.TrendResponse) -> dict[str, Any]:
+    """The Trend response's JSON form, integral numbers written as integers."""
+    lines = []
+    for line in response.lines:
+        item: dict[str, Any] = {
+            "series": line.series,
+            "label": line.label,
+            "values": [_plain_number(_value(v)) for v in line.values.values],
+            "type": line.type,
+        }
+        if line.HasField("breakdown_value"):
+            item["breakdownValue"] = _plain_number(_value(line.breakdown_value))
+            item["isOther"] = line.is_other
+        if line.compare:
+            item["compare"] = True
+        lines.append(item)
+    document: dict[str, Any] = {"buckets": list(response.buckets), "lines": lines}
+    if response.compare_buckets:
+        document["compareBuckets"] = list(response.compare_buckets)
+    document["meta"] = {
+        "lastSyncAt": (
+            response.meta.last_sync_at.ToJsonString()
+            if response.meta.HasField("last_sync_at")
+            else None
+        ),
+        "rowsScanned": int(response.meta.rows_scanned),
+        "durationMs": response.meta.duration_ms,
+    }
+    return document
+
+
+def _breakdown_json(value: Any) -> Any:
+    """A breakdown value as JSON: exact numbers as Query writes them, other values as text."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return _json_value("int", value)
+    if isinstance(value, float):
+        return _json_value("float", value)
+    if isinstance(value, Decimal):
+        return _json_value("decimal", value)
+    return str(value)
+
+
+def _protobuf_value(value: Any) -> struct_pb2.Value:
+    out = struct_pb2.Value()
+    if value is None:
+        out.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, (int, float)):
+        out.number_value = value
+    else:
+        out.string_value = str(value)
+    return out

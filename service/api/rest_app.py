@@ -44,6 +44,7 @@ from service.errors import AnalyticsError, ErrorKind, not_found, validation_erro
 from service.events.ingestion import EventIngestion, all_rejected, audit_ingest
 from service.events.json_events import BodyError, read_body
 from service.events.validation import EventError, RawEvent, Rejection
+from service.insights.trend_service import TrendService
 from service.query.request import QueryRequest
 from service.query_service import QueryService
 
@@ -55,6 +56,8 @@ _Field: TypeAlias = "FieldDescriptor | UpbFieldDescriptor"
 log = structlog.get_logger(__name__)
 # The audit records' `rpc` of REST calls, beside gRPC's method names.
 REST_RPC = "POST " + QUERY_PATH
+TRENDS_PATH = "/v1/data/{module}/trends"
+TRENDS_RPC = "POST " + TRENDS_PATH
 EVENTS_PATH = "/v1/events/{module}/{model}"
 EVENTS_RPC = "POST " + EVENTS_PATH
 METRICS_PATH = "/metrics"
@@ -72,6 +75,7 @@ class RestServer:
         *,
         max_body_bytes: int,
         ingestion: EventIngestion | None = None,
+        trends: TrendService | None = None,
     ) -> None:
         """Serve ``queries`` to callers ``verifier`` accepts; bodies up to ``max_body_bytes``.
 
@@ -81,10 +85,13 @@ class RestServer:
         self._queries = queries
         self._verifier = verifier
         self._ingestion = ingestion
+        self._trends = trends
         self._openapi = openapi_document(queries.catalog)
         self._app = web.Application(middlewares=[self._problems], client_max_size=max_body_bytes)
         self._app.router.add_post(QUERY_PATH, self._query)
         self._app.router.add_get(OPENAPI_PATH, self._openapi_json)
+        if trends is not None:
+            self._app.router.add_post(TRENDS_PATH, self._trend)
         if ingestion is not None:
             self._app.router.add_post(EVENTS_PATH, self._events)
             self._app.router.add_get(METRICS_PATH, self._metrics)
@@ -188,6 +195,32 @@ class RestServer:
         )
         return web.json_response(convert.response_json(response))
 
+    async def _trend(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        principal = self._authenticate(request, started)
+        trends = self._trends
+        if trends is None:
+            raise web.HTTPNotFound
+        structlog.contextvars.bind_contextvars(rpc=TRENDS_RPC)
+        model = ""
+        try:
+            message = analytics_pb2.TrendRequest()
+            parse_body(request.content_type, await request.read(), message)
+            model = message.model
+            domain = convert.trend_request(message)
+            scoped = dataclasses.replace(
+                domain,
+                model=scoped_model(domain.model, request.match_info["module"], trends.catalog),
+            )
+        except AnalyticsError as error:
+            _audit_failure(principal, model, started, error, rpc=TRENDS_RPC)
+            raise
+        outcome = await trends.run(principal, scoped, remaining=None, rpc=TRENDS_RPC)
+        response = convert.trend_response(
+            outcome.answer, outcome.stats, outcome.last_sync_at, breakdown=bool(message.breakdown)
+        )
+        return web.json_response(convert.trend_json(response))
+
     async def _events(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         principal = self._authenticate(request, started)
@@ -269,7 +302,14 @@ class RestServer:
 
 
 def parse_query_body(content_type: str, body: bytes) -> analytics_pb2.QueryRequest:
-    """The ``QueryRequest`` a JSON body holds; a validation error naming the fault otherwise.
+    """The ``QueryRequest`` a JSON body holds; a validation error naming the fault otherwise."""
+    message = analytics_pb2.QueryRequest()
+    parse_body(content_type, body, message)
+    return message
+
+
+def parse_body(content_type: str, body: bytes, message: Message) -> None:
+    """Fill ``message`` from a JSON body; a validation error naming the fault otherwise.
 
     The proto3 JSON mapping decides what is accepted (camelCase or proto field names, integers
     also as strings); the body is checked property by property first so that an error names
@@ -287,9 +327,7 @@ def parse_query_body(content_type: str, body: bytes) -> analytics_pb2.QueryReque
         raise validation_error("body", "body: not UTF-8 text", "INVALID_JSON") from None
     except (ValueError, RecursionError) as exc:
         raise validation_error("body", f"body: not valid JSON: {exc}", "INVALID_JSON") from None
-    message = analytics_pb2.QueryRequest()
     _parse_object(document, message, "")
-    return message
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -365,22 +403,27 @@ def scope_to_module(request: QueryRequest, module: str, catalog: Catalog) -> Que
     way a model the module lacks is ``not-found``. An empty model is left to the compiler, which
     reports it as required.
     """
-    if not request.model:
-        return request
-    prefix, dot, name = request.model.partition(".")
+    return dataclasses.replace(request, model=scoped_model(request.model, module, catalog))
+
+
+def scoped_model(model: str, module: str, catalog: Catalog) -> str:
+    """``model`` qualified by the path's module (empty stays empty); see ``scope_to_module``."""
+    if not model:
+        return model
+    prefix, dot, name = model.partition(".")
     if not dot:
         name = prefix
     elif prefix != module:
         raise not_found(
-            f"model: {request.model[:200]!r} is not a model of module {module[:100]!r}",
-            model=request.model[:200],
+            f"model: {model[:200]!r} is not a model of module {module[:100]!r}",
+            model=model[:200],
         )
     if catalog.get(module, name) is None:
         raise not_found(
             f"model: module {module[:100]!r} has no model {name[:200]!r}",
             model=f"{module[:100]}.{name[:200]}",
         )
-    return dataclasses.replace(request, model=f"{module}.{name}")
+    return f"{module}.{name}"
 
 
 def _http_detail(request: web.Request, exc: web.HTTPException) -> str:
@@ -397,12 +440,19 @@ def _problem_response(document: dict[str, Any]) -> web.Response:
     )
 
 
-def _audit_failure(principal: Principal, model: str, started: float, error: AnalyticsError) -> None:
+def _audit_failure(
+    principal: Principal,
+    model: str,
+    started: float,
+    error: AnalyticsError,
+    *,
+    rpc: str = REST_RPC,
+) -> None:
     audit.record_query(
         tenant=principal.tenant,
         subject=principal.subject,
         model=model[:200],
-        rpc=REST_RPC,
+        rpc=rpc,
         outcome=error.kind.value,
         reason=error.reason,
         duration_ms=(time.perf_counter() - started) * 1000,

@@ -39,7 +39,9 @@ from service.backfill_jobs import BackfillLauncherFactory
 from service.catalog import Catalog, load_catalog
 from service.events.ingestion import EventIngestion
 from service.events.sink import EventSink
+from service.events.topic_consumer import EventTopicConsumer, start_topic_consumer
 from service.events.validation import EventLimits
+from service.insights.trend_service import TrendService
 from service.query.compiler import QueryLimits
 from service.query_service import QueryService
 from service.settings import Settings
@@ -64,14 +66,18 @@ class RunningServer:
     rest: RestServer | None = None
     rest_port: int | None = None
     sink: EventSink | None = None
+    event_topic: EventTopicConsumer | None = None
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish, then release an engine it opened.
 
         The event sink closes first: it stops taking events, writes what it holds and answers
-        those callers, so no acknowledged event is lost and none is left unanswered.
+        those callers, so no acknowledged event is lost and none is left unanswered. The events
+        topic consumer stops before it (it commits what the sink wrote for it).
         """
         await self.health.enter_graceful_shutdown()
+        if self.event_topic is not None:
+            await self.event_topic.stop()
         if self.sink is not None:
             await self.sink.close()
         stopping = [self.server.stop(grace)]
@@ -184,8 +190,9 @@ async def start_server(
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
+    trends = TrendService(catalog, backend, timeout_seconds=settings.query_timeout_seconds)
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
-        AnalyticsServicer(queries, settings.stream_chunk_rows), server
+        AnalyticsServicer(queries, settings.stream_chunk_rows, trends), server
     )
     events_pb2_grpc.add_EventServiceServicer_to_server(
         EventServicer(ingestion, window_events=max(settings.event_buffer_events // 8, 1)), server
@@ -220,17 +227,25 @@ async def start_server(
     # A catalog that gained a table gets every tenant's grants and row policies re-applied.
     await provisioner.reconcile()
     sink.start()
+    # After the sink it writes to; it waits for Kafka by itself, never holding up the start.
+    event_topic = start_topic_consumer(settings, ingestion)
     await server.start()
     rest: RestServer | None = None
     rest_port: int | None = None
     if settings.rest_port is not None:
         rest = RestServer(
-            queries, verifier, max_body_bytes=settings.max_message_bytes, ingestion=ingestion
+            queries,
+            verifier,
+            max_body_bytes=settings.max_message_bytes,
+            ingestion=ingestion,
+            trends=trends,
         )
         try:
             rest_port = await rest.start(settings.host, settings.rest_port)
         except OSError:
             await server.stop(None)
+            if event_topic is not None:
+                await event_topic.stop()
             await sink.close()
             raise
     for service_name in ("", ANALYTICS_SERVICE, EVENT_SERVICE, SYNC_SERVICE, TENANT_SERVICE):
@@ -250,7 +265,15 @@ async def start_server(
         models=sorted(m.qualified_name for m in catalog.models.values()),
     )
     return RunningServer(
-        server, port, health_servicer, backend, owns_backend, rest, rest_port, sink
+        server,
+        port,
+        health_servicer,
+        backend,
+        owns_backend,
+        rest,
+        rest_port,
+        sink,
+        event_topic=event_topic,
     )
 
 

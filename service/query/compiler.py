@@ -19,7 +19,7 @@ come from the catalog, values are parameters, and the SQL depends only on the re
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from service.catalog import Catalog, FieldSpec, FieldType, Model
@@ -80,12 +80,16 @@ class CompiledQuery:
 
 
 @dataclass
-class _Builder:
-    """Collects parameters; names are positional so the SQL never depends on values."""
+class ParameterBuilder:
+    """Collects parameters; names are positional so the SQL never depends on values.
+
+    Shared by every compiler, so that one request's SQL numbers its parameters in one sequence.
+    """
 
     parameters: dict[str, str] = field(default_factory=dict)
 
     def bind(self, clickhouse_type: str, text: str) -> str:
+        """Add a parameter of ``clickhouse_type`` with the encoded ``text``; its placeholder."""
         name = f"p{len(self.parameters)}"
         self.parameters[name] = text
         return f"{{{name}:{clickhouse_type}}}"
@@ -121,7 +125,7 @@ def compile_query(
     if not tenant:
         raise AnalyticsError(ErrorKind.UNAUTHORIZED, "no tenant in the token", "NO_TENANT")
     model = resolve_model(catalog, request.model)
-    builder = _Builder()
+    builder = ParameterBuilder()
     tenant_placeholder = builder.bind("String", encode_text_parameter(tenant))
     time_zone = parse_time_zone(request.time_zone)
 
@@ -154,7 +158,7 @@ def compile_query(
                 "DUPLICATE_KEY",
             )
         used_keys.add(key)
-        expression, output_type, value_spec = _metric_expression(
+        expression, output_type, value_spec = metric_expression(
             metric, model, metric_source, builder
         )
         inner_select.append(f"{expression} AS {raw}")
@@ -164,7 +168,7 @@ def compile_query(
         columns.append(OutputColumn(key, alias, output_type))
         order_targets[key] = raw
 
-    where = _where(request, model, builder, tenant_placeholder, time_zone)
+    where = where_conditions(request.filters, model, builder, tenant_placeholder, time_zone)
 
     inner = (
         f"SELECT {', '.join(inner_select)} "
@@ -191,18 +195,34 @@ def compile_query(
     )
 
 
-def _where(
-    request: QueryRequest, model: Model, builder: _Builder, tenant: str, time_zone: str
+def where_conditions(
+    filters: Mapping[str, str],
+    model: Model,
+    builder: ParameterBuilder,
+    tenant: str,
+    time_zone: str,
+    *,
+    guard_fields: Collection[str] = (),
 ) -> list[str]:
-    """The WHERE conditions: the tenant first, the deleted-row guards, then the filters."""
+    """The WHERE conditions: the tenant first, the deleted-row guards, then the filters.
+
+    The soft-delete guard is left out when the filters (or ``guard_fields``, fields other parts
+    of a request filter on) name the soft-delete column: the caller then decides.
+    """
     where = [f"t.`{model.tenant_column}` = {tenant}", "t.`_is_deleted` = 0"]
-    parsed_filters = parse_filters(request.filters)
-    if model.soft_delete_column and model.soft_delete_column not in mentioned_fields(
-        parsed_filters
-    ):
+    parsed_filters = parse_filters(filters)
+    named = mentioned_fields(parsed_filters) | set(guard_fields)
+    if model.soft_delete_column and model.soft_delete_column not in named:
         where.append(_not_soft_deleted(model))
-    where.extend(f"({_filter_sql(item, model, builder, time_zone)})" for item in parsed_filters)
+    where.extend(filter_conditions(parsed_filters, model, builder, time_zone))
     return where
+
+
+def filter_conditions(
+    parsed: Sequence[Filter], model: Model, builder: ParameterBuilder, time_zone: str
+) -> list[str]:
+    """SQL of parsed filters, each parenthesised, to be joined with AND."""
+    return [f"({_filter_sql(item, model, builder, time_zone)})" for item in parsed]
 
 
 def _field(model: Model, name: str, source: str) -> FieldSpec:
@@ -273,12 +293,13 @@ def _metrics(request: QueryRequest, model: Model) -> list[tuple[MetricRequest, s
             key = "count"
         else:
             key = f"{metric.aggregate}_{metric.field}"[:128]
-        _check_metric(metric, model, source)
+        check_metric(metric, model, source)
         resolved.append((metric, key, source))
     return resolved
 
 
-def _check_metric(metric: MetricRequest, model: Model, source: str) -> None:
+def check_metric(metric: MetricRequest, model: Model, source: str) -> None:
+    """Raise a validation error naming ``source`` unless the aggregate applies to the field."""
     aggregate = metric.aggregate
     if aggregate not in SIMPLE_AGGREGATES and not _PERCENTILE.fullmatch(aggregate):
         aggregate_source = source if source == "aggregate" else f"{source}.aggregate"
@@ -311,9 +332,13 @@ def _check_metric(metric: MetricRequest, model: Model, source: str) -> None:
         )
 
 
-def _metric_expression(
-    metric: MetricRequest, model: Model, source: str, builder: _Builder
+def metric_expression(
+    metric: MetricRequest, model: Model, source: str, builder: ParameterBuilder
 ) -> tuple[str, str, FieldSpec | None]:
+    """The aggregate's SQL over rows ``t``, its output type, and the field it takes its type from.
+
+    The field is set for min/max, whose values have the field's type.
+    """
     aggregate = metric.aggregate
     if not metric.field:
         return "count()", "int", None
@@ -327,12 +352,12 @@ def _metric_expression(
         return f"uniqExact({column})", "int", None
     if aggregate == "sum":
         # The -OrNull form answers NULL over no rows, as SQL's sum does.
-        return f"sumOrNull({_exact_summand(spec, column)})", _sum_type(spec), None
+        return f"sumOrNull({exact_summand(spec, column)})", sum_type(spec), None
     if aggregate == "avg":
-        return f"avg({_exact_summand(spec, column)})", "float", None
+        return f"avg({exact_summand(spec, column)})", "float", None
     if aggregate in ("min", "max"):
         # Plain min/max give the type's default (0, 1970-01-01) over no rows; NULL is the truth.
-        return f"{aggregate}OrNull({column})", _value_type(spec), spec
+        return f"{aggregate}OrNull({column})", value_type(spec), spec
     level = int(aggregate[1:]) / 100
     return f"quantileExactInclusive({level})(toFloat64({column}))", "float", None
 
@@ -341,7 +366,7 @@ def _metric_expression(
 _NARROW_DECIMAL = 19
 
 
-def _exact_summand(spec: FieldSpec, column: str) -> str:
+def exact_summand(spec: FieldSpec, column: str) -> str:
     """``column`` in a type whose sum cannot wrap around.
 
     ClickHouse sums in the argument's width and wraps silently: Int64 at 2^63, Decimal128 at 38
@@ -354,11 +379,13 @@ def _exact_summand(spec: FieldSpec, column: str) -> str:
     return column
 
 
-def _sum_type(spec: FieldSpec) -> str:
+def sum_type(spec: FieldSpec) -> str:
+    """The output type of an exact sum of ``spec``."""
     return {FieldType.INT: "int", FieldType.FLOAT: "float"}.get(spec.type, "decimal")
 
 
-def _value_type(spec: FieldSpec) -> str:
+def value_type(spec: FieldSpec) -> str:
+    """The output type of ``spec``'s values."""
     return {
         FieldType.INT: "int",
         FieldType.FLOAT: "float",
@@ -370,7 +397,7 @@ def _value_type(spec: FieldSpec) -> str:
 
 
 def _group_expression(
-    spec: FieldSpec, model: Model, interval: str, time_zone: str, builder: _Builder
+    spec: FieldSpec, model: Model, interval: str, time_zone: str, builder: ParameterBuilder
 ) -> tuple[str, str]:
     column = column_sql(spec, model, builder.bind)
     if interval and spec.type is FieldType.TIMESTAMP:
@@ -382,7 +409,19 @@ def _group_expression(
         # -0.0 and 0.0 are one value in SQL but two group keys in ClickHouse, which hashes the
         # bits; adding zero turns -0.0 into 0.0 and leaves every other value as it is.
         return f"{column} + 0.", "float"
-    return column, _value_type(spec)
+    return column, value_type(spec)
+
+
+def group_expression(spec: FieldSpec, model: Model, builder: ParameterBuilder) -> tuple[str, str]:
+    """The group key SQL of a field (no time bucket) and its output type."""
+    return _group_expression(spec, model, "", "UTC", builder)
+
+
+def render_value(
+    raw: str, output_type: str, spec: FieldSpec | None, builder: ParameterBuilder
+) -> str:
+    """SQL writing a raw value (not a time bucket) in the JSON-ready form results carry."""
+    return _render(raw, output_type, spec, "", "UTC", builder)
 
 
 def _render(  # noqa: PLR0917 (private, called from two places with every argument)
@@ -391,7 +430,7 @@ def _render(  # noqa: PLR0917 (private, called from two places with every argume
     spec: FieldSpec | None,
     interval: str,
     time_zone: str,
-    builder: _Builder,
+    builder: ParameterBuilder,
 ) -> str:
     """The outer query's expression that turns a raw value into its JSON-ready form."""
     if output_type == "timestamp":
@@ -419,7 +458,7 @@ def _not_soft_deleted(model: Model) -> str:
     return f"t.`{column}` IS NULL"
 
 
-def _filter_sql(item: Filter, model: Model, builder: _Builder, time_zone: str) -> str:
+def _filter_sql(item: Filter, model: Model, builder: ParameterBuilder, time_zone: str) -> str:
     if isinstance(item, Junction):
         joiner = " AND " if item.kind == "and" else " OR "
         body = joiner.join(
@@ -433,7 +472,7 @@ def _filter_sql(item: Filter, model: Model, builder: _Builder, time_zone: str) -
 _COMPARISON_SQL = {"eq": "=", "neq": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
-def _condition_sql(item: Condition, model: Model, builder: _Builder, time_zone: str) -> str:
+def _condition_sql(item: Condition, model: Model, builder: ParameterBuilder, time_zone: str) -> str:
     spec = _field(model, item.field, item.source)
     column = column_sql(spec, model, builder.bind)
     operator = item.operator

@@ -171,3 +171,95 @@ class BoolValues(_message.Message):
     VALUES_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[bool]
     def __init__(self, values: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class TrendSeries(_message.Message):
+    __slots__ = ("aggregate", "field", "filters", "label", "event")
+    class FiltersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    aggregate: str
+    field: str
+    filters: _containers.ScalarMap[str, str]
+    label: str
+    event: str
+    def __init__(self, aggregate: _Optional[str] = ..., field: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., label: _Optional[str] = ..., event: _Optional[str] = ...) -> None: ...
+
+class TrendRequest(_message.Message):
+    __slots__ = ("model", "series", "date_from", "date_to", "interval", "time_zone", "week_start", "date_field", "filters", "breakdown", "breakdown_limit", "compare", "formula", "display", "rolling_window")
+    class FiltersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    DATE_FROM_FIELD_NUMBER: _ClassVar[int]
+    DATE_TO_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    WEEK_START_FIELD_NUMBER: _ClassVar[int]
+    DATE_FIELD_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    BREAKDOWN_FIELD_NUMBER: _ClassVar[int]
+    BREAKDOWN_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_FIELD_NUMBER: _ClassVar[int]
+    FORMULA_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_FIELD_NUMBER: _ClassVar[int]
+    ROLLING_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    series: _containers.RepeatedCompositeFieldContainer[TrendSeries]
+    date_from: str
+    date_to: str
+    interval: str
+    time_zone: str
+    week_start: str
+    date_field: str
+    filters: _containers.ScalarMap[str, str]
+    breakdown: str
+    breakdown_limit: int
+    compare: str
+    formula: str
+    display: str
+    rolling_window: int
+    def __init__(self, model: _Optional[str] = ..., series: _Optional[_Iterable[_Union[TrendSeries, _Mapping]]] = ..., date_from: _Optional[str] = ..., date_to: _Optional[str] = ..., interval: _Optional[str] = ..., time_zone: _Optional[str] = ..., week_start: _Optional[str] = ..., date_field: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., breakdown: _Optional[str] = ..., breakdown_limit: _Optional[int] = ..., compare: _Optional[str] = ..., formula: _Optional[str] = ..., display: _Optional[str] = ..., rolling_window: _Optional[int] = ...) -> None: ...
+
+class TrendLine(_message.Message):
+    __slots__ = ("series", "label", "breakdown_value", "is_other", "compare", "values", "type")
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    BREAKDOWN_VALUE_FIELD_NUMBER: _ClassVar[int]
+    IS_OTHER_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    series: str
+    label: str
+    breakdown_value: _struct_pb2.Value
+    is_other: bool
+    compare: bool
+    values: _struct_pb2.ListValue
+    type: str
+    def __init__(self, series: _Optional[str] = ..., label: _Optional[str] = ..., breakdown_value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., is_other: _Optional[bool] = ..., compare: _Optional[bool] = ..., values: _Optional[_Union[_struct_pb2.ListValue, _Mapping]] = ..., type: _Optional[str] = ...) -> None: ...
+
+class TrendResponse(_message.Message):
+    __slots__ = ("buckets", "compare_buckets", "lines", "meta")
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    buckets: _containers.RepeatedScalarFieldContainer[str]
+    compare_buckets: _containers.RepeatedScalarFieldContainer[str]
+    lines: _containers.RepeatedCompositeFieldContainer[TrendLine]
+    meta: QueryMeta
+    def __init__(self, buckets: _Optional[_Iterable[str]] = ..., compare_buckets: _Optional[_Iterable[str]] = ..., lines: _Optional[_Iterable[_Union[TrendLine, _Mapping]]] = ..., meta: _Optional[_Union[QueryMeta, _Mapping]] = ...) -> None: ...

@@ -46,6 +46,11 @@ class AnalyticsServiceStub:
                 request_serializer=analytics_dot_v1_dot_analytics__pb2.StreamQueryRequest.SerializeToString,
                 response_deserializer=analytics_dot_v1_dot_analytics__pb2.StreamQueryResponse.FromString,
                 _registered_method=True)
+        self.Trend = channel.unary_unary(
+                '/analytics.v1.AnalyticsService/Trend',
+                request_serializer=analytics_dot_v1_dot_analytics__pb2.TrendRequest.SerializeToString,
+                response_deserializer=analytics_dot_v1_dot_analytics__pb2.TrendResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -67,6 +72,13 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Trend(self, request, context):
+        """Trend computes series over the zero-filled buckets of a date range (README "Trends").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +91,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.StreamQuery,
                     request_deserializer=analytics_dot_v1_dot_analytics__pb2.StreamQueryRequest.FromString,
                     response_serializer=analytics_dot_v1_dot_analytics__pb2.StreamQueryResponse.SerializeToString,
+            ),
+            'Trend': grpc.unary_unary_rpc_method_handler(
+                    servicer.Trend,
+                    request_deserializer=analytics_dot_v1_dot_analytics__pb2.TrendRequest.FromString,
+                    response_serializer=analytics_dot_v1_dot_analytics__pb2.TrendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +154,33 @@ class AnalyticsService:
             '/analytics.v1.AnalyticsService/StreamQuery',
             analytics_dot_v1_dot_analytics__pb2.StreamQueryRequest.SerializeToString,
             analytics_dot_v1_dot_analytics__pb2.StreamQueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Trend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/analytics.v1.AnalyticsService/Trend',
+            analytics_dot_v1_dot_analytics__pb2.TrendRequest.SerializeToString,
+            analytics_dot_v1_dot_analytics__pb2.TrendResponse.FromString,
             options,
             channel_credentials,
             insecure,

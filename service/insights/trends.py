@@ -1,0 +1,673 @@
+"""compile_trend: a pure function (request, catalog, tenant, now) -> a plan of SQL queries.
+
+A trend is one or more series (an aggregate over the rows each series' filters select) over the
+zero-filled buckets of a date range. The plan holds the buckets (computed here, as the engine
+cuts them) and the queries; ``service.insights.trend_results`` turns the queries' rows into the
+answer. Every query reads the model with FINAL, the tenant condition first, the deleted-row
+guards, ``date_field >= dateFrom AND date_field < dateTo`` (rows before ``dateFrom`` never count,
+even inside the first bucket), the request's filters, and the series' own filters:
+
+* **bucket values**: one scan computes every series with ``-If`` aggregates, grouped by the
+  bucket key (and the breakdown class); the outer query turns the key into the bucket's index.
+* **breakdown**: the top ``breakdownLimit`` values by the first series' value over the whole
+  range (ties by the value, ascending) are kept; every other value is ``Other``. The ranking is
+  a scalar subquery of the same shape, so each row's class is its value's rank (0: Other).
+* **compare**: the same queries over the previous period (``previous``: the range moved back by
+  as many intervals as it has buckets, so buckets align one to one) or a calendar offset
+  (``-1y``); the ranking always reads the current range, so both periods break down alike.
+* **cumulative / rolling** unique counts cannot be added up from bucket values: each such series
+  gets a query of its own (an actor counts in a cumulative bucket from its first bucket on; in a
+  rolling bucket if it appears in any of the window's buckets). Additive aggregates (count, sum,
+  min, max, and avg through its sum and count) are accumulated from bucket values.
+
+No text from the request reaches the SQL: identifiers come from the catalog, values (dates,
+filter values, property keys, bucket keys, limits) are bound parameters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from service.catalog import Catalog, FieldSpec, FieldType, Model
+from service.errors import AnalyticsError, ErrorKind, validation_error
+from service.insights.buckets import (
+    TREND_INTERVALS,
+    WEEK_STARTS,
+    Bucket,
+    local_midnight,
+    range_buckets,
+)
+from service.insights.date_range import CalendarOffset, date_range, parse_offset
+from service.insights.formula import Formula, parse_formula
+from service.insights.trend_request import TrendRequest, TrendSeries
+from service.query.compiler import (
+    CompiledQuery,
+    OutputColumn,
+    ParameterBuilder,
+    check_metric,
+    exact_summand,
+    filter_conditions,
+    group_expression,
+    render_value,
+    resolve_model,
+    sum_type,
+    where_conditions,
+)
+from service.query.field_paths import column_sql, resolve_field
+from service.query.filters import mentioned_fields, parse_filters
+from service.query.request import MetricRequest
+from service.query.time_buckets import BUCKET_SETTINGS, timestamp_bucket_key
+from service.query.values import encode_text_parameter, parse_time_zone
+
+MAX_SERIES = 26
+DEFAULT_BREAKDOWN_LIMIT = 25
+MAX_BREAKDOWN_LIMIT = 1000
+MAX_ROLLING_WINDOW = 1000
+MAX_LABEL_CHARS = 200
+TREND_AGGREGATES = ("count", "unique_actors", "count_distinct", "sum", "avg", "min", "max")
+DISPLAYS = ("", "cumulative", "rolling")
+_PERCENTILE = re.compile(r"^p([1-9][0-9]?)$")
+#: ``x IN``/``indexOf`` must find a NULL breakdown value among the top values like any other.
+_NULL_SAFE = {"transform_null_in": "1"}
+
+
+@dataclass(frozen=True)
+class SeriesPlan:
+    """One validated series: its letter (A, B, ...), label, and how its values combine."""
+
+    letter: str
+    label: str
+    aggregate: str
+    field: FieldSpec | None
+    output_type: str
+    #: A unique count whose cumulative or rolling values need a query of their own.
+    distinct: bool
+
+
+@dataclass(frozen=True)
+class TrendQuery:
+    """One query of the plan: which period, what it computes, and the compiled SQL.
+
+    ``kind`` is ``buckets`` (every series' bucket values; for avg also hidden sum and count
+    columns), or ``distinct`` (the cumulative or rolling unique count of series ``series``).
+    Rows carry: ``bucket`` (1-based index; 0 never), then with a breakdown ``rank`` (0: Other)
+    and ``value``, then the metric columns.
+    """
+
+    period: str
+    kind: str
+    series: int
+    compiled: CompiledQuery
+
+
+@dataclass(frozen=True)
+class TrendPlan:
+    """Everything the runner needs: queries to run, buckets to fill, how to combine."""
+
+    model: Model
+    series: tuple[SeriesPlan, ...]
+    buckets: tuple[Bucket, ...]
+    compare_buckets: tuple[Bucket, ...]
+    queries: tuple[TrendQuery, ...]
+    breakdown: FieldSpec | None
+    breakdown_type: str
+    formula: Formula | None
+    display: str
+    window: int
+    date_from: dt.datetime
+    date_to: dt.datetime
+    time_zone: str
+
+
+@dataclass(frozen=True)
+class _Range:
+    start: dt.datetime
+    end: dt.datetime
+    buckets: tuple[Bucket, ...]
+
+
+def compile_trend(
+    request: TrendRequest, catalog: Catalog, tenant: str, now: dt.datetime
+) -> TrendPlan:
+    """Validate ``request`` against the catalog and compile it for ``tenant`` at time ``now``.
+
+    Raises AnalyticsError: NOT_FOUND for an unknown model, VALIDATION naming the request field.
+    """
+    if not tenant:
+        raise AnalyticsError(ErrorKind.UNAUTHORIZED, "no tenant in the token", "NO_TENANT")
+    model = resolve_model(catalog, request.model)
+    time_zone = parse_time_zone(request.time_zone)
+    interval = request.interval or "day"
+    if interval not in TREND_INTERVALS:
+        raise validation_error(
+            "interval",
+            f"interval: {interval[:40]!r} is not one of {', '.join(TREND_INTERVALS)}",
+            "INVALID_INTERVAL",
+        )
+    week_start = request.week_start or "monday"
+    if week_start not in WEEK_STARTS:
+        raise validation_error(
+            "weekStart", f"weekStart: {week_start[:20]!r} is not monday or sunday", "INVALID_VALUE"
+        )
+    date_field = _date_field(request, model)
+    series = _series(request, model)
+    display, window = _display(request, series)
+    breakdown, breakdown_type = _breakdown(request, model)
+    limit = _breakdown_limit(request)
+    formula = parse_formula(request.formula, len(series)) if request.formula.strip() else None
+    start, end = date_range(request.date_from, request.date_to, now, time_zone)
+    end = _inclusive_date_end(request.date_to, end, time_zone)
+    current = _Range(start, end, tuple(range_buckets(start, end, interval, time_zone, week_start)))
+    compare = _compare_range(request.compare, current, interval, time_zone, week_start)
+    context = _Context(
+        catalog, model, tenant, time_zone, interval, week_start, date_field, request, series
+    )
+    queries: list[TrendQuery] = []
+    for period, period_range in (("current", current), ("compare", compare)):
+        if period_range is None:
+            continue
+        queries.append(
+            TrendQuery(
+                period, "buckets", -1, context.bucket_query(period_range, current, breakdown, limit)
+            )
+        )
+        if display:
+            queries.extend(
+                TrendQuery(
+                    period,
+                    "distinct",
+                    index,
+                    context.distinct_query(
+                        index, period_range, current, breakdown, limit, display, window
+                    ),
+                )
+                for index, plan in enumerate(series)
+                if plan.distinct
+            )
+    return TrendPlan(
+        model=model,
+        series=tuple(series),
+        buckets=current.buckets,
+        compare_buckets=compare.buckets if compare is not None else (),
+        queries=tuple(queries),
+        breakdown=breakdown,
+        breakdown_type=breakdown_type,
+        formula=formula,
+        display=display,
+        window=window,
+        date_from=start,
+        date_to=end,
+        time_zone=time_zone,
+    )
+
+
+def _date_field(request: TrendRequest, model: Model) -> FieldSpec:
+    name = request.date_field
+    if not name:
+        if model.events is not None:
+            name = model.events.timestamp
+        elif "created_at" in model.fields:
+            name = "created_at"
+        else:
+            raise validation_error(
+                "dateField",
+                f"dateField: required for {model.qualified_name} (a timestamp field that dates "
+                "each row)",
+                "REQUIRED",
+            )
+    spec = resolve_field(model, name, "dateField")
+    if spec.type is not FieldType.TIMESTAMP or spec.property_key is not None:
+        raise validation_error(
+            "dateField", f"dateField: {name[:60]!r} is not a timestamp field", "INVALID_DATE_FIELD"
+        )
+    return spec
+
+
+def _series(request: TrendRequest, model: Model) -> list[SeriesPlan]:
+    requested = request.series or (TrendSeries(),)
+    if len(requested) > MAX_SERIES:
+        raise validation_error("series", f"series: at most {MAX_SERIES}", "TOO_MANY_SERIES")
+    plans: list[SeriesPlan] = []
+    for index, item in enumerate(requested):
+        source = f"series[{index}]"
+        letter = chr(ord("A") + index)
+        aggregate = item.aggregate or "count"
+        field: FieldSpec | None = None
+        if aggregate == "unique_actors":
+            if model.events is None:
+                raise validation_error(
+                    f"{source}.aggregate",
+                    f"{source}.aggregate: unique_actors needs an event model; use count_distinct "
+                    f"with a field on {model.qualified_name}",
+                    "INVALID_AGGREGATE",
+                )
+            if item.field:
+                raise validation_error(
+                    f"{source}.field", f"{source}.field: unique_actors counts the actor; no field"
+                )
+            field = model.fields[model.events.actor]
+        elif aggregate in TREND_AGGREGATES or _PERCENTILE.fullmatch(aggregate):
+            check_metric(MetricRequest(aggregate, item.field), model, source)
+            if aggregate in ("min", "max") and item.field:
+                spec = resolve_field(model, item.field, f"{source}.field")
+                if not spec.type.is_numeric:
+                    raise validation_error(
+                        f"{source}.field",
+                        f"{source}.field: {aggregate} in a trend needs a numeric field",
+                        "INVALID_AGGREGATE_FIELD",
+                    )
+            if item.field:
+                field = resolve_field(model, item.field, f"{source}.field")
+        else:
+            raise validation_error(
+                f"{source}.aggregate",
+                f"{source}.aggregate: unknown aggregate {aggregate[:40]!r}; use one of "
+                f"{', '.join(TREND_AGGREGATES)} or p1..p99",
+                "UNKNOWN_AGGREGATE",
+            )
+        if item.event and model.events is None:
+            raise validation_error(
+                f"{source}.event", f"{source}.event: only event models have event names"
+            )
+        if len(item.label) > MAX_LABEL_CHARS:
+            raise validation_error(
+                f"{source}.label", f"{source}.label: at most {MAX_LABEL_CHARS} characters"
+            )
+        parse_filters(item.filters)  # grammar errors name the series' own filters first
+        plans.append(
+            SeriesPlan(
+                letter=letter,
+                label=item.label or _default_label(aggregate, item),
+                aggregate=aggregate,
+                field=field,
+                output_type=_output_type(aggregate, field),
+                distinct=aggregate in ("unique_actors", "count_distinct"),
+            )
+        )
+    return plans
+
+
+def _default_label(aggregate: str, item: TrendSeries) -> str:
+    of_event = f" of {item.event}" if item.event else ""
+    if aggregate == "count":
+        return item.event or "count"
+    if aggregate == "unique_actors":
+        return f"unique actors{of_event}"
+    return f"{aggregate}({item.field}){of_event}"
+
+
+def _output_type(aggregate: str, field: FieldSpec | None) -> str:
+    if aggregate in ("count", "unique_actors", "count_distinct"):
+        return "int"
+    if aggregate == "sum" and field is not None:
+        return sum_type(field)
+    if aggregate in ("min", "max") and field is not None:
+        return {FieldType.INT: "int", FieldType.DECIMAL: "decimal"}.get(field.type, "float")
+    return "float"
+
+
+def _display(request: TrendRequest, series: Sequence[SeriesPlan]) -> tuple[str, int]:
+    display = request.display
+    if display not in DISPLAYS:
+        raise validation_error(
+            "display",
+            f"display: {display[:40]!r} is not cumulative or rolling (or empty)",
+            "INVALID_VALUE",
+        )
+    window = request.rolling_window
+    if display == "rolling":
+        if not 1 <= window <= MAX_ROLLING_WINDOW:
+            raise validation_error(
+                "rollingWindow",
+                f"rollingWindow: rolling needs a window of 1 to {MAX_ROLLING_WINDOW} buckets",
+                "INVALID_VALUE",
+            )
+    elif window:
+        raise validation_error(
+            "rollingWindow", "rollingWindow: only with display rolling", "INVALID_VALUE"
+        )
+    if display:
+        for index, plan in enumerate(series):
+            if _PERCENTILE.fullmatch(plan.aggregate):
+                raise validation_error(
+                    f"series[{index}].aggregate",
+                    f"series[{index}].aggregate: a percentile cannot be made {display} from "
+                    "bucket values; choose count, sum, avg, min, max or a unique count",
+                    "INVALID_AGGREGATE",
+                )
+    return display, window
+
+
+def _breakdown(request: TrendRequest, model: Model) -> tuple[FieldSpec | None, str]:
+    if not request.breakdown:
+        return None, ""
+    spec = resolve_field(model, request.breakdown, "breakdown")
+    if spec.type.is_temporal:
+        raise validation_error(
+            "breakdown",
+            "breakdown: a timestamp or date field has too many values; break down by a category",
+            "INVALID_BREAKDOWN",
+        )
+    return spec, _value_type(spec, model)
+
+
+def _breakdown_limit(request: TrendRequest) -> int:
+    if request.breakdown_limit and not request.breakdown:
+        raise validation_error("breakdownLimit", "breakdownLimit: only with a breakdown")
+    limit = request.breakdown_limit or DEFAULT_BREAKDOWN_LIMIT
+    if not 1 <= limit <= MAX_BREAKDOWN_LIMIT:
+        raise validation_error(
+            "breakdownLimit",
+            f"breakdownLimit: between 1 and {MAX_BREAKDOWN_LIMIT}",
+            "INVALID_VALUE",
+        )
+    return limit
+
+
+def _inclusive_date_end(text: str, end: dt.datetime, time_zone: str) -> dt.datetime:
+    """A date-only ``dateTo`` includes that day (``dateTo=2026-01-31`` ends at February's start)."""
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text.strip()):
+        zone = ZoneInfo(time_zone)
+        day = end.astimezone(zone).date() + dt.timedelta(days=1)
+        return local_midnight(day, zone).astimezone(dt.UTC)
+    return end
+
+
+def _compare_range(
+    text: str, current: _Range, interval: str, time_zone: str, week_start: str
+) -> _Range | None:
+    if not text:
+        return None
+    zone = ZoneInfo(time_zone)
+    if text == "previous":
+        count = len(current.buckets)
+        start = _shift_buckets(current.start, interval, -count, zone)
+        end = _shift_buckets(current.end, interval, -count, zone)
+    else:
+        offset = parse_offset(text, "compare")
+        start = _shift(offset, current.start, zone)
+        end = _shift(offset, current.end, zone)
+    buckets = range_buckets(start, end, interval, time_zone, week_start, source="compare")
+    return _Range(start, end, tuple(buckets))
+
+
+def _shift(offset: CalendarOffset, moment: dt.datetime, zone: ZoneInfo) -> dt.datetime:
+    return offset.shift(moment.astimezone(zone)).astimezone(dt.UTC)
+
+
+def _shift_buckets(moment: dt.datetime, interval: str, count: int, zone: ZoneInfo) -> dt.datetime:
+    """``moment`` moved by ``count`` intervals: elapsed for minutes and hours, else calendar."""
+    if interval in ("minute", "hour"):
+        step = dt.timedelta(minutes=1) if interval == "minute" else dt.timedelta(hours=1)
+        return moment + count * step
+    unit = {"day": "d", "week": "w", "month": "m", "quarter": "q", "year": "y"}[interval]
+    return _shift(parse_offset(f"-{abs(count)}{unit}", "compare"), moment, zone)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every query of one request shares."""
+
+    catalog: Catalog
+    model: Model
+    tenant: str
+    time_zone: str
+    interval: str
+    week_start: str
+    date_field: FieldSpec
+    request: TrendRequest
+    series: Sequence[SeriesPlan]
+
+    def _table(self) -> str:
+        return f"`{self.catalog.database}`.`{self.model.table}` AS t FINAL"
+
+    def _where(
+        self, builder: ParameterBuilder, period: _Range, conditions: Sequence[str]
+    ) -> list[str]:
+        """Tenant first, guards, the date range, the request's filters, then ``conditions``."""
+        tenant = builder.bind("String", encode_text_parameter(self.tenant))
+        guard_fields = {
+            name
+            for item in self.request.series
+            for name in mentioned_fields(parse_filters(item.filters))
+        }
+        where = where_conditions(
+            self.request.filters,
+            self.model,
+            builder,
+            tenant,
+            self.time_zone,
+            guard_fields=guard_fields,
+        )
+        column = column_sql(self.date_field, self.model, builder.bind)
+        where[2:2] = [
+            f"{column} >= {_instant(builder, period.start)}",
+            f"{column} < {_instant(builder, period.end)}",
+        ]
+        where.extend(conditions)
+        return where
+
+    def _series_condition(self, index: int, builder: ParameterBuilder) -> str:
+        item = self.request.series[index] if self.request.series else TrendSeries()
+        parts = filter_conditions(parse_filters(item.filters), self.model, builder, self.time_zone)
+        if item.event and self.model.events is not None:
+            name = builder.bind("String", encode_text_parameter(item.event))
+            parts.insert(0, f"t.`{self.model.events.event}` = {name}")
+        return " AND ".join(parts) if parts else "1"
+
+    def _bucket_key(self, builder: ParameterBuilder) -> str:
+        column = column_sql(self.date_field, self.model, builder.bind)
+        zone = builder.bind("String", self.time_zone)
+        if self.interval == "week" and self.week_start == "sunday":
+            return f"toStartOfWeek({column}, 0, {zone})"
+        return timestamp_bucket_key(column, self.interval, zone)
+
+    def _keys(self, builder: ParameterBuilder, buckets: Sequence[Bucket]) -> str:
+        """The bound array of bucket keys, in the key's own type."""
+        if self.interval in ("minute", "hour"):
+            texts = ", ".join(
+                f"'{bucket.start.astimezone(dt.UTC).strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+                for bucket in buckets
+            )
+            return builder.bind("Array(DateTime64(6, 'UTC'))", f"[{texts}]")
+        texts = ", ".join(f"'{bucket.key.isoformat()}'" for bucket in buckets)
+        return builder.bind("Array(Date32)", f"[{texts}]")
+
+    def _key_lookup(self, keys: str, key: str) -> str:
+        if self.interval in ("minute", "hour"):
+            return f"indexOf({keys}, toDateTime64({key}, 6, 'UTC'))"
+        return f"indexOf({keys}, toDate32({key}))"
+
+    def _metric(self, plan: SeriesPlan, condition: str, builder: ParameterBuilder) -> str:
+        field = plan.field
+        if plan.aggregate == "count" and field is None:
+            return f"countIf({condition})"
+        if field is None:
+            raise ValueError(f"series {plan.letter}: {plan.aggregate} without a field")
+        column = column_sql(field, self.model, builder.bind)
+        if plan.aggregate == "count":
+            return f"countIf({column} IS NOT NULL AND {condition})"
+        if plan.distinct:
+            if field.type is FieldType.FLOAT:
+                column = f"({column} + 0.)"
+            return f"uniqExactIf({column}, {condition})"
+        if plan.aggregate == "sum":
+            return f"sumIf({exact_summand(field, column)}, {condition})"
+        if plan.aggregate == "avg":
+            return f"avgIf({exact_summand(field, column)}, {condition})"
+        if plan.aggregate in ("min", "max"):
+            return f"{plan.aggregate}If(toNullable({column}), {condition})"
+        level = int(plan.aggregate[1:]) / 100
+        return f"quantileExactInclusiveIf({level})(toFloat64({column}), {condition})"
+
+    def _ranking(
+        self, builder: ParameterBuilder, current: _Range, breakdown: FieldSpec, limit: int
+    ) -> tuple[str, str]:
+        """(WITH clause binding ``top``, the breakdown value SQL) for the first series' top."""
+        value, _ = group_expression(breakdown, self.model, builder)
+        condition = self._series_condition(0, builder)
+        where = self._where(builder, current, [f"({condition})"])
+        metric = self._metric(self.series[0], "1", builder)
+        limit_placeholder = builder.bind("UInt64", str(limit))
+        top = (
+            "(SELECT groupArray(tuple(b)) FROM (SELECT "
+            f"{value} AS b, {metric} AS v FROM {self._table()} WHERE {' AND '.join(where)} "
+            f"GROUP BY b ORDER BY v DESC NULLS LAST, b ASC NULLS LAST "
+            f"LIMIT {limit_placeholder}))"
+        )
+        return f"WITH {top} AS top ", value
+
+    def bucket_query(
+        self, period: _Range, current: _Range, breakdown: FieldSpec | None, limit: int
+    ) -> CompiledQuery:
+        """Every series' value per bucket (and breakdown class) of ``period``."""
+        builder = ParameterBuilder()
+        prefix, value = ("", "")
+        if breakdown is not None:
+            prefix, value = self._ranking(builder, current, breakdown, limit)
+        conditions = [self._series_condition(i, builder) for i in range(len(self.series))]
+        inner_select = [f"{self._bucket_key(builder)} AS k0"]
+        group = ["k0"]
+        outer: list[tuple[str, str, str]] = []
+        keys = self._keys(builder, period.buckets)
+        outer.append((self._key_lookup(keys, "k0"), "bucket", "int"))
+        if breakdown is not None:
+            inner_select += [
+                f"indexOf(top, tuple({value})) AS k1",
+                f"if(k1 = 0, NULL, {value}) AS k2",
+            ]
+            group += ["k1", "k2"]
+            outer.append(("k1", "rank", "int"))
+            value_type = _value_type(breakdown, self.model)
+            outer.append((render_value("k2", value_type, breakdown, builder), "value", value_type))
+        for index, plan in enumerate(self.series):
+            condition = f"({conditions[index]})"
+            inner_select.append(f"{self._metric(plan, condition, builder)} AS m{index}")
+            outer.append(
+                (
+                    render_value(f"m{index}", plan.output_type, None, builder),
+                    f"m{index}",
+                    plan.output_type,
+                )
+            )
+            if plan.aggregate == "avg" and self.request.display and plan.field is not None:
+                # A cumulative or rolling average is the sum over the count of its buckets.
+                summand = exact_summand(
+                    plan.field, column_sql(plan.field, self.model, builder.bind)
+                )
+                inner_select.append(f"sumIf({summand}, {condition}) AS s{index}")
+                inner_select.append(
+                    f"countIf({column_sql(plan.field, self.model, builder.bind)} IS NOT NULL "
+                    f"AND {condition}) AS n{index}"
+                )
+                outer.append((f"s{index}", f"s{index}", sum_type(plan.field)))
+                outer.append((f"n{index}", f"n{index}", "int"))
+        any_series = " OR ".join(f"({c})" for c in conditions) if "1" not in conditions else ""
+        where = self._where(builder, period, [f"({any_series})"] if any_series else [])
+        inner = (
+            f"{prefix}SELECT {', '.join(inner_select)} FROM {self._table()} "
+            f"WHERE {' AND '.join(where)} GROUP BY {', '.join(group)}"
+        )
+        return self._compiled(builder, outer, inner)
+
+    def distinct_query(  # noqa: PLR0917 (one query's every input)
+        self,
+        index: int,
+        period: _Range,
+        current: _Range,
+        breakdown: FieldSpec | None,
+        limit: int,
+        display: str,
+        window: int,
+    ) -> CompiledQuery:
+        """Cumulative or rolling unique count of series ``index`` per bucket of ``period``."""
+        builder = ParameterBuilder()
+        plan = self.series[index]
+        prefix, value = ("", "")
+        if breakdown is not None:
+            prefix, value = self._ranking(builder, current, breakdown, limit)
+        if plan.field is None:
+            raise ValueError(f"series {plan.letter}: a unique count without a field")
+        counted = column_sql(plan.field, self.model, builder.bind)
+        if plan.field.type is FieldType.FLOAT:
+            counted = f"({counted} + 0.)"
+        condition = self._series_condition(index, builder)
+        where = self._where(builder, period, [f"({condition})", f"{counted} IS NOT NULL"])
+        classes = ""
+        class_keys = ""
+        outer: list[tuple[str, str, str]] = []
+        if breakdown is not None:
+            classes = f", indexOf(top, tuple({value})) AS k1, if(k1 = 0, NULL, {value}) AS k2"
+            class_keys = ", k1, k2"
+        keys = self._keys(builder, period.buckets)
+        key = self._bucket_key(builder)
+        if display == "cumulative":
+            inner = (
+                f"{prefix}SELECT {counted} AS a{classes}, min({key}) AS k0 FROM {self._table()} "
+                f"WHERE {' AND '.join(where)} GROUP BY a{class_keys}"
+            )
+            bucket = self._key_lookup(keys, "k0")
+            source = f"(SELECT k0{class_keys}, count() AS m FROM ({inner}) GROUP BY k0{class_keys})"
+            outer.append((bucket, "bucket", "int"))
+            metric = "m"
+        else:
+            inner = (
+                f"{prefix}SELECT {counted} AS a{classes}, {key} AS k0 FROM {self._table()} "
+                f"WHERE {' AND '.join(where)} GROUP BY a{class_keys}, k0"
+            )
+            spread = (
+                f"SELECT a{class_keys}, {self._key_lookup(keys, 'k0')} + s AS i FROM ({inner}) "
+                f"ARRAY JOIN range({builder.bind('UInt64', str(window))}) AS s"
+            )
+            source = (
+                f"(SELECT i{class_keys}, uniqExact(a) AS m FROM ({spread}) "
+                f"WHERE i <= {builder.bind('UInt64', str(len(period.buckets)))} "
+                f"GROUP BY i{class_keys})"
+            )
+            outer.append(("i", "bucket", "int"))
+            metric = "m"
+        if breakdown is not None:
+            value_type = _value_type(breakdown, self.model)
+            outer.append(("k1", "rank", "int"))
+            outer.append((render_value("k2", value_type, breakdown, builder), "value", value_type))
+        outer.append((f"toInt64({metric})", f"m{index}", "int"))
+        return self._compiled(builder, outer, source, wrap=False)
+
+    def _compiled(
+        self,
+        builder: ParameterBuilder,
+        outer: Sequence[tuple[str, str, str]],
+        source: str,
+        *,
+        wrap: bool = True,
+    ) -> CompiledQuery:
+        columns = tuple(
+            OutputColumn(key, f"c{position}", output_type)
+            for position, (_, key, output_type) in enumerate(outer)
+        )
+        select = ", ".join(f"{sql} AS c{position}" for position, (sql, _, _) in enumerate(outer))
+        body = f"({source})" if wrap else source
+        sql = f"SELECT {select} FROM {body}"
+        return CompiledQuery(
+            sql,
+            builder.parameters,
+            columns,
+            self.model,
+            limit=0,
+            settings={**BUCKET_SETTINGS, **_NULL_SAFE},
+            tenant=self.tenant,
+        )
+
+
+def _value_type(spec: FieldSpec, model: Model) -> str:
+    """The output type of a breakdown field's values (a scratch builder: nothing is bound)."""
+    return group_expression(spec, model, ParameterBuilder())[1]
+
+
+def _instant(builder: ParameterBuilder, moment: dt.datetime) -> str:
+    text = moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return builder.bind("DateTime64(6, 'UTC')", text)
