@@ -17,8 +17,9 @@ from service import audit
 from service.auth import Principal
 from service.catalog import Catalog, Model
 from service.errors import AnalyticsError, ErrorKind, FieldViolation, forbidden, validation_error
+from service.events.columnar import EventBatch, validate_batch
 from service.events.sink import EventSink
-from service.events.validation import EventLimits, RawEvent, Rejection, validate_events
+from service.events.validation import EventLimits, RawEvent, Rejection
 from service.query.compiler import resolve_model
 
 
@@ -73,7 +74,7 @@ class EventIngestion:
         self,
         tenant: str,
         model: Model,
-        events: Sequence[RawEvent],
+        events: Sequence[RawEvent] | EventBatch,
         *,
         first_index: int = 0,
         source: str = "events",
@@ -89,10 +90,11 @@ class EventIngestion:
                 f"{self.max_request_events} (split the batch)",
                 "TOO_MANY_EVENTS",
             )
-        columns, rejected = validate_events(
+        batch = events if isinstance(events, EventBatch) else EventBatch.of(events)
+        columns, rejected = validate_batch(
             model,
             tenant,
-            events,
+            batch,
             now=self._clock(),
             limits=self._limits,
             first_index=first_index,

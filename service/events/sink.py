@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import structlog
 
@@ -31,7 +32,7 @@ from service.catalog import Model
 from service.errors import AnalyticsError, ErrorKind, engine_unavailable, resource_exhausted
 from service.events.metrics import SinkMetrics
 from service.events.validation import EventColumns
-from service.schema import SYNC_STATE_TABLE, arrow_type, sync_state_table
+from service.schema import SYNC_STATE_TABLE, sync_state_table
 
 log = structlog.get_logger(__name__)
 
@@ -160,6 +161,9 @@ class EventSink:
             finally:
                 self._writing_events = 0
                 self.metrics.buffered.set(self.buffered)
+            # Only now: written events must not count against the capacity (nor show in the
+            # gauge) while the sync state is recorded, after their callers were answered.
+            await self._write_sync_state(force=False)
 
     async def _wait_for_events(self) -> None:
         """Idle: wait for events, writing owed sync state when it falls due."""
@@ -170,6 +174,11 @@ class EventSink:
         try:
             await asyncio.wait_for(self._arrived.wait(), timeout)
         except TimeoutError:
+            # Idle: nothing is held or being written, so every event acknowledged until now is
+            # visible. Recording now rather than the last flush's end keeps lastSyncAt within
+            # one interval of the latest acknowledgement (the flush's end could be an interval
+            # older than this record, and the record an interval older than the next).
+            self._sync_owed = dict.fromkeys(self._sync_owed, self._clock())
             await self._write_sync_state(force=True)
 
     async def _wait_until_due(self) -> None:
@@ -214,7 +223,6 @@ class EventSink:
         self._rate = current if not self._rate else 0.8 * self._rate + 0.2 * current
         for table in by_table:
             self._sync_owed[table] = completed_at
-        await self._write_sync_state(force=False)
 
     async def _write_sync_state(self, *, force: bool) -> None:
         now = time.perf_counter()
@@ -250,26 +258,18 @@ class EventSink:
 def event_table(parts: Sequence[EventColumns], version: int) -> pa.Table:
     """The Arrow rows of ``parts`` (one model) for the event table, every row at ``version``."""
     model: Model = parts[0].model
-    roles = model.events
-    if roles is None:
-        raise ValueError(f"{model.qualified_name} is not an event model")
     count = sum(len(part) for part in parts)
-    columns: dict[str, pa.Array] = {
-        model.tenant_column: pa.array(
-            [part.tenant for part in parts for _ in range(len(part))], pa.string()
-        )
-    }
-    for name, spec in model.fields.items():
-        columns[name] = pa.array(
-            [value for part in parts for value in part.values[name]], arrow_type(spec)
-        )
-    texts = pa.list_(pa.string())
-    columns[roles.key_column] = pa.array([k for part in parts for k in part.keys], texts)
-    columns[roles.value_column] = pa.array(
-        [v for part in parts for v in part.property_values], texts
+    # Each part's tenant repeated by a take of index 0: no Python object per row.
+    tenants = pa.concat_arrays(
+        [
+            pa.array([part.tenant], pa.string()).take(np.zeros(len(part), dtype=np.int32))
+            for part in parts
+        ]
     )
-    columns["_version"] = pa.array([version] * count, pa.uint64())
-    return pa.table(columns)
+    rows = pa.concat_tables([part.table for part in parts])
+    return rows.add_column(0, model.tenant_column, tenants).append_column(
+        "_version", pa.array(np.full(count, version, dtype=np.uint64))
+    )
 
 
 def _consume_exception(future: asyncio.Future[None]) -> None:

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import pyarrow as pa
+
 from service.catalog import EventFields, FieldSpec, FieldType, Model
+from service.schema import arrow_type
 
 MAX_NAME_CHARS = 200
 """Longest event name, actor, event id and property key."""
@@ -57,30 +60,49 @@ class EventError(ValueError):
         self.reason = reason
 
 
-@dataclass
+@dataclass(frozen=True)
 class EventColumns:
-    """Valid events of one model and tenant, column by column, in the table's column names."""
+    """Valid events of one model and tenant as Arrow columns named as the table's.
+
+    ``table`` holds every declared field and the two property arrays; the tenant and the
+    version are added when the sink writes (``service.events.sink.event_table``).
+    """
 
     model: Model
     tenant: str
+    table: pa.Table
+
+    def __len__(self) -> int:
+        return int(self.table.num_rows)
+
+
+@dataclass
+class _RowCollector:
+    """Validated events one by one, turned into EventColumns at the end."""
+
+    model: Model
     values: dict[str, list[Any]]
     keys: list[list[str]] = field(default_factory=list)
     property_values: list[list[str]] = field(default_factory=list)
 
-    @classmethod
-    def empty(cls, model: Model, tenant: str) -> EventColumns:
-        """No events yet."""
-        return cls(model, tenant, {name: [] for name in model.fields})
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
     def append(self, row: Mapping[str, Any], keys: list[str], values: list[str]) -> None:
-        """Add one validated event (every declared field present in ``row``)."""
         for name, column in self.values.items():
             column.append(row.get(name))
         self.keys.append(keys)
         self.property_values.append(values)
+
+    def finish(self, tenant: str) -> EventColumns:
+        roles = self.model.events
+        if roles is None:
+            raise ValueError(f"{self.model.qualified_name} is not an event model")
+        texts = pa.list_(pa.string())
+        columns = {
+            name: pa.array(values, arrow_type(self.model.fields[name]))
+            for name, values in self.values.items()
+        }
+        columns[roles.key_column] = pa.array(self.keys, texts)
+        columns[roles.value_column] = pa.array(self.property_values, texts)
+        return EventColumns(self.model, tenant, pa.table(columns))
 
 
 @dataclass(frozen=True)
@@ -100,7 +122,7 @@ def validate_events(
     first_index: int = 0,
 ) -> tuple[EventColumns, list[Rejection]]:
     """Check every event; the valid ones as columns, and one rejection per invalid one."""
-    columns = EventColumns.empty(model, tenant)
+    collector = _RowCollector(model, {name: [] for name in model.fields})
     rejected: list[Rejection] = []
     for offset, raw in enumerate(events):
         try:
@@ -108,8 +130,8 @@ def validate_events(
         except EventError as error:
             rejected.append(Rejection(first_index + offset, error.field, error.reason))
             continue
-        columns.append(row, keys, values)
-    return columns, rejected
+        collector.append(row, keys, values)
+    return collector.finish(tenant), rejected
 
 
 def event_row(

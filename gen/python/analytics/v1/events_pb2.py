@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61nalytics/v1/events.proto\x12\x0c\x61nalytics.v1\"\xf0\x01\n\x05\x45vent\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x14\n\x05\x65vent\x18\x02 \x01(\tR\x05\x65vent\x12\x14\n\x05\x61\x63tor\x18\x03 \x01(\tR\x05\x61\x63tor\x12\x1c\n\ttimestamp\x18\x04 \x01(\tR\ttimestamp\x12\x43\n\nproperties\x18\x05 \x03(\x0b\x32#.analytics.v1.Event.PropertiesEntryR\nproperties\x1a=\n\x0fPropertiesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"R\n\rIngestRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12+\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.analytics.v1.EventR\x06\x65vents\"S\n\rRejectedEvent\x12\x14\n\x05index\x18\x01 \x01(\rR\x05index\x12\x14\n\x05\x66ield\x18\x02 \x01(\tR\x05\x66ield\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"e\n\x0eIngestResponse\x12\x1a\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04R\x08\x61\x63\x63\x65pted\x12\x37\n\x08rejected\x18\x02 \x03(\x0b\x32\x1b.analytics.v1.RejectedEventR\x08rejected2U\n\x0c\x45ventService\x12\x45\n\x06Ingest\x12\x1b.analytics.v1.IngestRequest\x1a\x1c.analytics.v1.IngestResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61nalytics/v1/events.proto\x12\x0c\x61nalytics.v1\"\xf0\x01\n\x05\x45vent\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x14\n\x05\x65vent\x18\x02 \x01(\tR\x05\x65vent\x12\x14\n\x05\x61\x63tor\x18\x03 \x01(\tR\x05\x61\x63tor\x12\x1c\n\ttimestamp\x18\x04 \x01(\tR\ttimestamp\x12\x43\n\nproperties\x18\x05 \x03(\x0b\x32#.analytics.v1.Event.PropertiesEntryR\nproperties\x1a=\n\x0fPropertiesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xf2\x01\n\x0c\x45ventColumns\x12\x1b\n\tevent_ids\x18\x01 \x03(\tR\x08\x65ventIds\x12\x16\n\x06\x65vents\x18\x02 \x03(\tR\x06\x65vents\x12\x16\n\x06\x61\x63tors\x18\x03 \x03(\tR\x06\x61\x63tors\x12\x1e\n\ntimestamps\x18\x04 \x03(\tR\ntimestamps\x12\'\n\x0fproperty_counts\x18\x05 \x03(\rR\x0epropertyCounts\x12#\n\rproperty_keys\x18\x06 \x03(\tR\x0cpropertyKeys\x12\'\n\x0fproperty_values\x18\x07 \x03(\tR\x0epropertyValues\"\x88\x01\n\rIngestRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12+\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.analytics.v1.EventR\x06\x65vents\x12\x34\n\x07\x63olumns\x18\x03 \x01(\x0b\x32\x1a.analytics.v1.EventColumnsR\x07\x63olumns\"S\n\rRejectedEvent\x12\x14\n\x05index\x18\x01 \x01(\rR\x05index\x12\x14\n\x05\x66ield\x18\x02 \x01(\tR\x05\x66ield\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"e\n\x0eIngestResponse\x12\x1a\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04R\x08\x61\x63\x63\x65pted\x12\x37\n\x08rejected\x18\x02 \x03(\x0b\x32\x1b.analytics.v1.RejectedEventR\x08rejected2U\n\x0c\x45ventService\x12\x45\n\x06Ingest\x12\x1b.analytics.v1.IngestRequest\x1a\x1c.analytics.v1.IngestResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,12 +37,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENT']._serialized_end=284
   _globals['_EVENT_PROPERTIESENTRY']._serialized_start=223
   _globals['_EVENT_PROPERTIESENTRY']._serialized_end=284
-  _globals['_INGESTREQUEST']._serialized_start=286
-  _globals['_INGESTREQUEST']._serialized_end=368
-  _globals['_REJECTEDEVENT']._serialized_start=370
-  _globals['_REJECTEDEVENT']._serialized_end=453
-  _globals['_INGESTRESPONSE']._serialized_start=455
-  _globals['_INGESTRESPONSE']._serialized_end=556
-  _globals['_EVENTSERVICE']._serialized_start=558
-  _globals['_EVENTSERVICE']._serialized_end=643
+  _globals['_EVENTCOLUMNS']._serialized_start=287
+  _globals['_EVENTCOLUMNS']._serialized_end=529
+  _globals['_INGESTREQUEST']._serialized_start=532
+  _globals['_INGESTREQUEST']._serialized_end=668
+  _globals['_REJECTEDEVENT']._serialized_start=670
+  _globals['_REJECTEDEVENT']._serialized_end=753
+  _globals['_INGESTRESPONSE']._serialized_start=755
+  _globals['_INGESTRESPONSE']._serialized_end=856
+  _globals['_EVENTSERVICE']._serialized_start=858
+  _globals['_EVENTSERVICE']._serialized_end=943
 # @@protoc_insertion_point(module_scope)

@@ -27,13 +27,33 @@ class Event(_message.Message):
     properties: _containers.ScalarMap[str, str]
     def __init__(self, event_id: _Optional[str] = ..., event: _Optional[str] = ..., actor: _Optional[str] = ..., timestamp: _Optional[str] = ..., properties: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class EventColumns(_message.Message):
+    __slots__ = ("event_ids", "events", "actors", "timestamps", "property_counts", "property_keys", "property_values")
+    EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ACTORS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    PROPERTY_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    PROPERTY_KEYS_FIELD_NUMBER: _ClassVar[int]
+    PROPERTY_VALUES_FIELD_NUMBER: _ClassVar[int]
+    event_ids: _containers.RepeatedScalarFieldContainer[str]
+    events: _containers.RepeatedScalarFieldContainer[str]
+    actors: _containers.RepeatedScalarFieldContainer[str]
+    timestamps: _containers.RepeatedScalarFieldContainer[str]
+    property_counts: _containers.RepeatedScalarFieldContainer[int]
+    property_keys: _containers.RepeatedScalarFieldContainer[str]
+    property_values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, event_ids: _Optional[_Iterable[str]] = ..., events: _Optional[_Iterable[str]] = ..., actors: _Optional[_Iterable[str]] = ..., timestamps: _Optional[_Iterable[str]] = ..., property_counts: _Optional[_Iterable[int]] = ..., property_keys: _Optional[_Iterable[str]] = ..., property_values: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class IngestRequest(_message.Message):
-    __slots__ = ("model", "events")
+    __slots__ = ("model", "events", "columns")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     model: str
     events: _containers.RepeatedCompositeFieldContainer[Event]
-    def __init__(self, model: _Optional[str] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+    columns: EventColumns
+    def __init__(self, model: _Optional[str] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., columns: _Optional[_Union[EventColumns, _Mapping]] = ...) -> None: ...
 
 class RejectedEvent(_message.Message):
     __slots__ = ("index", "field", "reason")
