@@ -399,3 +399,56 @@ def test_compile_is_deterministic_and_pure(shape: Shape, tenant: str) -> None:
 def test_poisoned_names_never_validate_as_identifiers(name: str) -> None:
     # Guard for the strategy itself: a poisoned name is never a field of any model.
     assert all(name not in model.fields for model in MODELS)
+
+
+# --- (e) free-form event properties ----------------------------------------------------------
+
+_EVENTS = CATALOG.models[("product", "events")]
+# A group key, a filter and a metric on one property key: the key is the only thing that varies.
+# groupBy splits at commas and trims each name, so such keys are addressable in filters only.
+_PROPERTY_KEYS = st.text(min_size=1, max_size=200).filter(
+    lambda key: "," not in key and key == key.strip()
+)
+
+
+def _property_request(key: str, value: str) -> QueryRequest:
+    return QueryRequest(
+        model="product.events",
+        group_by=f"properties.{key}",
+        filters={f"properties.{key}": f"eq.{value}", "event": "eq.signed_up"},
+        metrics=(MetricRequest("count_distinct", f"properties.{key}", alias="distinct"),),
+    )
+
+
+@UNIT
+@given(key=_PROPERTY_KEYS, value=hostile_text(), tenant=tenants())
+def test_hostile_property_keys_leave_the_sql_unchanged(key: str, value: str, tenant: str) -> None:
+    first = compile_query(_property_request("plan_name", "plain"), CATALOG, "tenant_a")
+    second = compile_query(_property_request(key, value), CATALOG, tenant)
+    assert first.sql == second.sql
+    decoded = [tsv_unescape(v) for v in second.parameters.values()]
+    assert key in decoded
+    assert value in decoded
+    _check_placeholders(second)
+
+
+def test_property_keys_read_nulls_for_missing_keys() -> None:
+    compiled = compile_query(_property_request("plan", "pro"), CATALOG, "tenant_a")
+    assert "if(has(t.`properties_keys`, {p" in compiled.sql
+    assert "t.`properties_values`[indexOf(t.`properties_keys`, {p" in compiled.sql
+    assert compiled.model is _EVENTS
+
+
+@pytest.mark.parametrize("name", ["properties.", "properties." + "k" * 201])
+def test_bad_property_keys_are_named(name: str) -> None:
+    _expect_error(
+        QueryRequest(model="product.events", group_by=name), ErrorKind.VALIDATION, "groupBy"
+    )
+
+
+def test_properties_exist_only_on_event_models() -> None:
+    _expect_error(
+        QueryRequest(model="crm.deals", group_by="properties.plan"),
+        ErrorKind.VALIDATION,
+        "groupBy",
+    )
