@@ -5,80 +5,13 @@ coming up in another order) waits for them with back-off: it logs once when a de
 away and once when it is back, counts each outage in the metrics and reports itself not ready
 meanwhile. Only errors that say something is misconfigured (bad credentials, DDL the server
 refuses, an invalid topic pattern) end the worker, with their own message.
+
+The waiting itself is ``service.outage``'s, shared with the events topic consumer of the service
+(which may not import this package); ``WorkerMetrics`` is the worker's listener.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from service.outage import FIRST_DELAY_SECONDS, OutageListener, OutageWaiter, is_transient
 
-import structlog
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NoBrokersAvailable
-
-from cdc_worker.metrics import WorkerMetrics
-from service.errors import AnalyticsError, ErrorKind
-
-log = structlog.get_logger(__name__)
-
-FIRST_DELAY_SECONDS = 0.2
-T = TypeVar("T")
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether ``error`` means "not reachable now" rather than "configured wrongly"."""
-    if isinstance(error, AnalyticsError):
-        return error.kind is ErrorKind.UNAVAILABLE
-    return isinstance(
-        error,
-        KafkaConnectionError
-        | KafkaTimeoutError
-        | NoBrokersAvailable
-        | ConnectionError
-        | TimeoutError,
-    )
-
-
-@dataclass(frozen=True)
-class OutageWaiter:
-    """Runs start-up steps until their dependency answers, or until ``stop`` is set."""
-
-    stop: asyncio.Event
-    metrics: WorkerMetrics
-    max_delay_seconds: float
-
-    async def until_available(
-        self, operation: Callable[[], Awaitable[T]], dependency: str
-    ) -> T | None:
-        """Run ``operation`` until it succeeds (its result) or ``stop`` is set (None).
-
-        A transient failure waits 0.2 s, doubling up to ``max_delay_seconds``, and tries again;
-        any other error propagates.
-        """
-        delay = FIRST_DELAY_SECONDS
-        away = False
-        while not self.stop.is_set():
-            try:
-                result = await operation()
-            except Exception as error:
-                if not is_transient(error):
-                    raise
-                if not away:
-                    away = True
-                    self.metrics.dependency_away(dependency)
-                    log.warning(
-                        "dependency unavailable; waiting for it",
-                        dependency=dependency,
-                        error=str(error)[:300],
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), delay)
-                delay = min(delay * 2, self.max_delay_seconds)
-                continue
-            if away:
-                self.metrics.dependency_back(dependency)
-                log.info("dependency available again", dependency=dependency)
-            return result
-        return None
+__all__ = ["FIRST_DELAY_SECONDS", "OutageListener", "OutageWaiter", "is_transient"]

@@ -24,6 +24,8 @@ DEFAULT_DATA_DIR = PROJECT_ROOT / ".data" / "chdb"
 # A development secret so that `analytics demo` and `analytics token` work out of the box; the
 # server logs a warning at start when it is still in use.
 DEVELOPMENT_JWT_SECRET = "analytics-development-secret-change-me"  # noqa: S105
+#: A legal Kafka topic name (Kafka's own rule: these characters, at most 249 of them).
+KAFKA_TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
 
 
 class Settings(BaseSettings):
@@ -126,7 +128,10 @@ class Settings(BaseSettings):
         0.05, gt=0, description="...or when its oldest event has waited this long."
     )
     cdc_retry_max_seconds: float = Field(
-        30.0, gt=0, description="Longest back-off between retries of a failed ClickHouse write."
+        30.0,
+        gt=0,
+        description="Longest back-off between retries of a failed ClickHouse write (the CDC "
+        "worker's, the incremental loader's, the events topic consumer's).",
     )
     source_database_url: SecretStr | None = Field(
         None,
@@ -179,6 +184,20 @@ class Settings(BaseSettings):
         description="How far past the server's clock an event's timestamp may be before it is "
         "rejected.",
     )
+    events_topic: str | None = Field(
+        None,
+        pattern=KAFKA_TOPIC_PATTERN,
+        description="Kafka topic of trusted internal producers' events (tenant in the message), "
+        "consumed by `serve` on kafka_bootstrap_servers; unset (or empty): not consumed.",
+    )
+    events_group_id: str = Field(
+        "analytics-events", min_length=1, description="Consumer group of the events topic."
+    )
+    events_dead_letter_topic: str = Field(
+        "analytics.events.dead-letter",
+        pattern=KAFKA_TOPIC_PATTERN,
+        description="Where events topic messages that cannot be written go, with the reason.",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: readable on a terminal, JSON otherwise."
     )
@@ -192,8 +211,22 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("events_topic", mode="before")
+    @classmethod
+    def _events_topic_off(cls, value: object) -> object:
+        # As for rest_port: an environment variable cannot be None, an empty one means off.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
+        if self.events_topic is not None:
+            if not self.kafka_bootstrap_servers:
+                raise ValueError("events_topic needs kafka_bootstrap_servers")
+            if self.events_topic == self.events_dead_letter_topic:
+                # Dead letters would be consumed again and dead-lettered again, forever.
+                raise ValueError("events_dead_letter_topic must differ from events_topic")
         if self.default_limit > self.max_limit:
             raise ValueError("default_limit must not exceed max_limit")
         if self.jwt_secret is None and self.jwt_public_key is None:

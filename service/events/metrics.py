@@ -70,6 +70,39 @@ class SinkMetrics:
             registry=self.registry,
         )
 
+        # The events topic consumer (service/events/topic_consumer.py), when one runs.
+        self.topic_messages = Counter(
+            "analytics_event_topic_messages",
+            "Messages of the events topic handled: their valid events written and their faults "
+            "dead-lettered (only then are their offsets committed).",
+            registry=self.registry,
+        )
+        self.topic_dead_letters = Counter(
+            "analytics_event_topic_dead_letters",
+            "Dead letters sent for the events topic: a whole message (cause=message: not JSON, "
+            "no tenant, not an event model) or one event of a message (cause=event).",
+            ["cause"],
+            registry=self.registry,
+        )
+        self.topic_write_retries = Counter(
+            "analytics_event_topic_write_retries",
+            "Writes of consumed events retried: the sink was full (buffer_full) or could not "
+            "write (unavailable); nothing is committed meanwhile.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.topic_outages = Counter(
+            "analytics_event_topic_dependency_outages",
+            "Times the events topic consumer found a dependency (kafka) unreachable.",
+            ["dependency"],
+            registry=self.registry,
+        )
+        self.topic_ready = Gauge(
+            "analytics_event_topic_ready",
+            "1 while the events topic consumer consumes with Kafka reachable, else 0.",
+            registry=self.registry,
+        )
+
     def exposition(self) -> bytes:
         """The Prometheus text exposition of every metric in the registry."""
         return generate_latest(self.registry)
