@@ -1,8 +1,8 @@
 """The events topic's messages read without Kafka: parsing, faults, derived ids, dead letters.
 
-The pure part of ``service/events/topic_consumer.py`` against the shipped catalog (its event model
-``product.events``, its CDC model ``crm.deals``); the expected faults are written from the module
-docstring's message format.
+``service/events/topic_messages.py`` (the consumer's pure half) against the shipped catalog (its
+event model ``product.events``, its CDC model ``crm.deals``); the expected faults are written
+from the message format in ``service/events/topic_consumer.py``'s docstring.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from service.catalog import Catalog
-from service.events.topic_consumer import (
+from service.events.topic_messages import (
     DeadLetter,
     EventMessage,
     MessageFault,
