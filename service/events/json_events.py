@@ -80,6 +80,9 @@ def event_from_json(item: Any) -> RawEvent:
     """One event from its JSON object; EventError naming the property that cannot be read."""
     if not isinstance(item, dict):
         raise EventError("", "an event must be a JSON object")
+    where = lone_surrogate_path(item, "")
+    if where is not None:
+        raise EventError(where, "not valid Unicode text (a lone surrogate \\u escape)")
     values: dict[str, Any] = {}
     for key, value in item.items():
         name = _KEYS.get(key)
@@ -132,3 +135,36 @@ def _properties(value: Any) -> Mapping[str, str]:
         else:
             texts[key] = json.dumps(item, separators=(",", ":"), ensure_ascii=False)
     return texts
+
+
+def lone_surrogate_path(value: Any, where: str) -> str | None:
+    r"""The path of the first text under ``value`` that UTF-8 cannot encode, if any.
+
+    JSON's ``\ud800`` escapes decode to text that cannot be written; one such event in a flush
+    would fail every caller's events of that flush (and a topic consumer would retry it forever).
+    """
+    if isinstance(value, str):
+        return None if is_encodable(value) else where
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if not is_encodable(key):
+                return path.encode("utf-8", "backslashreplace").decode()
+            found = lone_surrogate_path(item, path)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for position, item in enumerate(value):
+            found = lone_surrogate_path(item, f"{where}[{position}]")
+            if found is not None:
+                return found
+    return None
+
+
+def is_encodable(text: str) -> bool:
+    """Whether ``text`` is valid Unicode the engine can store (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

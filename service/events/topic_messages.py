@@ -19,7 +19,7 @@ from aiokafka.structs import ConsumerRecord
 
 from service.catalog import Catalog, Model
 from service.errors import AnalyticsError
-from service.events.json_events import event_from_json
+from service.events.json_events import event_from_json, is_encodable
 from service.events.validation import EventError, RawEvent, Rejection
 from service.query.compiler import resolve_model
 from service.tenants import MAX_TENANT_ID_LENGTH
@@ -139,7 +139,7 @@ def parse_message(
     # The rule of a token's tenant claim: any text the engine can store, at most 128 characters.
     if len(tenant) > MAX_TENANT_ID_LENGTH:
         return MessageFault("tenant", f"at most {MAX_TENANT_ID_LENGTH} characters")
-    if not _encodable(tenant):
+    if not is_encodable(tenant):
         return MessageFault("tenant", "not valid Unicode text (a lone surrogate \\u escape)")
     reference = document.get("model")
     if not isinstance(reference, str) or not reference:
@@ -199,47 +199,11 @@ def _events_of(document: Mapping[str, Any]) -> tuple[list[Any], bool] | MessageF
 
 
 def _readable_event(item: Any) -> RawEvent:
-    r"""``event_from_json``, and text the engine can store (no lone surrogates from \u escapes)."""
+    """``event_from_json``, with JSON nested past Python's recursion limit an event fault."""
     try:
-        raw = event_from_json(item)
-        where = _lone_surrogate(item, "")
+        return event_from_json(item)
     except RecursionError:
         raise EventError("properties", "nested too deeply") from None
-    if where is not None:
-        raise EventError(where, "not valid Unicode text (a lone surrogate \\u escape)")
-    return raw
-
-
-def _lone_surrogate(value: Any, where: str) -> str | None:
-    r"""The path of the first text under ``value`` that UTF-8 cannot encode, if any.
-
-    JSON's ``\ud800`` escapes decode to text that cannot be written; one such event in a flush
-    would fail every caller's events of that flush, and this consumer would retry it forever.
-    """
-    if isinstance(value, str):
-        return None if _encodable(value) else where
-    if isinstance(value, dict):
-        for key, item in value.items():
-            path = f"{where}.{key}" if where else str(key)
-            if not _encodable(key):
-                return path.encode("utf-8", "backslashreplace").decode()
-            found = _lone_surrogate(item, path)
-            if found is not None:
-                return found
-    if isinstance(value, list):
-        for position, item in enumerate(value):
-            found = _lone_surrogate(item, f"{where}[{position}]")
-            if found is not None:
-                return found
-    return None
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
