@@ -1,4 +1,4 @@
-"""A deterministic, realistic demo history for the catalog's CRM and billing models.
+"""A deterministic, realistic demo history for the catalog's CRM, billing and event models.
 
 The data is generated column-wise with numpy from one seed, so 1.2 M rows take a few seconds and
 the same seed always yields the same rows. It is shaped like what the replication pipeline writes:
@@ -7,11 +7,13 @@ tombstones), so that a reader who forgets ``FINAL`` or the deleted-row guard get
 answers. About 10 % of keys have older versions, about 3 % of contacts and deals are soft-deleted in
 their latest version, and about 1 % of keys end with a tombstone. A few hostile but valid strings
 (quotes, backslashes, wildcard characters, non-ASCII, control characters) sit in ``email`` and
-``title`` so that escaping is exercised by every query that touches them.
+``title`` so that escaping is exercised by every query that touches them. Event models get the
+product events of ``service.demo.events``, one version per event, about their tenants' contacts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -20,18 +22,39 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from service.catalog import Catalog, Model
+from service.catalog import Catalog, FieldType, Model
+from service.demo.arrow_columns import (
+    DAY,
+    HOUR,
+    SECOND,
+    Array,
+    category_array,
+    date_array,
+    decimal_array,
+    timestamp_array,
+    uuid_array,
+)
+from service.demo.crm_vocabulary import (
+    COMPANIES,
+    COUNTRIES,
+    COUNTRY_WEIGHTS,
+    EMAIL_DOMAINS,
+    FIRST_NAMES,
+    HOSTILE_EMAILS,
+    HOSTILE_TITLES,
+    LAST_NAMES,
+    PRODUCTS,
+    TITLE_SUFFIXES,
+)
+from service.demo.events import EVENTS_PER_ROW, ContactPool, generate_events
 from service.schema import arrow_type
-
-Array = npt.NDArray[Any]
 
 # Part of the fingerprint: bump it whenever a change here changes the generated rows, so that a
 # loaded demo database is recognised as stale.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 DEMO_TENANTS: tuple[str, ...] = ("acme", "globex", "initech", "umbrella", "hooli")
 DEFAULT_SEED = 7
 DEFAULT_ROWS = 1_200_000
@@ -53,144 +76,14 @@ MODEL_SHARES: Mapping[str, float] = {
 # Tenant sizes follow a Zipf-like law, so the largest tenant is several times the smallest.
 _TENANT_SKEW = 1.1
 
-_SECOND = 1_000_000
-_HOUR = 3600 * _SECOND
-_DAY = 24 * _HOUR
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_PROPERTY_LIST = pa.list_(pa.string())
 # Activity grows threefold over the period, is low at weekends and follows office hours in
 # Europe and the Americas (UTC hours).
 _GROWTH = 3.0
 _WEEKDAY_WEIGHTS = np.array([1.0, 1.06, 1.05, 1.0, 0.86, 0.3, 0.24])
 
-_FIRST_NAMES = (
-    "anna",
-    "ben",
-    "carla",
-    "david",
-    "emma",
-    "felix",
-    "grace",
-    "henry",
-    "isabel",
-    "jack",
-    "kai",
-    "lena",
-    "maria",
-    "noah",
-    "olivia",
-    "paul",
-    "quinn",
-    "rosa",
-    "sam",
-    "tara",
-    "zoë",
-    "josé",
-    "björn",
-    "chloé",
-    "łukasz",
-    "søren",
-    "aiko",
-    "ravi",
-    "fatima",
-    "mei",
-)
-_LAST_NAMES = (
-    "smith",
-    "müller",
-    "garcia",
-    "johnson",
-    "schmidt",
-    "rossi",
-    "dubois",
-    "kowalski",
-    "silva",
-    "tanaka",
-    "patel",
-    "nguyen",
-    "brown",
-    "fischer",
-    "martin",
-    "jensen",
-    "novak",
-    "lopez",
-    "wilson",
-    "kim",
-    "olsen",
-    "weber",
-    "moreau",
-    "costa",
-    "yilmaz",
-)
-_DOMAINS = (
-    "gmail.com",
-    "outlook.com",
-    "example.com",
-    "yahoo.com",
-    "proton.me",
-    "company.de",
-    "firma.at",
-    "startup.io",
-    "enterprise.co.uk",
-    "mail.fr",
-)
-_COMPANIES = (
-    "Northwind",
-    "Contoso",
-    "Fabrikam",
-    "Tailspin",
-    "Wingtip",
-    "Litware",
-    "Adventure Works",
-    "Blue Yonder",
-    "Coho Winery",
-    "Proseware",
-    "Lucerne Publishing",
-    "Wide World Importers",
-    "Fourth Coffee",
-    "Margie's Travel",
-    "Alpine Ski House",
-    "Trey Research",
-    "Humongous Ins.",
-    "Graphic Design Inst.",
-    "Woodgrove Bank",
-    "Bäckerei Schulz",
-    "Société Générale Démo",
-)
-_PRODUCTS = (
-    "Starter plan",
-    "Team plan",
-    "Enterprise plan",
-    "Analytics add-on",
-    "Support package",
-    "Onboarding",
-    "API access",
-    "Data migration",
-    "Training",
-    "Premium SLA",
-)
-_TITLE_SUFFIXES = ("", "", "", " (renewal)", " (expansion)", " \u2013 Q4", " pilot")
 _CONTACT_STATUSES = ("lead", "active", "inactive", "churned")
-_COUNTRIES = (
-    "US",
-    "DE",
-    "GB",
-    "FR",
-    "IN",
-    "BR",
-    "CA",
-    "JP",
-    "NL",
-    "ES",
-    "AU",
-    "PL",
-    "SE",
-    "MX",
-    "CH",
-    "IT",
-    "SG",
-    "ZA",
-)
-_COUNTRY_WEIGHTS = (30, 12, 10, 8, 7, 6, 5, 5, 4, 4, 3, 3, 2, 2, 2, 2, 1, 1)
 _LEAD_SOURCES = ("web", "referral", "ads", "event", "partner", "outbound")
 _OPEN_STAGES = ("lead", "qualified", "proposal", "negotiation")
 _DEAL_STAGES = (*_OPEN_STAGES, "closed_won", "closed_lost")
@@ -198,22 +91,6 @@ _STAGE_PROBABILITY = np.array([0.1, 0.25, 0.5, 0.75, 1.0, 0.0])
 _CURRENCIES = ("USD", "EUR", "GBP", "CAD", "AUD", "JPY")
 _CURRENCY_WEIGHTS = (52, 24, 12, 5, 4, 3)
 _INVOICE_STATUSES = ("draft", "open", "paid", "overdue", "void")
-_HOSTILE_EMAILS = (
-    "o'brien.{id}@example.com",
-    '"quoted.{id}"@example.com',
-    "back\\slash.{id}@example.com",
-    "zoë.ümlaut.{id}@exämple.de",
-    "100%_real*.{id}@promo.example",
-    "semi;colon'--.{id}@example.com",
-)
-_HOSTILE_TITLES = (
-    'O\'Reilly "Platinum" renewal #{id}',
-    "C:\\Deals\\backslash\\{id}",
-    "Überweisung \u2013 日本語 deal {id}",
-    "50% off_promo * launch {id}",
-    "'; DROP TABLE crm_deals; -- {id}",
-    "Tab\tand newline\nin title {id}",
-)
 
 
 class DemoError(ValueError):
@@ -225,7 +102,8 @@ class DemoDataset:
     """Every row version of every model, as the replication pipeline would have written them."""
 
     tables: Mapping[str, pa.Table]
-    """Qualified model name -> tenant column, every catalog field, ``_version``, ``_is_deleted``."""
+    """Qualified model name -> tenant column, every catalog field (for an event model then its
+    property key and value arrays), ``_version``, ``_is_deleted``."""
     keys: Mapping[str, tuple[str, ...]]
     """Qualified model name -> the columns identifying a row: tenant column, then primary key."""
     fingerprint: str
@@ -245,6 +123,7 @@ def dataset_fingerprint(
     tenants: Sequence[str] = DEMO_TENANTS,
     start: dt.datetime = DEFAULT_START,
     end: dt.datetime = DEFAULT_END,
+    events: int | None = None,
 ) -> str:
     """A short digest naming the dataset these parameters generate, without generating it.
 
@@ -254,6 +133,7 @@ def dataset_fingerprint(
         "generator": GENERATOR_VERSION,
         "seed": seed,
         "rows": rows,
+        "events": _event_count(rows, events),
         "tenants": list(tenants),
         "start": start.isoformat(),
         "end": end.isoformat(),
@@ -267,6 +147,8 @@ def dataset_fingerprint(
                     [f.name, f.type.value, f.nullable, f.precision, f.scale]
                     for f in model.fields.values()
                 ],
+                model.kind.value,
+                None if model.events is None else dataclasses.asdict(model.events),
             ]
             for model in catalog.models.values()
         },
@@ -283,17 +165,23 @@ def generate_dataset(
     tenants: Sequence[str] = DEMO_TENANTS,
     start: dt.datetime = DEFAULT_START,
     end: dt.datetime = DEFAULT_END,
+    events: int | None = None,
 ) -> DemoDataset:
     """Generate the demo history for the catalog's models.
 
-    ``rows`` is the number of current rows (latest versions that are not tombstones) across all
-    models, split by ``MODEL_SHARES``; older versions and tombstones come on top. Models of the
-    catalog the generator does not know get an empty table. Raises DemoError for bad parameters
-    or a catalog whose required fields the generator cannot fill.
+    ``rows`` is the number of current rows (latest versions that are not tombstones) across the
+    CDC models, split by ``MODEL_SHARES``; older versions and tombstones come on top. ``events``
+    is the number of product events, about, split evenly over the catalog's event models;
+    None means ``EVENTS_PER_ROW`` per row (3.6 M for the default rows). Events are about live
+    contacts, so there are none without contacts. Models of the catalog the generator does not
+    know get an empty table. Raises DemoError for bad parameters or a catalog whose required
+    fields the generator cannot fill.
     """
     tenants = tuple(tenants)
     if rows < 0:
         raise DemoError("rows must not be negative")
+    if events is not None and events < 0:
+        raise DemoError("events must not be negative")
     if not tenants or len(set(tenants)) != len(tenants) or not all(tenants):
         raise DemoError("tenants must be distinct non-empty names")
     if start.tzinfo is None or end.tzinfo is None or end - start < dt.timedelta(days=1):
@@ -315,15 +203,35 @@ def generate_dataset(
     }
     tables: dict[str, pa.Table] = {}
     keys: dict[str, tuple[str, ...]] = {}
+    gone_contacts = np.zeros(len(contacts.ids), bool)
     for model in catalog.models.values():
         name = model.qualified_name
         keys[name] = (model.tenant_column, *model.primary_key)
-        if name in generated:
-            tables[name] = _with_history(model, generated[name], world, rngs[name])
+        if name in generated and model.events is None:
+            tables[name], tombstoned = _with_history(model, generated[name], world, rngs[name])
+            if name == "crm.contacts":
+                gone_contacts[tombstoned] = True
         else:
             tables[name] = _schema(model).empty_table()
+
+    live = np.flatnonzero(~gone_contacts)
+    pool = ContactPool(
+        contacts.tenant[live],
+        contacts.ids[live],
+        contacts.created[live],
+        contacts.columns["country"].take(pa.array(live)),
+    )
+    event_models = catalog.event_models()
+    for index, model in enumerate(event_models):
+        count = _event_count(rows, events) // len(event_models)
+        # Streams of their own, after the CDC models': the CDC rows do not depend on events.
+        rng = np.random.default_rng([seed, len(MODEL_SHARES) + index])
+        columns = generate_events(
+            model, pool, tenants=tenants, start=clock.start, end=clock.end, count=count, rng=rng
+        )
+        tables[model.qualified_name] = _event_table(model, columns)
     fingerprint = dataset_fingerprint(
-        catalog, seed=seed, rows=rows, tenants=tenants, start=start, end=end
+        catalog, seed=seed, rows=rows, tenants=tenants, start=start, end=end, events=events
     )
     return DemoDataset(tables, keys, fingerprint, start, end)
 
@@ -361,9 +269,9 @@ class _Clock:
 
     def sample(self, rng: np.random.Generator, count: int) -> Array:
         """Sorted moments with growth, weekly and daily seasonality."""
-        hours = max((self.end - self.start) // _HOUR, 1)
+        hours = max((self.end - self.start) // HOUR, 1)
         index = np.arange(hours)
-        absolute_hour = self.start // _HOUR + index
+        absolute_hour = self.start // HOUR + index
         # 1970-01-01 was a Thursday: shift so that 0 is Monday.
         weekday = (absolute_hour // 24 + 3) % 7
         hour_of_day = absolute_hour % 24
@@ -374,7 +282,7 @@ class _Clock:
         )
         weight = _GROWTH ** (index / hours) * _WEEKDAY_WEIGHTS[weekday] * daily
         chosen = rng.choice(hours, size=count, p=weight / weight.sum())
-        offsets = chosen * _HOUR + rng.integers(0, _HOUR, size=count)
+        offsets = chosen * HOUR + rng.integers(0, HOUR, size=count)
         moments: Array = np.minimum(self.start + offsets, self.end - 1)
         moments.sort()
         return moments
@@ -428,6 +336,10 @@ class _Generated:
     """Given key positions, the columns that differ in an older version of those keys."""
 
 
+def _event_count(rows: int, events: int | None) -> int:
+    return round(rows * EVENTS_PER_ROW) if events is None else events
+
+
 def _split(rows: int) -> dict[str, int]:
     sizes = {name: round(rows * share) for name, share in MODEL_SHARES.items()}
     largest = max(sizes, key=lambda name: sizes[name])
@@ -460,35 +372,35 @@ def _contacts(world: _World, rng: np.random.Generator, current: int) -> _Generat
     score_missing = rng.random(count) < 0.18
     score = np.round(rng.beta(2.2, 3.5, size=count) * 100, 1)
     subscribed = rng.random(count) < np.where(status == 3, 0.2, 0.65)
-    updated = clock.after(rng, created, 25 * _DAY)
+    updated = clock.after(rng, created, 25 * DAY)
     deleted, updated = _soft_delete(rng, clock, updated)
     email = pc.utf8_lower(
         pc.binary_join_element_wise(
-            _pick(rng, _FIRST_NAMES, count),
+            _pick(rng, FIRST_NAMES, count),
             ".",
-            _pick(rng, _LAST_NAMES, count),
+            _pick(rng, LAST_NAMES, count),
             pc.cast(pa.array(ids), pa.string()),
             "@",
-            _pick(rng, _DOMAINS, count),
+            _pick(rng, EMAIL_DOMAINS, count),
             "",
         )
     )
     columns = {
         "id": pa.array(ids),
-        "email": _hostile(rng, email, tenant, ids, _HOSTILE_EMAILS),
-        "status": _category(_CONTACT_STATUSES, status),
-        "country": _category(_COUNTRIES, _weighted(rng, _COUNTRY_WEIGHTS, count)),
-        "lead_source": _category(
+        "email": _hostile(rng, email, tenant, ids, HOSTILE_EMAILS),
+        "status": category_array(_CONTACT_STATUSES, status),
+        "country": category_array(COUNTRIES, _weighted(rng, COUNTRY_WEIGHTS, count)),
+        "lead_source": category_array(
             _LEAD_SOURCES,
             rng.choice(len(_LEAD_SOURCES), size=count, p=[0.34, 0.2, 0.18, 0.1, 0.1, 0.08]),
             rng.random(count) < 0.12,
         ),
-        "lifetime_value": _decimal(value),
+        "lifetime_value": decimal_array(value),
         "score": pa.array(score, mask=score_missing),
         "is_subscribed": pa.array(subscribed),
-        "created_at": _timestamp(created),
-        "updated_at": _timestamp(updated),
-        "deleted_at": _timestamp(deleted, deleted < 0),
+        "created_at": timestamp_array(created),
+        "updated_at": timestamp_array(updated),
+        "deleted_at": timestamp_array(deleted, deleted < 0),
     }
 
     def revise(key: Array, rng: np.random.Generator) -> dict[str, pa.Array]:
@@ -496,10 +408,10 @@ def _contacts(world: _World, rng: np.random.Generator, current: int) -> _Generat
         rows = len(key)
         earlier_score = np.round(np.maximum(score[key] - rng.uniform(5, 20, rows), 0), 1)
         return {
-            "status": _category(_CONTACT_STATUSES, np.zeros(rows, np.int64)),
-            "lifetime_value": _decimal(np.round(value[key] * rng.uniform(0.3, 0.9, rows))),
+            "status": category_array(_CONTACT_STATUSES, np.zeros(rows, np.int64)),
+            "lifetime_value": decimal_array(np.round(value[key] * rng.uniform(0.3, 0.9, rows))),
             "score": pa.array(earlier_score, mask=score_missing[key]),
-            "deleted_at": _timestamp(np.zeros(rows), np.ones(rows, bool)),
+            "deleted_at": timestamp_array(np.zeros(rows), np.ones(rows, bool)),
         }
 
     return _Generated(tenant, ids, created, updated, tombstones, columns, revise)
@@ -509,7 +421,7 @@ def _deals(world: _World, rng: np.random.Generator, current: int, parents: _Pare
     count, tombstones, tenant, created, ids = _keys(world, rng, current)
     clock = world.clock
     age = (clock.end - created).astype(np.float64)
-    closed = rng.random(count) < 1 - np.exp(-age / (75 * _DAY))
+    closed = rng.random(count) < 1 - np.exp(-age / (75 * DAY))
     won = rng.random(count) < 0.37
     stage = np.where(
         closed,
@@ -523,33 +435,33 @@ def _deals(world: _World, rng: np.random.Generator, current: int, parents: _Pare
     closed_at = clock.between(created, rng.beta(1.6, 3.0, size=count))
     updated = np.where(
         closed,
-        clock.after(rng, closed_at, 0.5 * _DAY),
-        clock.after(rng, created, 12 * _DAY),
+        clock.after(rng, closed_at, 0.5 * DAY),
+        clock.after(rng, created, 12 * DAY),
     )
     deleted, updated = _soft_delete(rng, clock, updated)
-    expected_close = created // _DAY + rng.integers(21, 150, size=count)
+    expected_close = created // DAY + rng.integers(21, 150, size=count)
     amount = np.round(rng.lognormal(np.log(14_000), 1.05, size=count) * 100).astype(np.int64)
     title = pc.binary_join_element_wise(
-        _pick(rng, _COMPANIES, count),
+        _pick(rng, COMPANIES, count),
         " \u2013 ",
-        _pick(rng, _PRODUCTS, count),
-        _pick(rng, _TITLE_SUFFIXES, count),
+        _pick(rng, PRODUCTS, count),
+        _pick(rng, TITLE_SUFFIXES, count),
         "",
     )
     columns = {
         "id": pa.array(ids),
         "contact_id": pa.array(_pick_parents(rng, tenant, created, parents)),
         "owner_id": pa.array(_owners(rng, world, tenant)),
-        "title": _hostile(rng, title, tenant, ids, _HOSTILE_TITLES),
-        "stage": _category(_DEAL_STAGES, stage),
-        "amount": _decimal(amount),
-        "currency": _category(_CURRENCIES, _weighted(rng, _CURRENCY_WEIGHTS, count)),
+        "title": _hostile(rng, title, tenant, ids, HOSTILE_TITLES),
+        "stage": category_array(_DEAL_STAGES, stage),
+        "amount": decimal_array(amount),
+        "currency": category_array(_CURRENCIES, _weighted(rng, _CURRENCY_WEIGHTS, count)),
         "probability": pa.array(probability.astype(np.float64)),
-        "created_at": _timestamp(created),
-        "closed_at": _timestamp(closed_at, ~closed),
-        "expected_close_date": _date(expected_close, rng.random(count) < 0.15),
-        "updated_at": _timestamp(updated),
-        "deleted_at": _timestamp(deleted, deleted < 0),
+        "created_at": timestamp_array(created),
+        "closed_at": timestamp_array(closed_at, ~closed),
+        "expected_close_date": date_array(expected_close, rng.random(count) < 0.15),
+        "updated_at": timestamp_array(updated),
+        "deleted_at": timestamp_array(deleted, deleted < 0),
     }
 
     def revise(key: Array, rng: np.random.Generator) -> dict[str, pa.Array]:
@@ -562,11 +474,11 @@ def _deals(world: _World, rng: np.random.Generator, current: int, parents: _Pare
             (rng.random(rows) * later).astype(np.int64),
         )
         return {
-            "stage": _category(_DEAL_STAGES, earlier),
+            "stage": category_array(_DEAL_STAGES, earlier),
             "probability": pa.array(_STAGE_PROBABILITY[earlier]),
-            "amount": _decimal(np.round(amount[key] * rng.uniform(0.6, 1.25, rows))),
-            "closed_at": _timestamp(np.zeros(rows), np.ones(rows, bool)),
-            "deleted_at": _timestamp(np.zeros(rows), np.ones(rows, bool)),
+            "amount": decimal_array(np.round(amount[key] * rng.uniform(0.6, 1.25, rows))),
+            "closed_at": timestamp_array(np.zeros(rows), np.ones(rows, bool)),
+            "deleted_at": timestamp_array(np.zeros(rows), np.ones(rows, bool)),
         }
 
     return _Generated(tenant, ids, created, updated, tombstones, columns, revise)
@@ -578,30 +490,30 @@ def _invoices(
     count, tombstones, tenant, issued, ids = _keys(world, rng, current)
     clock = world.clock
     age = (clock.end - issued).astype(np.float64)
-    due = issued // _DAY + rng.choice(np.array([14, 30, 30, 45, 60]), size=count)
+    due = issued // DAY + rng.choice(np.array([14, 30, 30, 45, 60]), size=count)
     void = rng.random(count) < 0.03
-    paid = ~void & (rng.random(count) < 1 - np.exp(-age / (18 * _DAY)))
-    draft = ~void & ~paid & (age < 3 * _DAY) & (rng.random(count) < 0.5)
-    overdue = ~void & ~paid & ~draft & (due < clock.end // _DAY)
+    paid = ~void & (rng.random(count) < 1 - np.exp(-age / (18 * DAY)))
+    draft = ~void & ~paid & (age < 3 * DAY) & (rng.random(count) < 0.5)
+    overdue = ~void & ~paid & ~draft & (due < clock.end // DAY)
     status = np.select([draft, paid, overdue, void], [0, 2, 3, 4], default=1)
-    paid_at = clock.after(rng, issued, 10 * _DAY)
+    paid_at = clock.after(rng, issued, 10 * DAY)
     updated = np.where(
         paid,
         paid_at,
-        np.where(void, clock.after(rng, issued, 5 * _DAY), clock.after(rng, issued, 0.3 * _DAY)),
+        np.where(void, clock.after(rng, issued, 5 * DAY), clock.after(rng, issued, 0.3 * DAY)),
     )
     total = np.round(rng.lognormal(np.log(1_200), 0.95, size=count) * 100).astype(np.int64)
     columns = {
         "id": pa.array(ids),
         "customer_id": pa.array(_pick_parents(rng, tenant, issued, parents)),
-        "external_ref": _uuids(rng, count),
-        "status": _category(_INVOICE_STATUSES, status),
-        "total": _decimal(total),
-        "currency": _category(_CURRENCIES, _weighted(rng, _CURRENCY_WEIGHTS, count)),
-        "issued_at": _timestamp(issued),
-        "due_date": _date(due),
-        "paid_at": _timestamp(paid_at, ~paid),
-        "updated_at": _timestamp(updated),
+        "external_ref": uuid_array(rng, count),
+        "status": category_array(_INVOICE_STATUSES, status),
+        "total": decimal_array(total),
+        "currency": category_array(_CURRENCIES, _weighted(rng, _CURRENCY_WEIGHTS, count)),
+        "issued_at": timestamp_array(issued),
+        "due_date": date_array(due),
+        "paid_at": timestamp_array(paid_at, ~paid),
+        "updated_at": timestamp_array(updated),
     }
 
     def revise(key: Array, rng: np.random.Generator) -> dict[str, pa.Array]:
@@ -609,9 +521,9 @@ def _invoices(
         # total was corrected since.
         rows = len(key)
         return {
-            "status": _category(_INVOICE_STATUSES, np.where(status[key] >= 2, 1, 0)),
-            "total": _decimal(np.round(total[key] * rng.uniform(0.85, 1.15, rows))),
-            "paid_at": _timestamp(np.zeros(rows), np.ones(rows, bool)),
+            "status": category_array(_INVOICE_STATUSES, np.where(status[key] >= 2, 1, 0)),
+            "total": decimal_array(np.round(total[key] * rng.uniform(0.85, 1.15, rows))),
+            "paid_at": timestamp_array(np.zeros(rows), np.ones(rows, bool)),
         }
 
     return _Generated(tenant, ids, issued, updated, tombstones, columns, revise)
@@ -619,8 +531,11 @@ def _invoices(
 
 def _with_history(
     model: Model, generated: _Generated, world: _World, rng: np.random.Generator
-) -> pa.Table:
-    """Latest versions plus older versions and tombstones, in the order a CDC log has them."""
+) -> tuple[pa.Table, Array]:
+    """Latest versions plus older versions and tombstones, in the order a CDC log has them.
+
+    Also the positions of the keys that end with a tombstone.
+    """
     count = len(generated.ids)
     clock = world.clock
     latest_version = generated.updated.astype(np.uint64) * 4 + 2
@@ -639,7 +554,7 @@ def _with_history(
     key, ordinal, older_updated = key[order], ordinal[order], older_updated[order]
     older = latest.take(pa.array(key))
     replacements = generated.revise(key, rng)
-    replacements["updated_at"] = _timestamp(older_updated)
+    replacements["updated_at"] = timestamp_array(older_updated)
     replacements[VERSION_COLUMN] = pa.array(
         older_updated.astype(np.uint64) * 4 + ordinal.astype(np.uint64)
     )
@@ -655,12 +570,17 @@ def _with_history(
             DELETED_COLUMN: pa.array(np.ones(len(tombstoned), np.uint8)),
         },
     )
-    return pa.concat_tables([older, latest, tombstones])
+    return pa.concat_tables([older, latest, tombstones]), tombstoned
 
 
 def _schema(model: Model) -> pa.Schema:
     fields = [pa.field(model.tenant_column, pa.string(), nullable=False)]
     fields += [pa.field(s.name, arrow_type(s), nullable=s.nullable) for s in model.fields.values()]
+    if model.events is not None:
+        fields += [
+            pa.field(model.events.key_column, _PROPERTY_LIST, nullable=False),
+            pa.field(model.events.value_column, _PROPERTY_LIST, nullable=False),
+        ]
     fields += [
         pa.field(VERSION_COLUMN, pa.uint64(), nullable=False),
         pa.field(DELETED_COLUMN, pa.uint8(), nullable=False),
@@ -673,23 +593,57 @@ def _to_table(
 ) -> pa.Table:
     """The catalog's columns in its order and types; fields the generator lacks must be nullable."""
     count = len(generated.ids)
-    arrays = [_category(world.tenants, generated.tenant)]
-    for spec in model.fields.values():
-        target = arrow_type(spec)
-        array = generated.columns.get(spec.name)
-        if array is None:
-            if not spec.nullable:
-                raise DemoError(
-                    f"the demo generator has no values for {model.qualified_name}.{spec.name}"
-                )
-            array = pa.nulls(count, target)
-        elif array.type != target:
-            array = array.cast(target)
-        if not spec.nullable and array.null_count:
-            raise DemoError(f"{model.qualified_name}.{spec.name} is not nullable in the catalog")
-        arrays.append(array)
+    arrays = [category_array(world.tenants, generated.tenant)]
+    arrays += [
+        _field_array(model, spec.name, generated.columns.get(spec.name), count)
+        for spec in model.fields.values()
+    ]
     arrays += [pa.array(version), pa.array(deleted)]
     return pa.Table.from_arrays(arrays, schema=_schema(model))
+
+
+def _event_table(model: Model, columns: Mapping[str, pa.Array]) -> pa.Table:
+    """Generated events in the catalog's columns: fields it does not know must be nullable.
+
+    Every event is written once: version 1, never deleted.
+    """
+    roles = model.events
+    if roles is None:
+        raise ValueError(f"{model.qualified_name} is not an event model")
+    if model.fields[roles.actor].type is FieldType.UUID:
+        raise DemoError(
+            f"{model.qualified_name}.{roles.actor}: the demo's actors are contact ids, not UUIDs"
+        )
+    count = len(columns[model.tenant_column])
+    arrays = [columns[model.tenant_column]]
+    arrays += [_field_array(model, name, columns.get(name), count) for name in model.fields]
+    arrays += [
+        columns[roles.key_column],
+        columns[roles.value_column],
+        pa.array(np.ones(count, np.uint64)),
+        pa.array(np.zeros(count, np.uint8)),
+    ]
+    return pa.Table.from_arrays(arrays, schema=_schema(model))
+
+
+def _field_array(model: Model, name: str, array: pa.Array | None, count: int) -> pa.Array:
+    """``array`` in the field's type, or nulls if the generator has none; DemoError if it can't."""
+    spec = model.fields[name]
+    target = arrow_type(spec)
+    if array is None:
+        if not spec.nullable:
+            raise DemoError(f"the demo generator has no values for {model.qualified_name}.{name}")
+        return pa.nulls(count, target)
+    if array.type != target:
+        try:
+            array = array.cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise DemoError(
+                f"{model.qualified_name}.{name}: the demo's {array.type} values are no {target}"
+            ) from exc
+    if not spec.nullable and array.null_count:
+        raise DemoError(f"{model.qualified_name}.{name} is not nullable in the catalog")
+    return array
 
 
 def _replace(table: pa.Table, columns: Mapping[str, pa.Array]) -> pa.Table:
@@ -772,7 +726,7 @@ def _hostile(
 
 
 def _pick(rng: np.random.Generator, choices: Sequence[str], count: int) -> pa.Array:
-    return _category(choices, rng.integers(0, len(choices), size=count))
+    return category_array(choices, rng.integers(0, len(choices), size=count))
 
 
 def _weighted(rng: np.random.Generator, weights: Sequence[float], count: int) -> Array:
@@ -780,48 +734,6 @@ def _weighted(rng: np.random.Generator, weights: Sequence[float], count: int) ->
     return rng.choice(len(weights), size=count, p=probabilities / probabilities.sum())
 
 
-def _category(values: Sequence[str], index: Array, missing: Array | None = None) -> pa.Array:
-    indices = pa.array(index.astype(np.int32), mask=missing)
-    return pa.DictionaryArray.from_arrays(
-        indices, pa.array(list(values), pa.string())
-    ).dictionary_decode()
-
-
-def _decimal(units: Array, scale: int = 2) -> pa.Array:
-    """Decimal(18, scale) values from integers counting units of 10**-scale, built bit-exactly."""
-    units = units.astype(np.int64)
-    words = np.empty((len(units), 2), np.int64)
-    words[:, 0] = units
-    words[:, 1] = units >> 63  # two's complement sign extension to 128 bits
-    return pa.Array.from_buffers(pa.decimal128(18, scale), len(units), [None, pa.py_buffer(words)])
-
-
-def _timestamp(moments: Array, missing: Array | None = None) -> pa.Array:
-    return pa.array(moments.astype(np.int64), type=pa.timestamp("us", tz="UTC"), mask=missing)
-
-
-def _date(days: Array, missing: Array | None = None) -> pa.Array:
-    return pa.array(days.astype(np.int32), type=pa.date32(), mask=missing)
-
-
-def _uuids(rng: np.random.Generator, count: int) -> pa.Array:
-    """Random version-4 UUIDs in canonical text, built as one byte buffer."""
-    raw = rng.integers(0, 256, size=(count, 16), dtype=np.uint8)
-    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
-    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
-    digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-    hexed = np.empty((count, 32), np.uint8)
-    hexed[:, 0::2] = digits[raw >> 4]
-    hexed[:, 1::2] = digits[raw & 0x0F]
-    text = np.full((count, 36), ord("-"), np.uint8)
-    for start, end, source in ((0, 8, 0), (9, 13, 8), (14, 18, 12), (19, 23, 16), (24, 36, 20)):
-        text[:, start:end] = hexed[:, source : source + end - start]
-    offsets = np.arange(0, 36 * (count + 1), 36, dtype=np.int32)
-    return pa.Array.from_buffers(
-        pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(text.tobytes())]
-    )
-
-
 def _to_us(moment: dt.datetime) -> int:
     delta = moment.astimezone(dt.UTC) - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * _SECOND + delta.microseconds
+    return (delta.days * 86_400 + delta.seconds) * SECOND + delta.microseconds

@@ -87,7 +87,7 @@ async def load_dataset(
                     progress(model.qualified_name, written, total)
         elif progress is not None:
             progress(model.qualified_name, 0, 0)
-        completed.append((model.table, _complete_up_to(data)))
+        completed.append((model.table, _complete_up_to(model, data)))
 
     now = _now()
     await backend.insert_arrow(
@@ -135,28 +135,38 @@ async def ensure_demo_loaded(
     tenants: Sequence[str] = DEMO_TENANTS,
     start: dt.datetime = DEFAULT_START,
     end: dt.datetime = DEFAULT_END,
+    events: int | None = None,
     progress: Progress | None = None,
 ) -> bool:
-    """Generate and load the demo dataset unless exactly that one is loaded; True if it loaded."""
+    """Generate and load the demo dataset unless exactly that one is loaded; True if it loaded.
+
+    The parameters are ``generate_dataset``'s.
+    """
     fingerprint = dataset_fingerprint(
-        catalog, seed=seed, rows=rows, tenants=tenants, start=start, end=end
+        catalog, seed=seed, rows=rows, tenants=tenants, start=start, end=end, events=events
     )
     if await dataset_fingerprint_loaded(backend, catalog, fingerprint):
         return False
-    dataset = generate_dataset(catalog, seed=seed, rows=rows, tenants=tenants, start=start, end=end)
+    dataset = generate_dataset(
+        catalog, seed=seed, rows=rows, tenants=tenants, start=start, end=end, events=events
+    )
     await load_dataset(backend, catalog, dataset, progress)
     return True
 
 
 def _columns(model: Model) -> list[str]:
-    return [model.tenant_column, *model.fields, VERSION_COLUMN, DELETED_COLUMN]
+    columns = [model.tenant_column, *model.fields]
+    if model.events is not None:
+        columns += [model.events.key_column, model.events.value_column]
+    return [*columns, VERSION_COLUMN, DELETED_COLUMN]
 
 
-def _complete_up_to(data: pa.Table | None) -> dt.datetime:
-    """The newest ``updated_at`` of the data: the source time it is complete up to."""
-    if data is None or not data.num_rows or "updated_at" not in data.column_names:
+def _complete_up_to(model: Model, data: pa.Table | None) -> dt.datetime:
+    """The source time the data is complete up to: its newest ``updated_at``, or event time."""
+    column = "updated_at" if model.events is None else model.events.timestamp
+    if data is None or not data.num_rows or column not in data.column_names:
         return _now()
-    newest = pc.max(data.column("updated_at")).as_py()
+    newest = pc.max(data.column(column)).as_py()
     return newest if isinstance(newest, dt.datetime) else _now()
 
 

@@ -151,7 +151,7 @@ def aggregate_cases(catalog: Catalog) -> list[Any]:
     """Every aggregate on every field it applies to, ungrouped and grouped."""
     cases = []
     groups = {CONTACTS: "country", DEALS: "currency", INVOICES: "currency"}
-    for model in catalog.models.values():
+    for model in catalog.replicated_models():
         for spec in model.fields.values():
             metrics: list[tuple[str, ...]] = [("count", spec.name), ("count_distinct", spec.name)]
             if spec.type.is_numeric:
@@ -706,6 +706,34 @@ async def test_last_sync_at_is_the_newest_update(loaded: Loaded) -> None:
         newest = pc.max(data.column("updated_at")).as_py()
         moment = await loaded.backend.last_sync_at(loaded.catalog.database, model.table)
         assert moment == newest
+
+
+async def test_events_load_with_their_properties_and_event_time(loaded: Loaded) -> None:
+    model = loaded.catalog.models[("product", "events")]
+    assert model.events is not None
+    data = loaded.dataset.tables[model.qualified_name]
+    assert data.num_rows > 0
+    newest = pc.max(data.column(model.events.timestamp)).as_py()
+    moment = await loaded.backend.last_sync_at(loaded.catalog.database, model.table)
+    assert moment == newest
+    mine = data.filter(pc.equal(data.column(model.tenant_column), TENANT))
+    keys, values = model.events.key_column, model.events.value_column
+    rows = await loaded.backend.query_rows(
+        f"SELECT count() AS n, sum(length(`{keys}`)) AS pairs, "
+        f"countIf(length(`{keys}`) != length(`{values}`)) AS ragged, "
+        "uniqExact(event_id) AS ids "
+        f"FROM `{loaded.catalog.database}`.`{model.table}` FINAL "
+        "WHERE tenant_id = {tenant:String}",
+        {"tenant": TENANT},
+    )
+    assert rows == [
+        {
+            "n": mine.num_rows,
+            "pairs": pc.sum(pc.list_value_length(mine.column(keys))).as_py(),
+            "ragged": 0,
+            "ids": mine.num_rows,
+        }
+    ]
 
 
 async def test_load_reports_progress_and_is_recorded(loaded: Loaded) -> None:

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pytest
 
 from service.catalog import Catalog, FieldSpec, FieldType
+from service.demo.events import EVENTS_PER_ROW
 from service.demo.generator import (
     DELETED_COLUMN,
     DEMO_TENANTS,
@@ -29,6 +30,7 @@ from service.demo.generator import (
 from service.schema import arrow_type
 
 CONTACTS, DEALS, INVOICES = "crm.contacts", "crm.deals", "billing.invoices"
+EVENTS = "product.events"
 Current = dict[str, list[dict[str, Any]]]
 UUID_V4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -40,14 +42,17 @@ def dataset(catalog: Catalog) -> DemoDataset:
 
 @pytest.fixture(scope="module")
 def current(dataset: DemoDataset) -> Current:
-    return {name: current_rows(dataset, name) for name in dataset.tables}
+    # The CDC models; tests/unit/test_demo_events.py checks the events.
+    return {name: current_rows(dataset, name) for name in MODEL_SHARES}
 
 
 def test_same_seed_same_data(catalog: Catalog) -> None:
     first = generate_dataset(catalog, seed=5, rows=5_000)
     second = generate_dataset(catalog, seed=5, rows=5_000)
     other = generate_dataset(catalog, seed=6, rows=5_000)
+    assert set(first.tables) == {*MODEL_SHARES, EVENTS}
     for name in first.tables:
+        assert first.tables[name].num_rows > 0, name
         assert first.tables[name].equals(second.tables[name])
         assert not first.tables[name].equals(other.tables[name])
     assert first.fingerprint == second.fingerprint != other.fingerprint
@@ -58,13 +63,16 @@ def test_fingerprint_names_parameters_and_models(catalog: Catalog) -> None:
     assert base == generate_dataset(catalog, seed=1, rows=10).fingerprint
     assert base != dataset_fingerprint(catalog, seed=1, rows=11)
     assert base != dataset_fingerprint(catalog, seed=1, rows=10, tenants=("acme",))
+    # The default event count is part of it, whether given or not.
+    assert base == dataset_fingerprint(catalog, seed=1, rows=10, events=10 * EVENTS_PER_ROW)
+    assert base != dataset_fingerprint(catalog, seed=1, rows=10, events=7)
     # Another database holds the same data; another field does not.
     assert base == dataset_fingerprint(dataclasses.replace(catalog, database="x"), seed=1, rows=10)
     assert base != dataset_fingerprint(_with_field(catalog, "note", nullable=True), seed=1, rows=10)
 
 
 def test_current_rows_add_up_to_the_requested_size(current: Current) -> None:
-    assert sum(len(rows) for rows in current.values()) == 60_000
+    assert sum(len(current[name]) for name in MODEL_SHARES) == 60_000
     for name, share in MODEL_SHARES.items():
         assert len(current[name]) == pytest.approx(60_000 * share, abs=1)
 
@@ -72,9 +80,16 @@ def test_current_rows_add_up_to_the_requested_size(current: Current) -> None:
 def test_columns_follow_the_catalog(catalog: Catalog, dataset: DemoDataset) -> None:
     for model in catalog.models.values():
         table = dataset.tables[model.qualified_name]
+        properties = []
+        if model.events is not None:
+            properties = [model.events.key_column, model.events.value_column]
+            for name in properties:
+                assert table.schema.field(name).type == pa.list_(pa.string())
+                assert table.column(name).null_count == 0
         assert table.column_names == [
             model.tenant_column,
             *model.fields,
+            *properties,
             VERSION_COLUMN,
             DELETED_COLUMN,
         ]
@@ -267,13 +282,15 @@ def test_tiny_and_empty_datasets(catalog: Catalog) -> None:
     empty = generate_dataset(catalog, rows=0)
     assert all(table.num_rows == 0 for table in empty.tables.values())
     tiny = generate_dataset(catalog, rows=7, tenants=("solo",))
-    assert sum(len(current_rows(tiny, name)) for name in tiny.tables) == 7
+    assert sum(len(current_rows(tiny, name)) for name in MODEL_SHARES) == 7
+    assert tiny.tables[EVENTS].num_rows > 0
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [
         {"rows": -1},
+        {"events": -1},
         {"tenants": ()},
         {"tenants": ("a", "a")},
         {"tenants": ("",)},
@@ -308,6 +325,7 @@ def test_full_size_generation_is_fast(catalog: Catalog) -> None:
     full = generate_dataset(catalog)
     elapsed = time.perf_counter() - started
     assert full.row_count() > 1_200_000
+    assert 3_000_000 < full.tables[EVENTS].num_rows < 5_000_000
     assert elapsed < 15, elapsed
 
 
