@@ -258,6 +258,8 @@ class RestServer:
                     f"{ingestion.max_request_events} (split the batch)",
                     "TOO_MANY_EVENTS",
                 )
+            # Events that could not even be read are refused as much as invalid ones.
+            ingestion.count_rejected(model, unreadable)
             submitted = ingestion.submit(principal.tenant, model, events, source="body")
             rejected = sorted(
                 [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from service import audit
@@ -21,6 +21,9 @@ from service.events.columnar import EventBatch, validate_batch
 from service.events.sink import EventSink
 from service.events.validation import EventLimits, RawEvent, Rejection
 from service.query.compiler import resolve_model
+
+_EVENT_FIELDS = frozenset({"eventId", "event", "actor", "timestamp", "properties"})
+"""The fields of an event in its JSON naming, as rejections name them."""
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,16 @@ class EventIngestion:
             limits=self._limits,
             first_index=first_index,
         )
-        for rejection in rejected:
-            self.sink.metrics.rejected.labels(model.qualified_name, _metric_field(rejection)).inc()
+        self.count_rejected(model, rejected)
         written = self.sink.submit(columns)
         return Submitted(written, len(columns), rejected)
+
+    def count_rejected(self, model: Model, rejected: Iterable[Rejection]) -> None:
+        """Count refused events in the sink's metrics (also those a transport could not read)."""
+        for rejection in rejected:
+            self.sink.metrics.rejected.labels(
+                model.qualified_name, _metric_field(model, rejection)
+            ).inc()
 
 
 def all_rejected(rejected: Sequence[Rejection], source: str = "events") -> AnalyticsError:
@@ -143,8 +152,12 @@ def audit_ingest(
     )
 
 
-def _metric_field(rejection: Rejection) -> str:
-    # Free-form property keys would make the label unbounded; declared fields are few.
-    if rejection.field.startswith("properties.") and rejection.field.count(".") == 1:
-        return rejection.field
-    return rejection.field.split(".", 1)[0]
+def _metric_field(model: Model, rejection: Rejection) -> str:
+    # Labels must stay few: the event's fields and declared properties keep their names, but
+    # a free-form property key or an unknown key of a JSON event is the caller's text and
+    # would make the label unbounded, so they count as "properties" and "json".
+    field = rejection.field
+    key = field.removeprefix("properties.")
+    if key != field:
+        return field if key in model.fields else "properties"
+    return field if field in _EVENT_FIELDS else "json"

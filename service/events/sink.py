@@ -161,9 +161,6 @@ class EventSink:
             finally:
                 self._writing_events = 0
                 self.metrics.buffered.set(self.buffered)
-            # Only now: written events must not count against the capacity (nor show in the
-            # gauge) while the sync state is recorded, after their callers were answered.
-            await self._write_sync_state(force=False)
 
     async def _wait_for_events(self) -> None:
         """Idle: wait for events, writing owed sync state when it falls due."""
@@ -211,18 +208,23 @@ class EventSink:
             return
         finished = time.perf_counter()
         completed_at = self._clock()
+        for table in by_table:
+            self._sync_owed[table] = completed_at
+        # Recorded (when due) before the callers are answered: an acknowledgement never finds
+        # lastSyncAt unset or more than an interval behind, and acknowledged events are no
+        # longer counted as buffered (against the capacity) while the record is written.
+        await self._write_sync_state(force=False)
+        answered = time.perf_counter()
         for held in batch:
             if not held.future.done():
                 held.future.set_result(None)
-            self.metrics.acknowledge_seconds.observe(finished - held.entered)
+            self.metrics.acknowledge_seconds.observe(answered - held.entered)
             self.metrics.written.labels(held.columns.model.qualified_name).inc(len(held.columns))
         self.metrics.flush_events.observe(events)
         self.metrics.flush_seconds.observe(finished - started)
         # The write rate (events per second of flushing) sizes the retry delay of a full buffer.
         current = events / max(finished - started, 1e-6)
         self._rate = current if not self._rate else 0.8 * self._rate + 0.2 * current
-        for table in by_table:
-            self._sync_owed[table] = completed_at
 
     async def _write_sync_state(self, *, force: bool) -> None:
         now = time.perf_counter()
