@@ -2,6 +2,9 @@
 
 It runs against the engine the settings select. The embedded engine can be opened by one
 process only: while ``analytics serve`` runs on it, use ``SyncService.StartBackfill`` instead.
+
+The backfill machinery is imported when a backfill starts, not with the command line: every
+``analytics`` command builds this parser, and ``analytics worker`` must start fast.
 """
 
 from __future__ import annotations
@@ -11,10 +14,10 @@ import asyncio
 import sys
 from contextlib import aclosing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cdc_worker.backfill import BackfillRunner
-from service.api.server import open_backend
 from service.backends.base import AnalyticsBackend
+from service.backends.selection import open_backend
 from service.backfill_jobs import (
     DEFAULT_BATCH_ROWS,
     DEFAULT_PARALLELISM,
@@ -27,6 +30,9 @@ from service.catalog import Catalog, load_catalog
 from service.errors import AnalyticsError
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from cdc_worker.backfill import BackfillRunner
+
 _BAR_WIDTH = 25
 
 
@@ -34,6 +40,8 @@ def backfill_launchers(settings: Settings) -> BackfillLauncherFactory:
     """What ``serve`` gives its SyncService: a runner reading ``source_database_url``."""
 
     def launcher(catalog: Catalog, backend: AnalyticsBackend) -> BackfillRunner:
+        from cdc_worker.backfill import BackfillRunner  # noqa: PLC0415 (see module docstring)
+
         return BackfillRunner(settings, catalog, backend)
 
     return launcher
@@ -80,6 +88,8 @@ def _backfill(settings: Settings, args: argparse.Namespace) -> int:
         backend = open_backend(settings)
         last = None
         try:
+            from cdc_worker.backfill import BackfillRunner  # noqa: PLC0415 (see module docstring)
+
             runner = BackfillRunner(settings, catalog, backend)
             async with aclosing(runner.run(request)) as progress:
                 async for last in progress:

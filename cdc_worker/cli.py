@@ -21,8 +21,8 @@ from cdc_worker.incremental_loader import run_loader
 from cdc_worker.runner import run_worker
 from cdc_worker.source_schema import source_schema_ddl
 from service import cli as service_cli
-from service.api.server import open_backend
 from service.backends.base import AnalyticsBackend
+from service.backends.selection import open_backend
 from service.catalog import Catalog, load_catalog
 from service.settings import Settings
 

@@ -1,4 +1,9 @@
-"""The ``analytics`` command: serve, demo, token, query."""
+"""The ``analytics`` command: serve, demo, token, query.
+
+The gRPC server, chDB and the demo generator are imported by the commands that use them, not
+with this module: every command builds this parser (the replication commands too), and a
+restarted ``analytics worker`` must be writing again within two seconds of its start.
+"""
 
 from __future__ import annotations
 
@@ -20,14 +25,11 @@ from grpc_status import rpc_status
 
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from service.api import convert
-from service.api.server import open_backend, serve, tenant_provisioner
 from service.auth import mint_token
 from service.backends.base import AnalyticsBackend
-from service.backends.embedded import EmbeddedBackend
+from service.backends.selection import open_backend
 from service.backfill_jobs import BackfillLauncherFactory
 from service.catalog import Catalog, CatalogError, load_catalog
-from service.demo.generator import generate_dataset
-from service.demo.loader import ensure_demo_loaded, load_dataset
 from service.errors import AnalyticsError
 from service.log_config import configure_logging
 from service.settings import Settings
@@ -163,6 +165,8 @@ def freeze_startup_heap() -> None:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from service.api.server import serve  # noqa: PLC0415 (see the module docstring)
+
     worker = args.serve_worker(settings) if args.serve_worker else None
     backfills = args.serve_backfills(settings) if args.serve_backfills else None
     freeze_startup_heap()
@@ -177,6 +181,12 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+
+    # Imported here, not with the module: see the module docstring.
+    from service.api.server import serve  # noqa: PLC0415
+    from service.backends.embedded import EmbeddedBackend  # noqa: PLC0415
+    from service.demo.generator import generate_dataset  # noqa: PLC0415
+    from service.demo.loader import ensure_demo_loaded, load_dataset  # noqa: PLC0415
 
     async def build_and_serve() -> None:
         catalog = load_catalog(settings.catalog_path)
@@ -220,6 +230,8 @@ def _tenants(settings: Settings, args: argparse.Namespace) -> int:
     if args.action in ("provision", "deprovision") and not args.tenant_id:
         print(f"analytics tenants {args.action}: a tenant id is required", file=sys.stderr)
         return 2
+
+    from service.api.server import tenant_provisioner  # noqa: PLC0415 (see the module docstring)
 
     async def run() -> dict[str, Any]:
         catalog = load_catalog(settings.catalog_path)

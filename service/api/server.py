@@ -33,8 +33,8 @@ from service.api.sync_servicer import SyncServicer
 from service.api.tenant_servicer import TenantServicer
 from service.auth import TokenVerifier
 from service.backends.base import AnalyticsBackend
-from service.backends.embedded import EmbeddedBackend
-from service.backends.http import HttpBackend, TenantLogin
+from service.backends.http import HttpBackend
+from service.backends.selection import open_backend
 from service.backfill_jobs import BackfillLauncherFactory
 from service.catalog import Catalog, load_catalog
 from service.events.ingestion import EventIngestion
@@ -45,7 +45,7 @@ from service.insights.trend_service import TrendService
 from service.query.compiler import QueryLimits
 from service.query_service import QueryService
 from service.settings import Settings
-from service.tenants import TenantProvisioner, derive_credentials, engine_detail, secret_bytes
+from service.tenants import TenantProvisioner, engine_detail
 
 log = structlog.get_logger(__name__)
 ANALYTICS_SERVICE = analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
@@ -94,33 +94,6 @@ def tenant_provisioner(
     """The provisioner of tenant users and row policies, with the configured credential key."""
     secret = settings.tenant_credential_secret
     return TenantProvisioner(catalog, backend, secret.get_secret_value() if secret else None)
-
-
-def tenant_login(settings: Settings) -> TenantLogin | None:
-    """Each tenant's ClickHouse user and password, derived from the credential secret if set."""
-    secret = settings.tenant_credential_secret
-    if secret is None:
-        return None
-    key = secret_bytes(secret.get_secret_value())
-
-    def login(tenant_id: str) -> tuple[str, str]:
-        credentials = derive_credentials(key, tenant_id)
-        return credentials.user, credentials.password
-
-    return login
-
-
-def open_backend(settings: Settings) -> AnalyticsBackend:
-    """The engine the settings select: a ClickHouse server if a URL is set, else chDB."""
-    if settings.clickhouse_url:
-        password = settings.clickhouse_password
-        return HttpBackend(
-            settings.clickhouse_url,
-            user=settings.clickhouse_user,
-            password=password.get_secret_value() if password else "",
-            tenant_login=tenant_login(settings),
-        )
-    return EmbeddedBackend(settings.data_dir, pool_size=settings.engine_pool_size)
 
 
 async def check_query_features(backend: AnalyticsBackend) -> None:

@@ -22,7 +22,8 @@ import structlog.testing
 from google.protobuf import json_format
 
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc
-from service.api.server import RunningServer, start_server, tenant_login
+from service.api.server import RunningServer, start_server
+from service.backends.selection import tenant_login
 from service.auth import mint_token
 from service.backends.embedded import EmbeddedBackend
 from service.backends.http import HttpBackend, redact_secrets
