@@ -38,7 +38,6 @@ from service.insights.buckets import (
     TREND_INTERVALS,
     WEEK_STARTS,
     Bucket,
-    local_midnight,
     range_buckets,
 )
 from service.insights.date_range import CalendarOffset, date_range, parse_offset
@@ -71,8 +70,6 @@ MAX_LABEL_CHARS = 200
 TREND_AGGREGATES = ("count", "unique_actors", "count_distinct", "sum", "avg", "min", "max")
 DISPLAYS = ("", "cumulative", "rolling")
 _PERCENTILE = re.compile(r"^p([1-9][0-9]?)$")
-#: ``x IN``/``indexOf`` must find a NULL breakdown value among the top values like any other.
-_NULL_SAFE = {"transform_null_in": "1"}
 
 
 @dataclass(frozen=True)
@@ -159,8 +156,7 @@ def compile_trend(
     breakdown, breakdown_type = _breakdown(request, model)
     limit = _breakdown_limit(request)
     formula = parse_formula(request.formula, len(series)) if request.formula.strip() else None
-    start, end = date_range(request.date_from, request.date_to, now, time_zone)
-    end = _inclusive_date_end(request.date_to, end, time_zone)
+    start, end = date_range(request.date_from, _inclusive_date_to(request.date_to), now, time_zone)
     current = _Range(start, end, tuple(range_buckets(start, end, interval, time_zone, week_start)))
     compare = _compare_range(request.compare, current, interval, time_zone, week_start)
     context = _Context(
@@ -368,13 +364,18 @@ def _breakdown_limit(request: TrendRequest) -> int:
     return limit
 
 
-def _inclusive_date_end(text: str, end: dt.datetime, time_zone: str) -> dt.datetime:
-    """A date-only ``dateTo`` includes that day (``dateTo=2026-01-31`` ends at February's start)."""
-    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text.strip()):
-        zone = ZoneInfo(time_zone)
-        day = end.astimezone(zone).date() + dt.timedelta(days=1)
-        return local_midnight(day, zone).astimezone(dt.UTC)
-    return end
+def _inclusive_date_to(text: str) -> str:
+    """A date-only ``dateTo`` includes that day: ``2026-01-31`` ends where February starts.
+
+    Moved to the next day before the range is read and checked (not after), so that
+    ``dateFrom`` and ``dateTo`` naming the same date are that one day rather than an empty range;
+    any spelling ``date_range`` reads as a date alone (``20260131`` too) counts as date-only.
+    """
+    try:
+        day = dt.date.fromisoformat(text)
+        return (day + dt.timedelta(days=1)).isoformat()
+    except (ValueError, OverflowError):  # not a date alone, or 9999-12-31: date_range decides
+        return text
 
 
 def _compare_range(
@@ -512,11 +513,18 @@ class _Context:
         condition = self._series_condition(0, builder)
         where = self._where(builder, current, [f"({condition})"])
         metric = self._metric(self.series[0], "1", builder)
+        if self.series[0].aggregate == "sum":
+            # A sum over no values is 0 in the lines (README: sums are 0 where empty), so it
+            # ranks as 0 too: the engine's NULL would put it after negative sums.
+            metric = f"ifNull({metric}, 0)"
         limit_placeholder = builder.bind("UInt64", str(limit))
+        # Ties go to the smaller value as Query orders values: a UUID by its text (the engine
+        # compares UUIDs by their halves swapped, which is not the order the README promises).
+        tie = "toString(b)" if breakdown.type is FieldType.UUID else "b"
         top = (
             "(SELECT groupArray(tuple(b)) FROM (SELECT "
             f"{value} AS b, {metric} AS v FROM {self._table()} WHERE {' AND '.join(where)} "
-            f"GROUP BY b ORDER BY v DESC NULLS LAST, b ASC NULLS LAST "
+            f"GROUP BY b ORDER BY v DESC NULLS LAST, {tie} ASC NULLS LAST "
             f"LIMIT {limit_placeholder}))"
         )
         return f"WITH {top} AS top ", value
@@ -623,10 +631,12 @@ class _Context:
                 f"SELECT a{class_keys}, {self._key_lookup(keys, 'k0')} + s AS i FROM ({inner}) "
                 f"ARRAY JOIN range({builder.bind('UInt64', str(window))}) AS s"
             )
+            # HAVING, not WHERE: every WHERE of a plan reads the table and starts with the
+            # tenant condition, which an audit (and tests/integration/test_trends.py) can check.
             source = (
                 f"(SELECT i{class_keys}, uniqExact(a) AS m FROM ({spread}) "
-                f"WHERE i <= {builder.bind('UInt64', str(len(period.buckets)))} "
-                f"GROUP BY i{class_keys})"
+                f"GROUP BY i{class_keys} "
+                f"HAVING i <= {builder.bind('UInt64', str(len(period.buckets)))})"
             )
             outer.append(("i", "bucket", "int"))
             metric = "m"
@@ -658,7 +668,9 @@ class _Context:
             columns,
             self.model,
             limit=0,
-            settings={**BUCKET_SETTINGS, **_NULL_SAFE},
+            # No transform_null_in: it would make a filter's NULL NOT IN (...) true, where SQL
+            # (and Query) leave the row out; indexOf finds a NULL breakdown value without it.
+            settings=dict(BUCKET_SETTINGS),
             tenant=self.tenant,
         )
 
