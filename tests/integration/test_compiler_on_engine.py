@@ -147,7 +147,7 @@ def generate_rows(model: Model, tenant: str, keys: int, seed: int) -> list[Row]:
     for key in range(1, keys + 1):
         for version in range(1, rng.choice([1, 1, 2, 3]) + 1):
             values = {name: _value(spec, rng, tenant) for name, spec in model.fields.items()}
-            values["id"] = key
+            values[model.primary_key[0]] = primary_key(model, key)
             if model.soft_delete_column:
                 if rng.random() < 0.8:
                     values[model.soft_delete_column] = None
@@ -207,11 +207,18 @@ def insert_statement(catalog: Catalog, model: Model, rows: list[Row]) -> str:
     )
 
 
-def latest(rows: Iterable[Row]) -> list[Row]:
-    """The highest version of each (tenant, id): what FINAL keeps."""
+def primary_key(model: Model, key: int) -> Any:
+    """The ``key``-th primary key value of ``model``: the integer, or a UUID (event models)."""
+    if model.fields[model.primary_key[0]].type is FieldType.INT:
+        return key
+    return str(uuid.UUID(int=key))
+
+
+def latest(model: Model, rows: Iterable[Row]) -> list[Row]:
+    """The highest version of each (tenant, primary key): what FINAL keeps."""
     best: dict[tuple[str, Any], Row] = {}
     for row in rows:
-        key = (row.tenant, row.values["id"])
+        key = (row.tenant, row.values[model.primary_key[0]])
         if key not in best or row.version > best[key].version:
             best[key] = row
     return list(best.values())
@@ -229,7 +236,9 @@ class DataSet:
     def live(self, model: Model, tenant: str, *, soft_delete_guard: bool = True) -> list[Row]:
         """Rows a query for ``tenant`` may see: latest, not deleted, not soft-deleted."""
         rows = [
-            r for r in latest(self.rows[model.table]) if r.tenant == tenant and not r.is_deleted
+            r
+            for r in latest(model, self.rows[model.table])
+            if r.tenant == tenant and not r.is_deleted
         ]
         if soft_delete_guard and model.soft_delete_column:
             rows = [r for r in rows if r.values[model.soft_delete_column] is None]
@@ -312,7 +321,7 @@ async def test_rows_read_back_as_written(dataset: DataSet) -> None:
     got = sorted((r["tenant_id"], r["id"], r["email"], r["status"], r["lead_source"]) for r in rows)
     expected = sorted(
         (r.tenant, r.values["id"], r.values["email"], r.values["status"], r.values["lead_source"])
-        for r in latest(dataset.rows[model.table])
+        for r in latest(model, dataset.rows[model.table])
         if not r.is_deleted
     )
     assert got == expected
@@ -404,7 +413,9 @@ async def _run_both(data: DataSet, shape: Shape, tenant: str = TENANT_A) -> list
     if not shape.group_by:
         assert len(rows_full) == (1 if shape.offset == 0 else 0)
     visible = sum(
-        1 for r in latest(data.rows[shape.model.table]) if r.tenant == tenant and not r.is_deleted
+        1
+        for r in latest(shape.model, data.rows[shape.model.table])
+        if r.tenant == tenant and not r.is_deleted
     )
     _check_counts(shape, rows_full, visible)
     return rows_full

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from local_stack import ClickHouseServer, make_stack_directory
-from service.api.server import open_backend, start_server
+from service.api.server import start_server
 from service.backends.http import HttpBackend
+from service.backends.selection import open_backend
 from service.settings import Settings
 
 pytestmark = pytest.mark.integration
