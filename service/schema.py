@@ -73,17 +73,20 @@ def replica_table_ddl(catalog: Catalog, model: Model, *, dialect: Dialect = MODE
 
 #: Microseconds in 31 days: the legacy layout's stand-in for a calendar month of epoch times.
 _LEGACY_EVENT_PARTITION_MICROSECONDS = 31 * 86_400 * 1_000_000
+_DAY_MICROSECONDS = 86_400 * 1_000_000
 
 
 def event_table_ddl(catalog: Catalog, model: Model, *, dialect: Dialect = MODERN) -> str:
     """``CREATE TABLE IF NOT EXISTS`` for an event model.
 
-    The sort key is (tenant, event id), so FINAL keeps one row per (tenant, event id) however
-    often an event is sent and whatever timestamp a re-send carries; ``_version`` is the sink's
-    write sequence, so the latest send wins. Partitions are months of the event time: a trend
-    over a date range reads only its months. FINAL merges across partitions (the partition key
-    is not part of the sort key), which is what makes a re-send in another month count once.
-    ``_is_deleted`` is there for erasure requests and so that every reader is the same.
+    The sort key is (tenant, month, day, event id) of the event time, in UTC: FINAL keeps one row
+    per event id and day, so a re-sent event (a retry carries the same timestamp) counts once
+    and the latest send wins (``_version`` is the sink's write sequence). The time comes before
+    the id so that a trend over a date range reads only those days: with the partition key
+    (the month) part of the sort key, FINAL may skip other months' partitions, and the day
+    narrows the read inside them; keyed by (tenant, event id) alone, FINAL had to read a
+    tenant's whole history for any range. ``_is_deleted`` is there for erasure requests and so
+    that every reader is the same.
     """
     roles = model.events
     if roles is None:
@@ -96,16 +99,18 @@ def event_table_ddl(catalog: Catalog, model: Model, *, dialect: Dialect = MODERN
         "`_version` UInt64",
         "`_is_deleted` UInt8 DEFAULT 0",
     ]
+    time = f"`{roles.timestamp}`"
     if dialect.is_modern:
-        partition = f"toYYYYMM(`{roles.timestamp}`)"
+        month, day = f"toYYYYMM({time})", f"toDate({time})"
     else:
-        partition = f"intDiv(`{roles.timestamp}`, {_LEGACY_EVENT_PARTITION_MICROSECONDS})"
+        month = f"intDiv({time}, {_LEGACY_EVENT_PARTITION_MICROSECONDS})"
+        day = f"intDiv({time}, {_DAY_MICROSECONDS})"
     return (
         f"CREATE TABLE IF NOT EXISTS `{catalog.database}`.`{model.table}` (\n    "
         + ",\n    ".join(columns)
         + f"\n) ENGINE = {dialect.replacing_engine('_version', '_is_deleted')}\n"
-        f"PARTITION BY {partition}\n"
-        f"ORDER BY (`{model.tenant_column}`, `{roles.event_id}`)"
+        f"PARTITION BY {month}\n"
+        f"ORDER BY (`{model.tenant_column}`, {month}, {day}, `{roles.event_id}`)"
     )
 
 

@@ -101,11 +101,18 @@ class _Period:
 
 
 def current_rows(rows: Iterable[Row], model: Model) -> list[Row]:
-    """The rows FINAL shows: the highest ``_version`` per (tenant, key), unless it is deleted."""
-    key_fields = (model.events.event_id,) if model.events is not None else tuple(model.primary_key)
+    """The rows FINAL shows: the highest ``_version`` per (tenant, key), unless it is deleted.
+
+    An event model's key is the event id and the UTC day of the event time (README, "Product
+    events": a re-send on another day is another event).
+    """
     latest: dict[tuple[Any, ...], Row] = {}
     for row in rows:
-        key = (row[model.tenant_column], *(row[name] for name in key_fields))
+        if model.events is not None:
+            day = row[model.events.timestamp].astimezone(dt.UTC).date()
+            key = (row[model.tenant_column], day, row[model.events.event_id])
+        else:
+            key = (row[model.tenant_column], *(row[name] for name in model.primary_key))
         held = latest.get(key)
         if held is None or row["_version"] > held["_version"]:
             latest[key] = row

@@ -5,16 +5,16 @@ data directory of their own. What lands is read back with FINAL straight from th
 through the code under test) and through the Query RPC; expected answers are computed here from
 the events the tests send.
 
-Proves: a stream's batches land typed (declared properties in their columns, the rest in the
-map) and answer count, count_distinct, an exact decimal sum, group-by and filters on
-`properties.<key>`; `meta.lastSyncAt` follows acknowledgements; a re-sent event counts once,
-even with a timestamp in another month; bad events are rejected one by one (index across the
-stream, field, reason) while the good ones are written, and a request of only bad events is
-INVALID_ARGUMENT / 400 naming each; every request-level error on both transports; a full
-buffer answers RESOURCE_EXHAUSTED / 429 with a retry delay and writes nothing of the refused
-request; shutdown writes what the sink holds and answers its callers; an engine failure
-acknowledges nothing; kill -9 of `analytics serve` loses no acknowledged event and a re-send
-after it counts once, SIGTERM answers the requests in flight; `/metrics` counts what happened.
+Proves: a stream's batches land typed (declared properties in their columns, the rest in the map)
+and answer count, count_distinct, an exact decimal sum, group-by and filters on `properties.<key>`;
+`meta.lastSyncAt` follows acknowledgements; a re-sent event counts once (the latest send of the day
+wins), and the same id on another day is another event; bad events are rejected one by one (index
+across the stream, field, reason) while the good ones are written, and a request of only bad events
+is INVALID_ARGUMENT / 400 naming each; every request-level error on both transports; a full buffer
+answers RESOURCE_EXHAUSTED / 429 with a retry delay and writes nothing of the refused request;
+shutdown writes what the sink holds and answers its callers; an engine failure acknowledges
+nothing; kill -9 of `analytics serve` loses no acknowledged event and a re-send after it counts
+once, SIGTERM answers the requests in flight; `/metrics` counts what happened.
 """
 
 from __future__ import annotations
@@ -420,26 +420,34 @@ async def test_a_resent_event_counts_once(
     again = await ingest(channel, grpc_auth(tenant), [batch])
     # The response counts what was written each time; queries count each event id once.
     assert (first.accepted, again.accepted) == (5, 5)
-    moved = event(
-        "page_view", "1", "2026-03-02T09:00:00Z", event_id=batch[0].event_id, resent="yes"
+    # The same day, another time and properties: the latest send wins.
+    later = event(
+        "page_view", "1", "2026-01-15T21:30:00Z", event_id=batch[0].event_id, resent="yes"
     )
-    assert (await ingest(channel, grpc_auth(tenant), [[moved]])).accepted == 1
+    assert (await ingest(channel, grpc_auth(tenant), [[later]])).accepted == 1
 
     answer = await query(
         channel, tenant, {"metrics": [{"aggregate": "count"},
                                       {"aggregate": "count_distinct", "field": "event_id"}]}
     )  # fmt: skip
     assert list(answer["data"][0].values()) == [5, 5]
-    # The latest send wins, in its own month's partition: the January copy no longer counts.
-    march = await query(channel, tenant, {"filters": {"timestamp": "gte.2026-03-01T00:00:00Z"}})
-    assert march["data"] == [{"count": 1}]
     resent = await query(channel, tenant, {"groupBy": "properties.resent", "order": "count.asc"})
     assert resent["data"] == [
         {"properties.resent": "yes", "count": 1},
         {"properties.resent": None, "count": 4},
     ]
     rows = await stored(embedded_backend, tables, tenant)
-    assert utc(rows[batch[0].event_id]["timestamp"]) == dt.datetime(2026, 3, 2, 9, tzinfo=dt.UTC)
+    assert utc(rows[batch[0].event_id]["timestamp"]) == dt.datetime(
+        2026, 1, 15, 21, 30, tzinfo=dt.UTC
+    )
+
+    # Another day is another event (README: the day is part of the key).
+    moved = event("page_view", "2", "2026-03-02T09:00:00Z", event_id=batch[1].event_id)
+    assert (await ingest(channel, grpc_auth(tenant), [[moved]])).accepted == 1
+    march = await query(channel, tenant, {"filters": {"timestamp": "gte.2026-03-01T00:00:00Z"}})
+    assert march["data"] == [{"count": 1}]
+    total = await query(channel, tenant, {})
+    assert total["data"] == [{"count": 6}]
 
 
 # --- bad events are rejected one by one --------------------------------------------------------
