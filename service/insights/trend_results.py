@@ -21,6 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from service.insights.formula import evaluate_series
 from service.insights.trends import SeriesPlan, TrendPlan
@@ -68,13 +69,12 @@ _Values = dict[_Class, dict[str, list[Any]]]
 def assemble_trend(plan: TrendPlan, tables: Sequence[pa.Table]) -> TrendAnswer:
     """The answer from ``tables``, one per query of ``plan.queries`` in the same order."""
     periods: dict[str, _Values] = {}
-    for query, table in zip(plan.queries, tables, strict=True):
-        size = len(plan.buckets if query.period == "current" else plan.compare_buckets)
-        target = periods.setdefault(query.period, {})
+    for query, whole in zip(plan.queries, tables, strict=True):
         keys = {column.alias: column.key for column in query.compiled.columns}
-        _collect(
-            target, table.rename_columns([keys[n] for n in table.column_names]), size, query.kind
-        )
+        named = whole.rename_columns([keys[n] for n in whole.column_names])
+        for period, table in _periods(query.period, named):
+            size = len(plan.buckets if period == "current" else plan.compare_buckets)
+            _collect(periods.setdefault(period, {}), table, size, query.kind)
     classes = sorted({c for values in periods.values() for c in values}, key=lambda c: c.order)
     if plan.breakdown is None and not classes:
         classes = [_Class(1, None)]
@@ -117,6 +117,17 @@ def assemble_trend(plan: TrendPlan, tables: Sequence[pa.Table]) -> TrendAnswer:
     return TrendAnswer(
         [b.label() for b in plan.buckets], [b.label() for b in plan.compare_buckets], lines
     )
+
+
+def _periods(period: str, table: pa.Table) -> list[tuple[str, pa.Table]]:
+    """The rows of each period: a query over both periods tags each row with ``period``."""
+    if period != "both":
+        return [(period, table)]
+    tags = table.column("period")
+    rest = table.drop_columns(["period"])
+    return [
+        (name, rest.filter(pc.equal(tags, tag))) for tag, name in ((0, "current"), (1, "compare"))
+    ]
 
 
 def _collect(target: _Values, table: pa.Table, size: int, kind: str) -> None:

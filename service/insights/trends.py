@@ -89,10 +89,11 @@ class SeriesPlan:
 class TrendQuery:
     """One query of the plan: which period, what it computes, and the compiled SQL.
 
-    ``kind`` is ``buckets`` (every series' bucket values; for avg also hidden sum and count
-    columns), or ``distinct`` (the cumulative or rolling unique count of series ``series``).
-    Rows carry: ``bucket`` (1-based index; 0 never), then with a breakdown ``rank`` (0: Other)
-    and ``value``, then the metric columns.
+    ``period`` is ``current``, ``compare``, or ``both`` (one scan for both periods, each row
+    tagged with ``period`` 0 or 1). ``kind`` is ``buckets`` (every series' bucket values; for
+    avg also hidden sum and count columns), or ``distinct`` (the cumulative or rolling unique
+    count of series ``series``). Rows carry: ``bucket`` (1-based index in its period; 0 never),
+    then with a breakdown ``rank`` (0: Other) and ``value``, then the metric columns.
     """
 
     period: str
@@ -162,15 +163,18 @@ def compile_trend(
     context = _Context(
         catalog, model, tenant, time_zone, interval, week_start, date_field, request, series
     )
-    queries: list[TrendQuery] = []
+    periods = [current] if compare is None else [current, compare]
+    queries = [
+        TrendQuery(
+            "current" if compare is None else "both",
+            "buckets",
+            -1,
+            context.bucket_query(periods, current, breakdown, limit),
+        )
+    ]
     for period, period_range in (("current", current), ("compare", compare)):
         if period_range is None:
             continue
-        queries.append(
-            TrendQuery(
-                period, "buckets", -1, context.bucket_query(period_range, current, breakdown, limit)
-            )
-        )
         if display:
             queries.extend(
                 TrendQuery(
@@ -427,9 +431,12 @@ class _Context:
         return f"`{self.catalog.database}`.`{self.model.table}` AS t FINAL"
 
     def _where(
-        self, builder: ParameterBuilder, period: _Range, conditions: Sequence[str]
+        self,
+        builder: ParameterBuilder,
+        period: _Range | Sequence[_Range],
+        conditions: Sequence[str],
     ) -> list[str]:
-        """Tenant first, guards, the date range, the request's filters, then ``conditions``."""
+        """Tenant first, guards, the date range(s), the request's filters, then ``conditions``."""
         tenant = builder.bind("String", encode_text_parameter(self.tenant))
         guard_fields = {
             name
@@ -444,13 +451,19 @@ class _Context:
             self.time_zone,
             guard_fields=guard_fields,
         )
-        column = column_sql(self.date_field, self.model, builder.bind)
-        where[2:2] = [
-            f"{column} >= {_instant(builder, period.start)}",
-            f"{column} < {_instant(builder, period.end)}",
-        ]
+        ranges = [period] if isinstance(period, _Range) else list(period)
+        # Parenthesised as a whole: the conditions are joined with AND, which binds tighter.
+        where[2:2] = ["(" + " OR ".join(f"({self._within(builder, r)})" for r in ranges) + ")"]
         where.extend(conditions)
         return where
+
+    def _within(self, builder: ParameterBuilder, period: _Range) -> str:
+        """Whether a row's date field is in ``period`` (half-open)."""
+        column = column_sql(self.date_field, self.model, builder.bind)
+        return (
+            f"{column} >= {_instant(builder, period.start)} AND "
+            f"{column} < {_instant(builder, period.end)}"
+        )
 
     def _series_condition(self, index: int, builder: ParameterBuilder) -> str:
         item = self.request.series[index] if self.request.series else TrendSeries()
@@ -530,9 +543,17 @@ class _Context:
         return f"WITH {top} AS top ", value
 
     def bucket_query(
-        self, period: _Range, current: _Range, breakdown: FieldSpec | None, limit: int
+        self,
+        periods: Sequence[_Range],
+        current: _Range,
+        breakdown: FieldSpec | None,
+        limit: int,
     ) -> CompiledQuery:
-        """Every series' value per bucket (and breakdown class) of ``period``."""
+        """Every series' value per bucket (and breakdown class) of each period, in one scan.
+
+        With two periods (compare) a row is counted once in each period it falls in (the
+        ranges overlap when the offset is shorter than the range): ``period`` says which.
+        """
         builder = ParameterBuilder()
         prefix, value = ("", "")
         if breakdown is not None:
@@ -541,8 +562,17 @@ class _Context:
         inner_select = [f"{self._bucket_key(builder)} AS k0"]
         group = ["k0"]
         outer: list[tuple[str, str, str]] = []
-        keys = self._keys(builder, period.buckets)
-        outer.append((self._key_lookup(keys, "k0"), "bucket", "int"))
+        lookups = [self._key_lookup(self._keys(builder, p.buckets), "k0") for p in periods]
+        if len(periods) == 1:
+            outer.append((lookups[0], "bucket", "int"))
+        else:
+            first, second = (self._within(builder, p) for p in periods)
+            inner_select.append(
+                f"arrayJoin(multiIf(({first}) AND ({second}), [0, 1], {first}, [0], [1])) AS pd"
+            )
+            group.append("pd")
+            outer.append((f"if(pd = 0, {lookups[0]}, {lookups[1]})", "bucket", "int"))
+            outer.append(("pd", "period", "int"))
         if breakdown is not None:
             inner_select += [
                 f"indexOf(top, tuple({value})) AS k1",
@@ -575,7 +605,7 @@ class _Context:
                 outer.append((f"s{index}", f"s{index}", sum_type(plan.field)))
                 outer.append((f"n{index}", f"n{index}", "int"))
         any_series = " OR ".join(f"({c})" for c in conditions) if "1" not in conditions else ""
-        where = self._where(builder, period, [f"({any_series})"] if any_series else [])
+        where = self._where(builder, periods, [f"({any_series})"] if any_series else [])
         inner = (
             f"{prefix}SELECT {', '.join(inner_select)} FROM {self._table()} "
             f"WHERE {' AND '.join(where)} GROUP BY {', '.join(group)}"

@@ -504,6 +504,26 @@ def assert_tenant_first(plan: TrendPlan, tenant: str) -> None:
             match = _TENANT_FIRST.match(part)
             assert match is not None, part[:120]
             assert query.compiled.parameters[match.group(1)] == encode_text_parameter(tenant)
+            # ... and the tenant condition is ANDed with everything after it: an OR at the
+            # clause's own level would let rows of any tenant through its other side.
+            assert " OR " not in _top_level(part), part[:300]
+
+
+def _top_level(clause: str) -> str:
+    """The text of a WHERE clause at its own parenthesis depth, up to where the clause ends."""
+    kept: list[str] = []
+    depth = 0
+    for char in clause:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                break
+        elif depth == 0:
+            kept.append(char)
+    text = "".join(kept)
+    return text.split(" GROUP BY ")[0]
 
 
 # --- random requests ----------------------------------------------------------------------------
@@ -1170,8 +1190,8 @@ def test_hostile_strings_never_change_the_sql_nor_reach_it(
     second: tuple[TrendRequest, tuple[str, ...]],
 ) -> None:
     plans = [compile_trend(request, catalog, ACME, NOW) for request, _ in (first, second)]
-    # current and compare: the bucket query and the cumulative unique count's own query
-    assert [len(plan.queries) for plan in plans] == [4, 4]
+    # One bucket query for both periods, and per period the cumulative unique count's own query
+    assert [len(plan.queries) for plan in plans] == [3, 3]
     for one, other in zip(plans[0].queries, plans[1].queries, strict=True):
         assert one.compiled.sql == other.compiled.sql
         assert POISON not in one.compiled.sql
@@ -1201,8 +1221,8 @@ def test_every_where_of_every_query_starts_with_the_tenant(
         rolling_window=3 if display == "rolling" else 0,
     )
     plan = compile_trend(request, catalog, tenant, NOW)
-    # buckets, plus a unique count query per unique series when displayed, in both periods
-    assert len(plan.queries) == (6 if display else 2)
+    # one bucket query for both periods, plus a unique count query per unique series and period
+    assert len(plan.queries) == (5 if display else 1)
     assert_tenant_first(plan, tenant)
 
 
