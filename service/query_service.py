@@ -113,7 +113,7 @@ class QueryService:
                 raise
             last_sync = await freshness
         except AnalyticsError as error:
-            _audit_failure(principal, model_name, rpc, started, error)
+            audit_failure(principal, model_name, rpc, started, error)
             raise
         audit.record_query(
             tenant=principal.tenant,
@@ -161,7 +161,7 @@ class QueryService:
             outcome = "ok"
         except AnalyticsError as error:
             outcome = "failed"
-            _audit_failure(principal, model_name, rpc, started, error, rows=rows)
+            audit_failure(principal, model_name, rpc, started, error, rows=rows)
             raise
         finally:
             if outcome != "failed":
@@ -189,7 +189,7 @@ def caller_stats(stats: QueryStats) -> QueryStats:
     return dataclasses.replace(stats, rows_scanned=granules * GRANULE_ROWS)
 
 
-def _audit_failure(
+def audit_failure(
     principal: Principal,
     model: str,
     rpc: str,
@@ -198,6 +198,7 @@ def _audit_failure(
     *,
     rows: int = 0,
 ) -> None:
+    """The audit record of a call that failed with ``error`` (``started``: its perf_counter)."""
     audit.record_query(
         tenant=principal.tenant,
         subject=principal.subject,

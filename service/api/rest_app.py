@@ -46,7 +46,7 @@ from service.events.json_events import BodyError, read_body
 from service.events.validation import EventError, RawEvent, Rejection
 from service.insights.trend_service import TrendService
 from service.query.request import QueryRequest
-from service.query_service import QueryService
+from service.query_service import QueryService, audit_failure
 
 if TYPE_CHECKING:
     from google._upb._message import FieldDescriptor as UpbFieldDescriptor
@@ -186,7 +186,7 @@ class RestServer:
             )
         except AnalyticsError as error:
             # The QueryService audits the failures it sees; these happen before it.
-            _audit_failure(principal, model, started, error)
+            audit_failure(principal, model[:200], REST_RPC, started, error)
             raise
         outcome = await self._queries.run(principal, scoped, remaining=None, rpc=REST_RPC)
         response = analytics_pb2.QueryResponse(
@@ -213,7 +213,7 @@ class RestServer:
                 model=scoped_model(domain.model, request.match_info["module"], trends.catalog),
             )
         except AnalyticsError as error:
-            _audit_failure(principal, model, started, error, rpc=TRENDS_RPC)
+            audit_failure(principal, model[:200], TRENDS_RPC, started, error)
             raise
         outcome = await trends.run(principal, scoped, remaining=None, rpc=TRENDS_RPC)
         response = convert.trend_response(
@@ -439,23 +439,4 @@ def _http_detail(request: web.Request, exc: web.HTTPException) -> str:
 def _problem_response(document: dict[str, Any]) -> web.Response:
     return web.json_response(
         document, status=int(document["status"]), content_type=PROBLEM_CONTENT_TYPE
-    )
-
-
-def _audit_failure(
-    principal: Principal,
-    model: str,
-    started: float,
-    error: AnalyticsError,
-    *,
-    rpc: str = REST_RPC,
-) -> None:
-    audit.record_query(
-        tenant=principal.tenant,
-        subject=principal.subject,
-        model=model[:200],
-        rpc=rpc,
-        outcome=error.kind.value,
-        reason=error.reason,
-        duration_ms=(time.perf_counter() - started) * 1000,
     )

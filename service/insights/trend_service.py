@@ -22,7 +22,7 @@ from service.insights.trend_request import TrendRequest
 from service.insights.trend_results import TrendAnswer, assemble_trend
 from service.insights.trends import compile_trend
 from service.query.compiler import resolve_model
-from service.query_service import caller_stats
+from service.query_service import audit_failure, caller_stats
 
 
 @dataclass(frozen=True)
@@ -87,15 +87,7 @@ class TrendService:
                 raise
             last_sync = await freshness
         except AnalyticsError as error:
-            audit.record_query(
-                tenant=principal.tenant,
-                subject=principal.subject,
-                model=model_name,
-                rpc=rpc,
-                outcome=error.kind.value,
-                reason=error.reason,
-                duration_ms=(time.perf_counter() - started) * 1000,
-            )
+            audit_failure(principal, model_name, rpc, started, error)
             raise
         answer = assemble_trend(plan, [result.table for result in results])
         stats = QueryStats(
