@@ -1,6 +1,7 @@
 """``python -m bench``: run the benchmarks, print one table of figures, save it.
 
-Usage: ``scripts/bench [--rows 1m,10m] [--only query,final,stream,ingest,fresh] [--quick]``.
+Usage: ``scripts/bench [--rows 1m,10m] [--only query,final,stream,ingest,fresh,events,trend]
+[--quick] [--sweep]``.
 See bench/README.md for the method behind each figure.
 """
 
@@ -18,14 +19,31 @@ from pathlib import Path
 
 import structlog
 
-from bench import dataset, final_cost, freshness, ingestion, query_overhead, streaming
+from bench import (
+    dataset,
+    event_ingest,
+    final_cost,
+    freshness,
+    ingestion,
+    query_overhead,
+    streaming,
+    trend_speed,
+)
 from bench.raw_engine import RawEngine
 from bench.report import Figure, render
 from bench.served_process import ServedProcess, copy_data
 from service.backends.embedded import EmbeddedBackend
 from service.settings import PROJECT_ROOT
 
-BENCHMARKS = ("query", "final", "stream", "ingest", "fresh")
+BENCHMARKS = (
+    "query",
+    "final",
+    "stream",
+    "ingest",
+    "fresh",
+    "events",
+    "trend",
+)
 DEFAULT_WORK_DIR = PROJECT_ROOT / ".data" / "bench"
 DEFAULT_OUTPUT = PROJECT_ROOT / "bench" / "results" / "latest.md"
 
@@ -42,6 +60,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes and few repetitions")
     parser.add_argument("--repetitions", type=int, default=None, help="timed runs per query")
     parser.add_argument("--fresh-seconds", type=float, default=None, help="freshness load time")
+    parser.add_argument(
+        "--sweep", action="store_true", help="events: also sweep the sink's flush settings"
+    )
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="scratch data")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results file")
     parser.add_argument("--no-output", action="store_true", help="print only")
@@ -69,7 +90,23 @@ async def run(args: argparse.Namespace) -> list[Figure]:
     await asyncio.to_thread(_fresh_directory, work)
     figures: list[Figure] = []
     backend = EmbeddedBackend(work / "raw", pool_size=2)
+    trend: list[Figure] = []
     try:
+        if "trend" in args.only:
+            # First, while the engine holds nothing else: its served process gets a copy of the
+            # whole data directory. The trend's database is dropped afterwards.
+            events = 200_000 if args.quick else 10_000_000
+            # A trend over 10 m events takes seconds: as streaming, fewer runs at that size.
+            repetitions = max(5, args.repetitions // (2 * max(events // 1_000_000, 1)))
+            _say(f"trend speed, {events:,} events, {repetitions} runs per side")
+            trend = await trend_speed.measure(
+                backend,
+                work,
+                events_count=events,
+                repetitions=repetitions,
+                warmup=1,
+                judge=not args.quick,
+            )
         if {"query", "final", "stream"} & set(args.only):
             figures += await _engine_benchmarks(args, backend, work)
         if "ingest" in args.only:
@@ -81,6 +118,21 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             seconds = args.fresh_seconds or (10.0 if args.quick else 60.0)
             _say(f"freshness, {seconds:.0f} s of load")
             figures += await freshness.measure(backend, seconds)
+        if "events" in args.only:
+            events = 20_000 if args.quick else 300_000
+            rounds = 2 if args.quick else 3
+            seconds = 5.0 if args.quick else 20.0
+            _say(f"event ingestion, {events:,} events, {rounds} rounds, {seconds:.0f} s of load")
+            figures += await event_ingest.measure(
+                backend,
+                work,
+                events_count=events,
+                rounds=rounds,
+                load_seconds=seconds,
+                sweep=args.sweep,
+                judge=not args.quick,
+            )
+        figures += trend
     finally:
         await backend.close()
         if not args.keep_data:

@@ -7,6 +7,7 @@ no gRPC, no asyncio, no thread hop, no protobuf.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,12 @@ class RawEngine:
         )
         payload = result.bytes()
         table: pa.Table = ipc.open_stream(payload).read_all()
+        return table
+
+    def run_sql(self, sql: str, parameters: Mapping[str, str]) -> pa.Table:
+        """Run hand-written SQL with bound ``{name:Type}`` parameters; its rows as Arrow."""
+        result = self._connection.query(sql, "ArrowStream", params=dict(parameters))
+        table: pa.Table = ipc.open_stream(result.bytes()).read_all()
         return table
 
     def stream_rows(self, query: CompiledQuery) -> int:

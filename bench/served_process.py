@@ -15,6 +15,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,18 @@ def copy_data(source: Path, target: Path) -> None:
 class ServedProcess:
     """A running ``analytics serve`` and a gRPC channel to it."""
 
-    def __init__(self, process: asyncio.subprocess.Process, port: int, log_path: Path) -> None:
-        """Wrap a started process that listens on ``port``."""
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        port: int,
+        log_path: Path,
+        rest_address: str | None = None,
+    ) -> None:
+        """Wrap a started process that listens on ``port`` (and on ``rest_address``, if any)."""
         self.process = process
         self.port = port
         self.log_path = log_path
+        self.rest_address = rest_address
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=_CHANNEL_OPTIONS)
         self.stub: Any = analytics_pb2_grpc.AnalyticsServiceStub(self.channel)
         token = mint_token(
@@ -54,14 +62,24 @@ class ServedProcess:
         self.metadata = (("authorization", f"Bearer {token}"),)
 
     @classmethod
-    async def start(cls, data_dir: Path, catalog_path: Path, log_path: Path) -> ServedProcess:
-        """Start the server on a free port and wait until it serves."""
+    async def start(
+        cls,
+        data_dir: Path,
+        catalog_path: Path,
+        log_path: Path,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> ServedProcess:
+        """Start the server on a free port and wait until it serves.
+
+        ``extra_env`` adds settings (``ANALYTICS_REST_PORT=0`` opens the REST port as well).
+        """
         env = {
             **os.environ,
             "ANALYTICS_LOG_FORMAT": "json",
             "ANALYTICS_DATA_DIR": str(data_dir),
             "ANALYTICS_CATALOG_PATH": str(catalog_path),
             "ANALYTICS_PORT": "0",
+            **(extra_env or {}),
         }
         env.pop("ANALYTICS_CLICKHOUSE_URL", None)
         env.pop("ANALYTICS_KAFKA_BOOTSTRAP_SERVERS", None)
@@ -83,8 +101,9 @@ class ServedProcess:
             log_text = await asyncio.to_thread(log_path.read_text, errors="replace")
             for line in log_text.splitlines():
                 if '"serving"' in line:
-                    port = int(json.loads(line)["address"].rsplit(":", 1)[1])
-                    return cls(process, port, log_path)
+                    record = json.loads(line)
+                    port = int(record["address"].rsplit(":", 1)[1])
+                    return cls(process, port, log_path, record.get("rest_address"))
             await asyncio.sleep(0.2)
         if process.returncode is None:
             process.kill()

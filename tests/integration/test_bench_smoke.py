@@ -1,9 +1,9 @@
 """The benchmark scripts keep working: ``python -m bench`` at smoke scale on the embedded parts.
 
-Query overhead, FINAL cost and streaming on tiny datasets, in a subprocess (chDB opens one data
-directory per process, and the test session may hold another). No timing is asserted: only that
-every figure is produced and that the benchmark checked its answers exactly (it raises
-otherwise, which fails the run).
+Query overhead, FINAL cost and streaming on tiny datasets; event ingestion and trend speed at
+``--quick`` scale. Each in a subprocess (chDB opens one data directory per process, and the test
+session may hold another). No timing is asserted: only that every figure is produced and that
+the benchmark checked its answers exactly (it raises otherwise, which fails the run).
 """
 
 from __future__ import annotations
@@ -55,3 +55,37 @@ async def test_bench_runs_at_smoke_scale(tmp_path: Path) -> None:
             assert all("answer exact" in m for m in finals)
         assert f"StreamQuery rows/s, {size}" in " ".join(metrics)
         assert f"StreamQuery server memory, {size}" in metrics
+
+
+async def test_bench_events_and_trend_run_at_smoke_scale(tmp_path: Path) -> None:
+    results = tmp_path / "latest.md"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--only",
+        "events,trend",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--output",
+        str(results),
+        cwd=PROJECT_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 300)
+    # --quick judges no target (the sizes are too small to mean anything), so 0 is expected.
+    assert process.returncode == 0, err.decode()[-3000:]
+    table = out.decode()
+    assert results.read_text() == table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    metrics = [row.split("|")[1].strip() for row in rows[1:]]
+    for form in ("columns", "events"):
+        assert any(m.startswith(f"Ingest events/s, {form} form") for m in metrics)
+    for shape in ("x 10 events", "x 100 events"):
+        assert any(m.startswith("Ingest ack latency") and shape in m for m in metrics)
+        assert any(m.startswith("Ingest -> visible in Query") and shape in m for m in metrics)
+    trend = [m for m in metrics if m.startswith("Trend 90 days")]
+    assert len(trend) == 1
+    assert "answers exact" in trend[0]
