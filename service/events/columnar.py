@@ -42,6 +42,8 @@ _DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _DIGITS = r"^-?[0-9]{1,19}$"
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _EARLIEST = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+FAST_PATH_EVENTS = 100
+"""Batches this large or larger are checked with Arrow kernels first."""
 
 
 @dataclass(frozen=True)
@@ -131,10 +133,15 @@ def validate_batch(
     limits: EventLimits,
     first_index: int = 0,
 ) -> tuple[EventColumns, list[Rejection]]:
-    """The valid events as columns, and a rejection per invalid one (as ``validate_events``)."""
-    fast = fast_columns(model, tenant, batch, now=now, limits=limits)
-    if fast is not None:
-        return fast, []
+    """The valid events as columns, and a rejection per invalid one (as ``validate_events``).
+
+    Batches under ``FAST_PATH_EVENTS`` take the per-event path: the Arrow kernels' fixed cost
+    (about 1 ms a batch) is more than checking a few events one by one (bench/README.md).
+    """
+    if len(batch) >= FAST_PATH_EVENTS:
+        fast = fast_columns(model, tenant, batch, now=now, limits=limits)
+        if fast is not None:
+            return fast, []
     return validate_events(
         model, tenant, batch.raw_events(), now=now, limits=limits, first_index=first_index
     )
@@ -218,9 +225,7 @@ def _split_flat(
     keys = pa.array(flat.keys, pa.string())
     values = pa.array(flat.values, pa.string())
     owner = np.repeat(np.arange(count, dtype=np.int64), counts)
-    if len(keys) and len(
-        pa.table({"e": owner, "k": keys}).group_by(["e", "k"]).aggregate([])
-    ) != len(keys):
+    if len(keys) > 1 and _repeats_a_key(owner, keys):
         return None  # a key repeated within an event: the per-event path keeps the last
     if len(keys) and pc.any(pc.is_in(keys, pa.array(sorted(reserved), pa.string()))).as_py():
         return None
@@ -241,6 +246,17 @@ def _split_flat(
         pa.ListArray.from_arrays(offset_array, keys.take(pa.array(free))),
         pa.ListArray.from_arrays(offset_array, values.take(pa.array(free))),
     )
+
+
+def _repeats_a_key(owner: np.ndarray, keys: pa.Array) -> bool:
+    """Whether some event has a key twice: (event, key code) pairs sorted, neighbours compared.
+
+    A numpy sort of integer codes; pyarrow's group-by costs five times as much on small batches.
+    """
+    codes = keys.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    pairs = owner * (int(codes.max()) + 1) + codes
+    pairs.sort()
+    return bool(np.any(pairs[1:] == pairs[:-1]))
 
 
 def _sized(array: pa.Array, least: int, most: int = MAX_NAME_CHARS) -> bool:

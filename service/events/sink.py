@@ -93,6 +93,9 @@ class EventSink:
 
     def start(self) -> None:
         """Start the flusher task (in the running event loop)."""
+        # pyarrow imports pandas on its first conversion of a Python list (about 0.3 s): done
+        # here, at start, rather than on the event loop under the first caller's batch.
+        pa.array(["start"], pa.string())
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
