@@ -457,6 +457,19 @@ class _Context:
         where.extend(conditions)
         return where
 
+    def _period_tag(self, builder: ParameterBuilder, periods: Sequence[_Range]) -> str:
+        """SQL tagging a row with its period (0 current, 1 compare) for a two-period scan.
+
+        Disjoint periods (``previous``, or an offset at least the range's length) take one
+        comparison; overlapping ones count a row in each period it falls in (arrayJoin).
+        """
+        current, compare = periods
+        first = self._within(builder, current)
+        if compare.end <= current.start or current.end <= compare.start:
+            return f"if({first}, 0, 1)"
+        second = self._within(builder, compare)
+        return f"arrayJoin(multiIf(({first}) AND ({second}), [0, 1], {first}, [0], [1]))"
+
     def _within(self, builder: ParameterBuilder, period: _Range) -> str:
         """Whether a row's date field is in ``period`` (half-open)."""
         column = column_sql(self.date_field, self.model, builder.bind)
@@ -566,10 +579,7 @@ class _Context:
         if len(periods) == 1:
             outer.append((lookups[0], "bucket", "int"))
         else:
-            first, second = (self._within(builder, p) for p in periods)
-            inner_select.append(
-                f"arrayJoin(multiIf(({first}) AND ({second}), [0, 1], {first}, [0], [1])) AS pd"
-            )
+            inner_select.append(f"{self._period_tag(builder, periods)} AS pd")
             group.append("pd")
             outer.append((f"if(pd = 0, {lookups[0]}, {lookups[1]})", "bucket", "int"))
             outer.append(("pd", "period", "int"))
@@ -605,7 +615,9 @@ class _Context:
                 outer.append((f"s{index}", f"s{index}", sum_type(plan.field)))
                 outer.append((f"n{index}", f"n{index}", "int"))
         any_series = " OR ".join(f"({c})" for c in conditions) if "1" not in conditions else ""
-        where = self._where(builder, periods, [f"({any_series})"] if any_series else [])
+        where = self._where(
+            builder, _read_ranges(periods), [f"({any_series})"] if any_series else []
+        )
         inner = (
             f"{prefix}SELECT {', '.join(inner_select)} FROM {self._table()} "
             f"WHERE {' AND '.join(where)} GROUP BY {', '.join(group)}"
@@ -703,6 +715,19 @@ class _Context:
             settings=dict(BUCKET_SETTINGS),
             tenant=self.tenant,
         )
+
+
+def _read_ranges(periods: Sequence[_Range]) -> list[_Range]:
+    """The ranges a scan of ``periods`` reads: adjacent or overlapping ones as one range."""
+    ordered = sorted(periods, key=lambda p: p.start)
+    merged = [ordered[0]]
+    for period in ordered[1:]:
+        last = merged[-1]
+        if period.start <= last.end:
+            merged[-1] = _Range(last.start, max(last.end, period.end), ())
+        else:
+            merged.append(period)
+    return merged
 
 
 def _value_type(spec: FieldSpec, model: Model) -> str:

@@ -23,10 +23,10 @@ from google.protobuf import json_format
 
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from service.api.server import RunningServer, start_server
-from service.backends.selection import tenant_login
 from service.auth import mint_token
 from service.backends.embedded import EmbeddedBackend
 from service.backends.http import HttpBackend, redact_secrets
+from service.backends.selection import tenant_login
 from service.catalog import Catalog
 from service.errors import AnalyticsError
 from service.schema import SYNC_STATE_TABLE, all_ddl
