@@ -145,9 +145,15 @@ def generate_rows(model: Model, tenant: str, keys: int, seed: int) -> list[Row]:
     rng = random.Random(seed)
     rows: list[Row] = []
     for key in range(1, keys + 1):
+        first: dict[str, Any] = {}
         for version in range(1, rng.choice([1, 1, 2, 3]) + 1):
             values = {name: _value(spec, rng, tenant) for name, spec in model.fields.items()}
             values[model.primary_key[0]] = primary_key(model, key)
+            if model.events is not None:
+                # A resent event is the same event: its day is part of its identity (events
+                # dedupe per tenant, event id and UTC day; see the README).
+                moment = model.events.timestamp
+                values[moment] = first.setdefault(moment, values[moment])
             if model.soft_delete_column:
                 if rng.random() < 0.8:
                     values[model.soft_delete_column] = None
