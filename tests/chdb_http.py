@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -34,8 +35,10 @@ class ChdbOverHttp:
     What a modern server does for the requests the backend sends: ``default_format``,
     ``param_*`` query parameters, a few settings, ``X-ClickHouse-Summary`` with ``read_rows``
     (the engine's rows read from storage) and ``elapsed_ns``, errors with
-    ``X-ClickHouse-Exception-Code`` (404 for a missing table, as servers since 22.x answer). The
-    body goes out in small pieces, so that Arrow messages straddle network reads.
+    ``X-ClickHouse-Exception-Code`` (404 for a missing table, as servers since 22.x answer), and
+    inserts whose statement is the ``query`` argument (``INSERT ... FORMAT <format>``) and whose
+    data is the body, parsed by the engine's own input format. The body goes out in small
+    pieces, so that Arrow messages straddle network reads.
     """
 
     #: Settings passed on to the engine (others the front takes and ignores, like readonly).
@@ -47,6 +50,7 @@ class ChdbOverHttp:
             "output_format_arrow_string_as_string",
             "output_format_arrow_low_cardinality_as_dictionary",
             "max_query_size",
+            "optimize_on_insert",
         }
     )
 
@@ -68,7 +72,8 @@ class ChdbOverHttp:
         self.url = ""
 
     async def start(self) -> None:
-        app = web.Application()
+        # A server streams an insert's body of any size; aiohttp would refuse over 1 MiB.
+        app = web.Application(client_max_size=1 << 30)
         app.router.add_post("/", self._handle)
         # A server takes request URLs of up to ``http_max_uri_size`` (1 MiB by default), and the
         # backend sends query parameters in the URL; aiohttp's own default is 8 KiB.
@@ -85,7 +90,10 @@ class ChdbOverHttp:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         arguments = dict(request.query)
-        sql = await request.text()
+        body = await request.read()
+        # A server takes the statement from the URL when the body is an insert's data.
+        data: bytes | None = body if "query" in arguments else None
+        sql = arguments["query"] if data is not None else body.decode()
         self.requests.append(arguments)
         user = request.headers.get("X-ClickHouse-User", "default")
         self.users[arguments.get("query_id", "")] = user
@@ -110,7 +118,10 @@ class ChdbOverHttp:
         settings = {k: v for k, v in arguments.items() if k in self.APPLIED}
         self.active += 1
         try:
-            payload, rows_read, elapsed = await self._run(sql, fmt, parameters, settings)
+            if data is not None:
+                payload, rows_read, elapsed = await self._insert(sql, data, settings)
+            else:
+                payload, rows_read, elapsed = await self._run(sql, fmt, parameters, settings)
         except Exception as exc:  # the engine's error, as a server reports it
             self.active -= 1
             message = str(exc)
@@ -146,11 +157,7 @@ class ChdbOverHttp:
         self, sql: str, fmt: str, parameters: dict[str, str], settings: dict[str, str]
     ) -> tuple[bytes, int, float]:
         max_query_size = settings.pop("max_query_size", "")
-        if settings:
-            sql += " SETTINGS " + ", ".join(
-                f"{name} = {value if re.fullmatch(r'[0-9.]+', value) else quote_string(value)}"
-                for name, value in settings.items()
-            )
+        sql += _settings_clause(settings)
 
         def query(connection: Any) -> tuple[bytes, int, float]:
             try:
@@ -167,6 +174,45 @@ class ChdbOverHttp:
         async with self.engine._slots:
             with self.engine._connection() as connection:
                 return await asyncio.to_thread(query, connection)
+
+    async def _insert(
+        self, sql: str, data: bytes, settings: dict[str, str]
+    ) -> tuple[bytes, int, float]:
+        """``INSERT ... FORMAT <format>`` with ``data`` parsed by that input format."""
+        match = _INSERT_FORMAT.match(sql)
+        if match is None:
+            raise ValueError(f"Code: 62. DB::Exception: not an INSERT ... FORMAT: {sql[:200]}")
+        statement = match["statement"] + _settings_clause(settings)
+
+        def insert(connection: Any) -> tuple[bytes, int, float]:
+            started = time.perf_counter()
+            try:
+                with connection.send_insert(statement, match["format"]) as inserter:
+                    inserter.append(data)
+                    inserter.finish()
+            except Exception:
+                _reset_after_error(connection)
+                raise
+            return b"", 0, time.perf_counter() - started
+
+        async with self.engine._slots:
+            with self.engine._connection() as connection:
+                return await asyncio.to_thread(insert, connection)
+
+
+def _settings_clause(settings: dict[str, str]) -> str:
+    if not settings:
+        return ""
+    return " SETTINGS " + ", ".join(
+        f"{name} = {value if re.fullmatch(r'[0-9.]+', value) else quote_string(value)}"
+        for name, value in settings.items()
+    )
+
+
+_INSERT_FORMAT = re.compile(
+    r"^\s*(?P<statement>INSERT\s+INTO\s.*?)\s+FORMAT\s+(?P<format>\w+)\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 def legacy_arrow_stream(payload: bytes) -> bytes:

@@ -69,6 +69,8 @@ MODERN_LAYOUT_SINCE = (23, 2)
 SERVER_PARAMETERS_SINCE = (19, 11)
 #: What the project targets in production, and what callers get without asking a server.
 PRODUCTION_MINIMUM = (23, 8)
+#: Inserts as ``ArrowStream`` rather than ``TabSeparated`` (``Dialect.arrow_inserts``).
+ARROW_INSERTS_SINCE = PRODUCTION_MINIMUM
 #: The MergeTree setting ``merge_selector_base`` (ClickHouse PR 71497, November 2024); a table
 #: setting a server does not know fails the whole ``CREATE TABLE``.
 MERGE_SELECTOR_BASE_SINCE = (24, 12)
@@ -128,6 +130,17 @@ class Dialect:
     def optimize_on_insert(self) -> bool:
         """The ``optimize_on_insert`` setting exists (and defaults to collapsing in one insert)."""
         return self.is_modern
+
+    @property
+    def arrow_inserts(self) -> bool:
+        """Inserts go as ``ArrowStream``; older servers get ``TabSeparated`` text.
+
+        ``ArrowStream`` input is much older (20.x), but what its reader makes of each Arrow type
+        moved with the modern types (Date32 21.9, Bool 21.12, DateTime64 scales and zones): it
+        is used from the production minimum on, the oldest server it is meant for, and never on
+        the legacy layout, whose columns (Int64 microseconds, UInt8 booleans) are written as text.
+        """
+        return self.is_modern and self.version[:2] >= ARROW_INSERTS_SINCE
 
     @property
     def merge_selector_base(self) -> bool:
@@ -275,6 +288,7 @@ _LITERAL_ESCAPES = {code: f"\\x{code:02X}" for code in (*range(0x20), 0x7F)} | {
     ord("'"): "\\'",
 }
 _SURROGATES = re.compile("[\udc80-\udcff]")
+_COMPOSITE_TYPES = ("Array(", "Tuple(", "Map(")
 
 
 def unescape_text(text: str) -> bytes:
@@ -321,6 +335,8 @@ def parameter_literal(type_text: str, text: str) -> str:
     Unsigned integers become bare number literals, because old servers accept nothing else
     after ``LIMIT``/``OFFSET``; ``String`` a string literal; everything else
     ``CAST('<text>' AS <type>)``, which parses the text as the server would parse the parameter.
+    Arrays, tuples and maps are read by the server in their own text form (strings inside quoted,
+    with their own backslash escapes), not in the escaped form: their text is cast as it is.
     """
     declared = type_text.strip()
     if not _TYPE_TEXT.match(declared) or declared.count("(") != declared.count(")"):
@@ -329,6 +345,8 @@ def parameter_literal(type_text: str, text: str) -> str:
         raise ValueError("Identifier parameters cannot be bound on the client")
     if text == "\\N" and declared.startswith("Nullable("):
         return f"CAST(NULL AS {declared})"
+    if declared.startswith(_COMPOSITE_TYPES):
+        return f"CAST({quote_string(text)} AS {declared})"
     raw = unescape_text(text)
     if _UNSIGNED.match(declared):
         if not _DIGITS.match(raw):

@@ -16,11 +16,14 @@ query API does not fit here, so requests go through that session directly:
 
 Values. Small reads (``query_rows``) use ``TSVWithNamesAndTypes`` and convert each column by its
 declared type to the Python values the embedded backend returns (int, Decimal, str, bool, date,
-aware UTC datetime, UUID, None). Inserts send ``TabSeparated`` text encoded column-wise with
-pyarrow compute, driven by the *server's* column types (looked up once per table): exact for
-64-bit integers, decimals and microsecond timestamps, and refusing rather than losing data (a NULL
-for a non-Nullable column, a date a ``Date`` cannot hold, sub-second digits a ``DateTime`` would
-drop).
+aware UTC datetime, UUID, None; decimals at their column's scale). Inserts are conformed
+column-wise with pyarrow compute to the *server's* column types (looked up once per table),
+refusing rather than losing data (a NULL for a non-Nullable column, a date a ``Date`` cannot
+hold, sub-second digits a ``DateTime`` would drop, decimal digits beyond the column's scale or
+precision), then sent as one ``ArrowStream`` body, which servers of 23.8 and later parse natively
+(``Dialect.arrow_inserts``), or printed as ``TabSeparated`` text for older servers. Both are exact
+for 64-bit integers, decimals and microsecond timestamps; the Arrow body costs the client no
+per-value formatting at all (bench/README.md, "CDC writes on the server path").
 
 Parameters. ``{name:Type}`` placeholders are bound by the server where it supports query
 parameters, otherwise on the client (``service.backends.dialect.bind_client_side``).
@@ -73,6 +76,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime as dt
+import decimal
 import io
 import json
 import re
@@ -223,6 +227,7 @@ class HttpBackend:
         pool_size: int = 8,
         connect_timeout: float = 5.0,
         tenant_login: TenantLogin | None = None,
+        text_inserts: bool = False,
     ) -> None:
         """Describe the server; nothing connects before the first call.
 
@@ -231,7 +236,9 @@ class HttpBackend:
         connections; further calls wait for a free one. Calls without a ``timeout_seconds``
         have no deadline, as on the embedded backend. ``tenant_login`` gives each tenant's user
         and password; tenants query as their users once ``detect_row_policies`` found the server
-        able to enforce row policies.
+        able to enforce row policies. ``text_inserts`` sends inserts as ``TabSeparated`` even to
+        a server that takes ``ArrowStream`` (for comparisons, and a way out should a server's
+        Arrow reader misbehave).
         """
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
@@ -250,6 +257,7 @@ class HttpBackend:
         self._closing = False
         self._closed = False
         self._tenant_login = tenant_login
+        self._text_inserts = text_inserts
         #: True once tenants query as their own users under row policies (``detect_row_policies``).
         self.enforces_row_policies = False
         #: Why row policies are not enforced, once ``detect_row_policies`` has looked.
@@ -517,10 +525,12 @@ class HttpBackend:
     ) -> int:
         """Append ``data`` to ``database.table``, matching columns by name; return rows written.
 
-        Values are encoded for the server's column types (see ``encode_tsv``); a value the
-        column cannot hold exactly raises ValueError before anything is sent. Versions of one
-        key in one batch are not collapsed on insert (``optimize_on_insert = 0`` where the
-        setting exists; older servers never did it).
+        Values are conformed to the server's column types (``conformed_columns``; a value the
+        column cannot hold exactly raises ValueError before anything is sent) and go as one
+        ``ArrowStream`` body where the server parses it (``Dialect.arrow_inserts``), otherwise
+        as ``TabSeparated`` text (``encode_tsv``), or always as text when the backend was made
+        with ``text_inserts``. Versions of one key in one batch are not collapsed on insert
+        (``optimize_on_insert = 0`` where the setting exists; older servers never did it).
         """
         names = (database, table, *data.column_names)
         bad = [name for name in names if not _IDENTIFIER.match(name)]
@@ -530,10 +540,13 @@ class HttpBackend:
             return 0
         dialect = await self.dialect()
         types = await self._column_types(database, table, data.column_names)
+        arrow = dialect.arrow_inserts and not self._text_inserts
+        encode = encode_arrow_stream if arrow else encode_tsv
+        fmt = "ArrowStream" if arrow else "TabSeparated"
         # Encoding is CPU work (pyarrow releases the GIL): keep it off the event loop.
-        payload = await asyncio.to_thread(encode_tsv, data, types, dialect)
+        payload = await asyncio.to_thread(encode, data, types, dialect)
         columns = ", ".join(f"`{name}`" for name in data.column_names)
-        arguments = {"query": f"INSERT INTO `{database}`.`{table}` ({columns}) FORMAT TabSeparated"}
+        arguments = {"query": f"INSERT INTO `{database}`.`{table}` ({columns}) FORMAT {fmt}"}
         if dialect.optimize_on_insert:
             arguments["optimize_on_insert"] = "0"
         if timeout_seconds is not None:
@@ -1354,6 +1367,8 @@ _INTEGER_TYPE = re.compile(r"^U?Int(8|16|32|64|128|256)$")
 _DECIMAL_TYPE = re.compile(r"^Decimal(32|64|128|256)?\(")
 _DATETIME_TYPE = re.compile(r"^DateTime(?:\('(?P<tz>[^']*)'\))?$")
 _DATETIME64_TYPE = re.compile(r"^DateTime64\((?P<p>\d+)(?:,\s*'(?P<tz>[^']*)')?\)$")
+# Room for every digit of a Decimal256 (76): the default context holds 28.
+_WIDE = decimal.Context(prec=80)
 
 
 def from_epoch_microseconds(value: int) -> dt.datetime:
@@ -1409,7 +1424,11 @@ def _converter(kind: str, server_timezone: str) -> Converter:
     if kind in ("Float32", "Float64"):
         return float
     if _DECIMAL_TYPE.match(kind):
-        return lambda raw: Decimal(raw.decode())
+        # Servers since 21.9 print no trailing zeros (output_format_decimal_trailing_zeros):
+        # the column's scale is put back, as the embedded backend returns it (exact: the text
+        # has at most that many fractional digits).
+        quantum = Decimal(1).scaleb(-_decimal_precision_scale(kind)[1])
+        return lambda raw: Decimal(raw.decode()).quantize(quantum, context=_WIDE)
     if kind == "Bool":
         return lambda raw: raw == b"true"
     if kind == "UUID":
@@ -1447,7 +1466,15 @@ def _datetime_converter(zone: ZoneInfo) -> Converter:
     return convert
 
 
-# --- writing TabSeparated ---------------------------------------------------------------------
+# --- writing inserts: ArrowStream (23.8+) or TabSeparated (older servers) -------------------
+#
+# Both start from the same conformed columns (``conformed_columns``): every check that keeps a
+# value from being stored other than it was given happens once, before anything is sent, and
+# each column becomes the Arrow type that carries it exactly in the declared type. A server that
+# reads Arrow gets those columns as they are (its reader maps each Arrow type to a ClickHouse
+# type and casts that to the column's: exact for these pairs, tests/integration/
+# test_http_insert_formats.py compares every field type with the text path); an older one gets
+# them printed as text.
 
 _INTEGER_BOUNDS = {
     f"{'U' if unsigned else ''}Int{bits}": (
@@ -1464,16 +1491,45 @@ _TICKS_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 _TSV_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"), ("\0", "\\0"))
 
 
-def encode_tsv(data: pa.Table, column_types: Mapping[str, str], dialect: Dialect) -> bytes:
-    """``data`` as ``TabSeparated`` rows for columns of ``column_types`` (server type names).
+def encode_arrow_stream(data: pa.Table, column_types: Mapping[str, str], dialect: Dialect) -> bytes:
+    """``data`` as one Arrow IPC stream (``FORMAT ArrowStream``) for ``column_types``.
 
-    Raises ValueError naming the column when a value cannot be written exactly: a column the
-    table lacks, NULLs for a non-Nullable column, an integer out of the column's range, a
-    decimal with more fractional digits than the column's scale, a date or time outside what the
-    column holds, sub-second digits a ``DateTime`` cannot keep, or an unsupported pairing of
-    Arrow and ClickHouse types.
+    Raises ValueError as ``conformed_columns`` does.
+    """
+    table = pa.table(conformed_columns(data, column_types, dialect))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
+
+
+def encode_tsv(data: pa.Table, column_types: Mapping[str, str], dialect: Dialect) -> bytes:
+    """``data`` as ``TabSeparated`` rows for ``column_types`` (server type names).
+
+    Raises ValueError as ``conformed_columns`` does.
     """
     texts: list[pa.ChunkedArray] = []
+    for name, column in conformed_columns(data, column_types, dialect).items():
+        text = _column_text(column, _unwrap(column_types[name])[0], dialect)
+        texts.append(pc.fill_null(text.cast(pa.binary()), b"\\N"))
+    rows = pc.binary_join_element_wise(*texts, b"\t")
+    lines = pc.binary_join_element_wise(rows, b"", b"\n")
+    return _concatenate(lines)
+
+
+def conformed_columns(
+    data: pa.Table, column_types: Mapping[str, str], dialect: Dialect
+) -> dict[str, pa.ChunkedArray]:
+    """Each column of ``data`` in the Arrow type that carries it exactly as its server type.
+
+    ``column_types`` are the server's type names. Raises ValueError naming the column when a
+    value cannot be written exactly: a column the table lacks, NULLs for a non-Nullable column
+    (servers would store the type's default), an integer out of the column's range, a decimal
+    with more fractional digits than the column's scale or more digits than its precision, a
+    date or time outside what the column holds, sub-second digits a ``DateTime`` cannot keep, or
+    an unsupported pairing of Arrow and ClickHouse types.
+    """
+    conformed: dict[str, pa.ChunkedArray] = {}
     for name in data.column_names:
         if name not in column_types:
             raise ValueError(f"insert_arrow: the table has no column {name!r}")
@@ -1486,15 +1542,10 @@ def encode_tsv(data: pa.Table, column_types: Mapping[str, str], dialect: Dialect
                 f"but its type {declared} is not Nullable"
             )
         try:
-            text = _column_text(column, base, dialect)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            conformed[name] = _conformed(column, base, dialect)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
             raise ValueError(f"insert_arrow: column {name!r} ({declared}): {exc}") from None
-        except ValueError as exc:
-            raise ValueError(f"insert_arrow: column {name!r} ({declared}): {exc}") from None
-        texts.append(pc.fill_null(text.cast(pa.binary()), b"\\N"))
-    rows = pc.binary_join_element_wise(*texts, b"\t")
-    lines = pc.binary_join_element_wise(rows, b"", b"\n")
-    return _concatenate(lines)
+    return conformed
 
 
 def _unwrap(declared: str) -> tuple[str, bool]:
@@ -1517,8 +1568,8 @@ def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return column
 
 
-def _column_text(column: pa.ChunkedArray, base: str, dialect: Dialect) -> pa.ChunkedArray:
-    """One column as text (nulls stay null) in the form the server parses ``base`` from."""
+def _conformed(column: pa.ChunkedArray, base: str, dialect: Dialect) -> pa.ChunkedArray:
+    """One column checked against ``base`` (the declared type without Nullable) and typed."""
     arrow = column.type
     if base in ("String", "UUID") or base.startswith(("FixedString(", "Enum8(", "Enum16(")):
         if base == "UUID" and pa.types.is_fixed_size_binary(arrow) and arrow.byte_width == 16:
@@ -1527,44 +1578,38 @@ def _column_text(column: pa.ChunkedArray, base: str, dialect: Dialect) -> pa.Chu
             pa.types.is_binary(arrow) or pa.types.is_large_binary(arrow)
         ):
             raise ValueError(f"cannot write Arrow {arrow} as text")
-        return _tsv_escaped(column)
+        # UUIDs and enums travel as their text, which the server parses into the column's type.
+        return column
     if base in _INTEGER_BOUNDS:
-        return _integer_text(column, base)
+        return _conformed_integer(column, base)
     if base in ("Float32", "Float64"):
         if not (pa.types.is_floating(arrow) or pa.types.is_integer(arrow)):
             raise ValueError(f"cannot write Arrow {arrow} as a float")
-        # Arrow prints the shortest text that reads back as the same double (inf, nan too).
-        return pc.cast(column, pa.string())
+        if pa.types.is_integer(arrow):
+            # Floats print integers as integers: the text path never rounded them; nor do we.
+            return pc.cast(column, pa.string())
+        return pc.cast(column, pa.float32() if base == "Float32" else pa.float64())
     if _DECIMAL_TYPE.match(base):
-        return _decimal_text(column, base)
+        return _conformed_decimal(column, base)
     if base == "Bool":
         if not pa.types.is_boolean(arrow):
             raise ValueError(f"cannot write Arrow {arrow} as Bool")
-        return pc.cast(column, pa.string())
+        return column
     if base in ("Date", "Date32"):
         if not (pa.types.is_date32(arrow) or pa.types.is_date64(arrow)):
             raise ValueError(f"cannot write Arrow {arrow} as a date")
         low, high = dialect.date_range if base == "Date" else _DATE32_RANGE
         days = pc.cast(column, pa.date32())
         _check_range(days, dt.date.fromisoformat(low), dt.date.fromisoformat(high))
-        return pc.cast(days, pa.string())
+        return days
     if match := _DATETIME64_TYPE.match(base):
         precision = int(match["p"])
         if precision not in _PRECISION_UNITS:
             raise ValueError(f"DateTime64 precision {precision} is not supported")
-        zone = match["tz"] or dialect.server_timezone
-        return _timestamp_text(column, _PRECISION_UNITS[precision], zone, _DATETIME64_RANGE)
-    if match := _DATETIME_TYPE.match(base):
-        zone = match["tz"] or dialect.server_timezone
-        return _timestamp_text(column, "s", zone, _DATETIME_RANGE)
+        return _conformed_timestamp(column, _PRECISION_UNITS[precision], _DATETIME64_RANGE)
+    if _DATETIME_TYPE.match(base):
+        return _conformed_timestamp(column, "s", _DATETIME_RANGE)
     raise ValueError(f"cannot write Arrow {arrow} into {base}")
-
-
-def _tsv_escaped(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    # The backslash first, so that the escapes added after it are not escaped again.
-    for plain, escaped in _TSV_ESCAPES:
-        column = pc.replace_substring(column, plain, escaped)
-    return column
 
 
 def _uuid_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -1572,42 +1617,51 @@ def _uuid_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return pa.chunked_array([pa.array(values, pa.string())])
 
 
-def _integer_text(column: pa.ChunkedArray, base: str) -> pa.ChunkedArray:
+def _conformed_integer(column: pa.ChunkedArray, base: str) -> pa.ChunkedArray:
     arrow = column.type
     if pa.types.is_boolean(arrow):
-        return pc.if_else(column, "1", "0")
-    if pa.types.is_timestamp(arrow):
+        column = pc.cast(column, pa.uint8())
+    elif pa.types.is_timestamp(arrow):
         # Integer columns hold timestamps as microseconds since the epoch (legacy layout).
         column = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
     elif not pa.types.is_integer(arrow):
         raise ValueError(f"cannot write Arrow {arrow} as {base}")
-    # Old servers wrap an out-of-range integer silently instead of refusing it.
+    # Old servers wrap an out-of-range integer silently, new ones when casting it.
     low, high = _INTEGER_BOUNDS[base]
     _check_range(column, low, high)
-    return pc.cast(column, pa.string())
+    # Arrow has no 128- and 256-bit integers: those columns get the number's text, which the
+    # server parses (a cast from String) exactly.
+    target = _ARROW_INTEGERS.get(base)
+    return pc.cast(column, target if target is not None else pa.string())
 
 
-def _decimal_text(column: pa.ChunkedArray, base: str) -> pa.ChunkedArray:
+def _conformed_decimal(column: pa.ChunkedArray, base: str) -> pa.ChunkedArray:
     arrow = column.type
-    scale = _decimal_scale(base)
     if pa.types.is_integer(arrow):
+        # The number's text: exact for any integer the column's range holds.
         return pc.cast(column, pa.string())
     if not pa.types.is_decimal(arrow):
         raise ValueError(f"cannot write Arrow {arrow} as {base} exactly")
-    # Rescale to the column's scale first: a safe cast refuses to drop digits, where the
-    # server would silently truncate them.
-    precision = max(arrow.precision - arrow.scale + scale, 1)
+    precision, scale = _decimal_precision_scale(base)
+    # The column's own precision and scale: a safe cast refuses to drop fractional digits, where
+    # the server would silently truncate them, and a value too large for the column.
     target = pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
-    return pc.cast(pc.cast(column, target), pa.string())
+    return pc.cast(column, target)
 
 
-def _decimal_scale(base: str) -> int:
-    numbers = [int(n) for n in re.findall(r"\d+", base[base.index("(") :])]
-    return numbers[-1]
+def _decimal_precision_scale(base: str) -> tuple[int, int]:
+    """``Decimal(P, S)`` -> (P, S); ``Decimal64(S)`` and its kind -> (their largest P, S)."""
+    match = _DECIMAL_SPEC.match(base)
+    if match is None:
+        raise ValueError(f"unknown decimal type {base}")
+    bits, short_scale, precision, long_scale = match.groups()
+    if bits:
+        return _DECIMAL_BITS_PRECISION[bits], int(short_scale)
+    return int(precision), int(long_scale)
 
 
-def _timestamp_text(
-    column: pa.ChunkedArray, unit: str, zone: str, bounds: tuple[dt.datetime, dt.datetime]
+def _conformed_timestamp(
+    column: pa.ChunkedArray, unit: str, bounds: tuple[dt.datetime, dt.datetime]
 ) -> pa.ChunkedArray:
     arrow = column.type
     if not pa.types.is_timestamp(arrow):
@@ -1619,8 +1673,32 @@ def _timestamp_text(
     per_second = _TICKS_PER_SECOND[arrow.unit]
     low, high = ((bound - _EPOCH) // dt.timedelta(seconds=1) * per_second for bound in bounds)
     _check_range(pc.cast(utc, pa.int64()), low, high - 1)
-    local = pc.cast(pc.cast(utc, pa.timestamp(unit, tz="UTC")), pa.timestamp(unit, tz=zone))
-    return pc.strftime(local, format="%Y-%m-%d %H:%M:%S")
+    return pc.cast(utc, pa.timestamp(unit, tz="UTC"))
+
+
+def _column_text(column: pa.ChunkedArray, base: str, dialect: Dialect) -> pa.ChunkedArray:
+    """A conformed column as text (nulls stay null) in the form the server parses ``base`` from."""
+    arrow = column.type
+    if pa.types.is_string(arrow) or pa.types.is_large_string(arrow):
+        return _tsv_escaped(column)
+    if pa.types.is_binary(arrow) or pa.types.is_large_binary(arrow):
+        return _tsv_escaped(column)
+    if pa.types.is_timestamp(arrow):
+        match = _DATETIME64_TYPE.match(base) or _DATETIME_TYPE.match(base)
+        zone = (match["tz"] if match else None) or dialect.server_timezone
+        local = pc.cast(column, pa.timestamp(arrow.unit, tz=zone))
+        return pc.strftime(local, format="%Y-%m-%d %H:%M:%S")
+    # Integers, decimals at the column's scale, floats (the shortest text that reads back as the
+    # same double, inf and nan too), dates (ISO) and booleans (true/false): Arrow prints each as
+    # the server reads it.
+    return pc.cast(column, pa.string())
+
+
+def _tsv_escaped(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    # The backslash first, so that the escapes added after it are not escaped again.
+    for plain, escaped in _TSV_ESCAPES:
+        column = pc.replace_substring(column, plain, escaped)
+    return column
 
 
 def _check_range(column: pa.ChunkedArray, low: Any, high: Any) -> None:
