@@ -1,6 +1,6 @@
 """``python -m bench``: run the benchmarks, print one table of figures, save it.
 
-Usage: ``scripts/bench [--rows 1m,10m] [--only query,final,stream,ingest,fresh,events,trend]
+Usage: ``scripts/bench [--rows 1m,10m] [--only query,final,stream,ingest,fresh,events,trend,server]
 [--quick] [--sweep]``.
 See bench/README.md for the method behind each figure.
 """
@@ -26,6 +26,7 @@ from bench import (
     freshness,
     ingestion,
     query_overhead,
+    server_path,
     streaming,
     trend_speed,
 )
@@ -43,6 +44,7 @@ BENCHMARKS = (
     "fresh",
     "events",
     "trend",
+    "server",
 )
 DEFAULT_WORK_DIR = PROJECT_ROOT / ".data" / "bench"
 DEFAULT_OUTPUT = PROJECT_ROOT / "bench" / "results" / "latest.md"
@@ -118,6 +120,10 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             seconds = args.fresh_seconds or (10.0 if args.quick else 60.0)
             _say(f"freshness, {seconds:.0f} s of load")
             figures += await freshness.measure(backend, seconds)
+        if "server" in args.only:
+            rounds = 3 if args.quick else 5
+            _say(f"CDC writes on the server path (HTTP front over chDB), {rounds} runs per side")
+            figures += await server_path.measure(work, rounds)
         if "events" in args.only:
             events = 20_000 if args.quick else 300_000
             rounds = 2 if args.quick else 3
