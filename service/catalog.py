@@ -6,6 +6,7 @@ identifier the query compiler ever writes into SQL comes from here, never from a
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 import tomllib
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+#: How many relations a dotted path may follow (``deal.contact.country`` is two): each hop is a
+#: join, and reporting questions beyond two hops are better served by a model of their own.
+MAX_RELATION_HOPS = 2
 _TYPE_SPEC = re.compile(r"^(?P<base>[a-z]+)(?:\((?P<p>\d+)\s*,\s*(?P<s>\d+)\))?(?P<nullable>\?)?$")
 
 
@@ -63,6 +67,17 @@ class FieldSpec:
     property_key: str | None = None
     """Set for ``properties.<key>`` of an event model: the key in the free-form string map
     (such a field is a nullable string that is not a column of its own)."""
+    relation_path: tuple[str, ...] = ()
+    """Set for a related model's field (``contact.country``): the relations followed, in order.
+    ``name`` is then the whole dotted path and ``column`` the related model's column; the field
+    reads as nullable, since a row whose related row is missing reads NULL there."""
+    column: str = ""
+    """The column that stores the field, when it is not ``name`` (related fields)."""
+
+    @property
+    def column_name(self) -> str:
+        """The column of the model that holds the field (the related model's, for a path)."""
+        return self.column or self.name
 
     @property
     def clickhouse_type(self) -> str:
@@ -126,6 +141,21 @@ class EventFields:
 
 
 @dataclass(frozen=True)
+class Relation:
+    """A many-to-one relation: ``field`` of the model holds the primary key of ``target``."""
+
+    name: str
+    field: str
+    target: Model
+    """The related model, with its own relations one hop shallower (none at the last hop)."""
+
+    @property
+    def target_key(self) -> str:
+        """The target's primary key column, which ``field`` refers to."""
+        return self.target.primary_key[0]
+
+
+@dataclass(frozen=True)
 class Model:
     """A queryable model: a module's table replicated into ClickHouse, or an event model."""
 
@@ -143,6 +173,8 @@ class Model:
     kind: ModelKind = ModelKind.CDC
     events: EventFields | None = None
     """The event roles; set exactly when ``kind`` is EVENTS."""
+    relations: Mapping[str, Relation] = dataclasses.field(default_factory=dict)
+    """Many-to-one relations by name; dotted request paths (``contact.country``) follow them."""
 
     @property
     def is_events(self) -> bool:
@@ -217,12 +249,15 @@ def parse_catalog(data: Mapping[str, Any], origin: str = "<catalog>") -> Catalog
     if not isinstance(raw_models, list) or not raw_models:
         raise CatalogError(f"{origin}: at least one [[models]] entry is required")
     models: dict[tuple[str, str], Model] = {}
+    declared: dict[tuple[str, str], tuple[str, Any]] = {}
     tables: set[str] = set()
     for index, raw in enumerate(raw_models):
         where = f"{origin}: models[{index}]"
         if not isinstance(raw, dict):
             raise CatalogError(f"{where} must be a table")
-        model = _parse_model(raw, default_tenant, where)
+        model = _parse_model(
+            {k: v for k, v in raw.items() if k != "relations"}, default_tenant, where
+        )
         key = (model.module, model.name)
         if key in models:
             raise CatalogError(f"{where}: model {model.qualified_name} is defined twice")
@@ -230,7 +265,87 @@ def parse_catalog(data: Mapping[str, Any], origin: str = "<catalog>") -> Catalog
             raise CatalogError(f"{where}: table {model.table} is used by two models")
         tables.add(model.table)
         models[key] = model
-    return Catalog(database=database, models=models)
+        if "relations" in raw:
+            declared[key] = (f"{where} ({model.qualified_name}).relations", raw["relations"])
+    return Catalog(database=database, models=_with_relations(models, declared))
+
+
+def _with_relations(
+    models: dict[tuple[str, str], Model], declared: Mapping[tuple[str, str], tuple[str, Any]]
+) -> dict[tuple[str, str], Model]:
+    """The models with their relations, each target nested as deep as a path may follow.
+
+    Relations may form cycles (contacts -> accounts -> contacts); nesting the targets up to
+    MAX_RELATION_HOPS keeps every model immutable and makes a longer path unresolvable.
+    """
+    links = {
+        key: _parse_relations(models[key], raw, models, where)
+        for key, (where, raw) in declared.items()
+    }
+    layer = models
+    for _ in range(MAX_RELATION_HOPS):
+        previous = layer
+        layer = {
+            key: dataclasses.replace(
+                model,
+                relations={
+                    name: Relation(name, field_name, previous[target])
+                    for name, (field_name, target) in links.get(key, {}).items()
+                },
+            )
+            for key, model in models.items()
+        }
+    return layer
+
+
+def _parse_relations(
+    model: Model, raw: Any, models: Mapping[tuple[str, str], Model], where: str
+) -> dict[str, tuple[str, tuple[str, str]]]:
+    """Validate a model's ``relations`` table: name -> (field, target model key)."""
+    if not isinstance(raw, dict):
+        raise CatalogError(
+            f'{where} must be a table of name = {{ field = "...", target = "module.model.key" }}'
+        )
+    links: dict[str, tuple[str, tuple[str, str]]] = {}
+    for name, spec in raw.items():
+        here = f"{where}.{name}"
+        _identifier(name, here)
+        if name in model.fields or name == model.tenant_column:
+            raise CatalogError(f"{here}: {name!r} is also a field of the model; rename one")
+        if model.events is not None and name == model.events.properties:
+            raise CatalogError(f"{here}: {name!r} is the model's property map; rename it")
+        if not isinstance(spec, dict):
+            raise CatalogError(f'{here} must be a table {{ field = "...", target = "..." }}')
+        _only_keys(spec, {"field", "target"}, here)
+        field_name = spec.get("field")
+        source = model.fields.get(field_name) if isinstance(field_name, str) else None
+        if source is None:
+            raise CatalogError(f"{here}.field: {field_name!r} is not a field of the model")
+        target_text = spec.get("target")
+        parts = target_text.split(".") if isinstance(target_text, str) else []
+        if len(parts) != 3:
+            raise CatalogError(f"{here}.target: {target_text!r} is not module.model.key")
+        target = models.get((parts[0], parts[1]))
+        if target is None:
+            raise CatalogError(f"{here}.target: no model {parts[0]}.{parts[1]} in the catalog")
+        if target.is_events:
+            raise CatalogError(
+                f"{here}.target: {target.qualified_name} is an event model; relations lead to "
+                "replicated models, one row per key"
+            )
+        if target.primary_key != (parts[2],):
+            raise CatalogError(
+                f"{here}.target: {parts[2]!r} is not the primary key of {target.qualified_name} "
+                f"({', '.join(target.primary_key)}); a relation leads to exactly one row"
+            )
+        key_spec = target.fields[parts[2]]
+        if source.type is not key_spec.type:
+            raise CatalogError(
+                f"{here}.field: {field_name!r} is {source.type.value} but "
+                f"{target_text} is {key_spec.type.value}"
+            )
+        links[name] = (source.name, (target.module, target.name))
+    return links
 
 
 def _parse_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Model:

@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -19,7 +19,7 @@ import pyarrow as pa
 from service import audit
 from service.auth import Principal
 from service.backends.base import AnalyticsBackend, QueryStats
-from service.catalog import Catalog
+from service.catalog import Catalog, Model
 from service.errors import AnalyticsError, forbidden
 from service.query.compiler import (
     CompiledQuery,
@@ -29,6 +29,7 @@ from service.query.compiler import (
     resolve_model,
 )
 from service.query.request import QueryRequest
+from service.sync_status import oldest_sync
 
 #: Rows per granule of the replica tables (ClickHouse's ``index_granularity``, left at its
 #: default by ``service.schema``): the unit ``meta.rowsScanned`` is reported in.
@@ -81,13 +82,10 @@ class QueryService:
     def _authorise_and_compile(
         self, principal: Principal, request: QueryRequest, limits: QueryLimits
     ) -> CompiledQuery:
-        model = resolve_model(self.catalog, request.model)
-        if not principal.has_permission(model.read_permission):
-            raise forbidden(
-                f"permission {model.read_permission!r} is required to query {model.qualified_name}",
-                model.read_permission,
-            )
-        return compile_query(request, self.catalog, principal.tenant, limits)
+        authorise_reads(principal, [resolve_model(self.catalog, request.model)])
+        compiled = compile_query(request, self.catalog, principal.tenant, limits)
+        authorise_reads(principal, compiled.joined)
+        return compiled
 
     async def run(
         self, principal: Principal, request: QueryRequest, *, remaining: float | None, rpc: str
@@ -101,7 +99,7 @@ class QueryService:
             # The freshness lookup runs beside the query rather than after it: on small answers
             # it was a noticeable part of the latency.
             freshness = asyncio.ensure_future(
-                self.backend.last_sync_at(self.catalog.database, compiled.model.table)
+                oldest_sync(self.backend, self.catalog.database, compiled.tables)
             )
             try:
                 result = await self.backend.execute(
@@ -156,7 +154,7 @@ class QueryService:
                     rows += batch.num_rows
                     yield compiled.columns, batch
                 stats = stream.stats
-            last_sync = await self.backend.last_sync_at(self.catalog.database, compiled.model.table)
+            last_sync = await oldest_sync(self.backend, self.catalog.database, compiled.tables)
             meta_sink.append(StreamMeta(compiled.columns, caller_stats(stats), last_sync))
             outcome = "ok"
         except AnalyticsError as error:
@@ -175,6 +173,19 @@ class QueryService:
                     rows=rows,
                     rows_scanned=stats.rows_scanned,
                 )
+
+
+def authorise_reads(principal: Principal, models: Iterable[Model]) -> None:
+    """Raise PERMISSION_DENIED unless ``principal`` may read every one of ``models``.
+
+    A related model's fields are that model's data: joining them needs its read permission too.
+    """
+    for model in models:
+        if not principal.has_permission(model.read_permission):
+            raise forbidden(
+                f"permission {model.read_permission!r} is required to read {model.qualified_name}",
+                model.read_permission,
+            )
 
 
 def caller_stats(stats: QueryStats) -> QueryStats:

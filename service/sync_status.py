@@ -8,7 +8,9 @@ live rows after FINAL, the number a ``count`` query would answer across all tena
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,20 @@ from service.backends.base import AnalyticsBackend
 from service.catalog import Catalog, Model
 from service.errors import AnalyticsError
 from service.schema import SYNC_STATE_TABLE
+
+
+async def oldest_sync(
+    backend: AnalyticsBackend, database: str, tables: Sequence[str]
+) -> dt.datetime | None:
+    """The ``lastSyncAt`` of an answer read from ``tables``: the oldest of theirs.
+
+    None (never synced) when any of them has never been synced: nothing can be promised then.
+    """
+    found = await asyncio.gather(*(backend.last_sync_at(database, table) for table in tables))
+    if any(at is None for at in found):
+        return None
+    return min(at for at in found if at is not None)
+
 
 STALE_AFTER = dt.timedelta(seconds=30)
 LAGGING_AFTER = dt.timedelta(seconds=5)

@@ -17,12 +17,13 @@ from service import audit
 from service.auth import Principal
 from service.backends.base import AnalyticsBackend, QueryResult, QueryStats
 from service.catalog import Catalog
-from service.errors import AnalyticsError, forbidden
+from service.errors import AnalyticsError
 from service.insights.trend_request import TrendRequest
 from service.insights.trend_results import TrendAnswer, assemble_trend
 from service.insights.trends import compile_trend
 from service.query.compiler import resolve_model
-from service.query_service import audit_failure, caller_stats
+from service.query_service import audit_failure, authorise_reads, caller_stats
+from service.sync_status import oldest_sync
 
 
 @dataclass(frozen=True)
@@ -60,17 +61,15 @@ class TrendService:
         try:
             model = resolve_model(self.catalog, request.model)
             model_name = model.qualified_name
-            if not principal.has_permission(model.read_permission):
-                raise forbidden(
-                    f"permission {model.read_permission!r} is required to query {model_name}",
-                    model.read_permission,
-                )
+            authorise_reads(principal, [model])
             plan = compile_trend(request, self.catalog, principal.tenant, self._clock())
+            tables = plan.queries[0].compiled.tables
+            authorise_reads(principal, plan.queries[0].compiled.joined)
             budget = (
                 self._timeout if remaining is None else max(min(self._timeout, remaining), 0.001)
             )
             freshness = asyncio.ensure_future(
-                self.backend.last_sync_at(self.catalog.database, model.table)
+                oldest_sync(self.backend, self.catalog.database, tables)
             )
             try:
                 results: list[QueryResult] = await asyncio.gather(

@@ -58,6 +58,7 @@ from service.query.compiler import (
 )
 from service.query.field_paths import column_sql, resolve_field
 from service.query.filters import mentioned_fields, parse_filters
+from service.query.joins import from_clause, related_models
 from service.query.request import MetricRequest
 from service.query.time_buckets import BUCKET_SETTINGS, timestamp_bucket_key
 from service.query.values import encode_text_parameter, parse_time_zone
@@ -160,8 +161,28 @@ def compile_trend(
     start, end = date_range(request.date_from, _inclusive_date_to(request.date_to), now, time_zone)
     current = _Range(start, end, tuple(range_buckets(start, end, interval, time_zone, week_start)))
     compare = _compare_range(request.compare, current, interval, time_zone, week_start)
+    filter_names = frozenset(
+        name
+        for filters in (request.filters, *(item.filters for item in request.series))
+        for name in mentioned_fields(parse_filters(filters))
+    )
+    used = [
+        *(plan.field for plan in series if plan.field is not None),
+        *([breakdown] if breakdown is not None else []),
+        *(resolve_field(model, name, "filters") for name in sorted(filter_names)),
+    ]
     context = _Context(
-        catalog, model, tenant, time_zone, interval, week_start, date_field, request, series
+        catalog,
+        model,
+        tenant,
+        time_zone,
+        interval,
+        week_start,
+        date_field,
+        request,
+        series,
+        tuple(used),
+        filter_names,
     )
     periods = [current] if compare is None else [current, compare]
     queries = [
@@ -220,6 +241,13 @@ def _date_field(request: TrendRequest, model: Model) -> FieldSpec:
                 "REQUIRED",
             )
     spec = resolve_field(model, name, "dateField")
+    if spec.relation_path:
+        raise validation_error(
+            "dateField",
+            f"dateField: {name[:60]!r} is a related model's field; a trend dates each row of "
+            f"{model.qualified_name} by a timestamp of its own",
+            "INVALID_DATE_FIELD",
+        )
     if spec.type is not FieldType.TIMESTAMP or spec.property_key is not None:
         raise validation_error(
             "dateField", f"dateField: {name[:60]!r} is not a timestamp field", "INVALID_DATE_FIELD"
@@ -426,9 +454,15 @@ class _Context:
     date_field: FieldSpec
     request: TrendRequest
     series: Sequence[SeriesPlan]
+    fields: tuple[FieldSpec, ...]
+    """Every field the request reads (related ones make the joins)."""
+    filter_names: frozenset[str]
 
-    def _table(self) -> str:
-        return f"`{self.catalog.database}`.`{self.model.table}` AS t FINAL"
+    def _table(self, builder: ParameterBuilder) -> str:
+        tenant = builder.bind("String", encode_text_parameter(self.tenant))
+        return from_clause(
+            self.catalog, self.model, self.fields, tenant, guard_fields=self.filter_names
+        )
 
     def _where(
         self,
@@ -549,7 +583,7 @@ class _Context:
         tie = "toString(b)" if breakdown.type is FieldType.UUID else "b"
         top = (
             "(SELECT groupArray(tuple(b)) FROM (SELECT "
-            f"{value} AS b, {metric} AS v FROM {self._table()} WHERE {' AND '.join(where)} "
+            f"{value} AS b, {metric} AS v FROM {self._table(builder)} WHERE {' AND '.join(where)} "
             f"GROUP BY b ORDER BY v DESC NULLS LAST, {tie} ASC NULLS LAST "
             f"LIMIT {limit_placeholder}))"
         )
@@ -619,7 +653,7 @@ class _Context:
             builder, _read_ranges(periods), [f"({any_series})"] if any_series else []
         )
         inner = (
-            f"{prefix}SELECT {', '.join(inner_select)} FROM {self._table()} "
+            f"{prefix}SELECT {', '.join(inner_select)} FROM {self._table(builder)} "
             f"WHERE {' AND '.join(where)} GROUP BY {', '.join(group)}"
         )
         return self._compiled(builder, outer, inner)
@@ -655,9 +689,10 @@ class _Context:
             class_keys = ", k1, k2"
         keys = self._keys(builder, period.buckets)
         key = self._bucket_key(builder)
+        table = self._table(builder)
         if display == "cumulative":
             inner = (
-                f"{prefix}SELECT {counted} AS a{classes}, min({key}) AS k0 FROM {self._table()} "
+                f"{prefix}SELECT {counted} AS a{classes}, min({key}) AS k0 FROM {table} "
                 f"WHERE {' AND '.join(where)} GROUP BY a{class_keys}"
             )
             bucket = self._key_lookup(keys, "k0")
@@ -666,7 +701,7 @@ class _Context:
             metric = "m"
         else:
             inner = (
-                f"{prefix}SELECT {counted} AS a{classes}, {key} AS k0 FROM {self._table()} "
+                f"{prefix}SELECT {counted} AS a{classes}, {key} AS k0 FROM {table} "
                 f"WHERE {' AND '.join(where)} GROUP BY a{class_keys}, k0"
             )
             spread = (
@@ -714,6 +749,7 @@ class _Context:
             # (and Query) leave the row out; indexOf finds a NULL breakdown value without it.
             settings=dict(BUCKET_SETTINGS),
             tenant=self.tenant,
+            joined=related_models(self.model, self.fields),
         )
 
 

@@ -26,6 +26,7 @@ from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.errors import AnalyticsError, ErrorKind, not_found, validation_error
 from service.query.field_paths import column_sql, resolve_field
 from service.query.filters import Condition, Filter, Junction, mentioned_fields, parse_filters
+from service.query.joins import from_clause, related_models
 from service.query.request import MetricRequest, QueryRequest
 from service.query.text_match import fold_case, folded_sql, like_pattern
 from service.query.time_buckets import (
@@ -77,6 +78,13 @@ class CompiledQuery:
     #: The tenant the query was compiled for: the engine runs it as that tenant's user where
     #: row policies are enforced (empty for queries that are not a tenant's).
     tenant: str = ""
+    #: The related models the query joins (its freshness is the oldest of all it reads).
+    joined: tuple[Model, ...] = ()
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """Every table the query reads: the model's, then the joined ones'."""
+        return (self.model.table, *(m.table for m in self.joined))
 
 
 @dataclass
@@ -169,12 +177,15 @@ def compile_query(
         order_targets[key] = raw
 
     where = where_conditions(request.filters, model, builder, tenant_placeholder, time_zone)
+    filter_names = mentioned_fields(parse_filters(request.filters))
+    used = [
+        *group_keys,
+        *(_field(model, m.field, source) for m, _, source in metrics if m.field),
+        *(_field(model, name, "filters") for name in sorted(filter_names)),
+    ]
+    source_sql = from_clause(catalog, model, used, tenant_placeholder, guard_fields=filter_names)
 
-    inner = (
-        f"SELECT {', '.join(inner_select)} "
-        f"FROM `{catalog.database}`.`{model.table}` AS t FINAL "
-        f"WHERE {' AND '.join(where)}"
-    )
+    inner = f"SELECT {', '.join(inner_select)} FROM {source_sql} WHERE {' AND '.join(where)}"
     if group_keys:
         inner += f" GROUP BY {', '.join(f'k{i}' for i in range(len(group_keys)))}"
 
@@ -191,7 +202,14 @@ def compile_query(
     )
     settings = dict(BUCKET_SETTINGS) if interval else {}
     return CompiledQuery(
-        sql, builder.parameters, tuple(columns), model, limit, settings, tenant=tenant
+        sql,
+        builder.parameters,
+        tuple(columns),
+        model,
+        limit,
+        settings,
+        tenant=tenant,
+        joined=related_models(model, used),
     )
 
 
@@ -544,8 +562,7 @@ def _order(
 
     if text.strip():
         for part in text.split(","):
-            key, _, rest = part.strip().partition(".")
-            modifiers = rest.split(".") if rest else []
+            key, modifiers = _order_key(part.strip(), targets)
             if key == model.tenant_column and key not in targets:
                 _field(model, key, "order")
             if key not in targets:
@@ -575,6 +592,19 @@ def _order(
             terms.append(term(targets[key], direction, nulls))
     terms.extend(term(raw, "ASC", "") for raw in group_raw if raw not in used)
     return terms
+
+
+def _order_key(part: str, targets: Mapping[str, str]) -> tuple[str, list[str]]:
+    """``key.modifier...`` -> (key, modifiers); keys may be dotted paths (``contact.country``).
+
+    The longest leading run of segments that names a groupBy field or metric key is the key.
+    """
+    segments = part.split(".")
+    for end in range(len(segments), 1, -1):
+        key = ".".join(segments[:end])
+        if key in targets:
+            return key, segments[end:]
+    return segments[0], segments[1:]
 
 
 def _limit_offset(request: QueryRequest, limits: QueryLimits) -> tuple[int, int]:

@@ -246,6 +246,8 @@ def _expect_error(request: QueryRequest, kind: ErrorKind, field: str | None) -> 
 
 
 _ALL_FIELDS = sorted({name for model in MODELS for name in model.fields})
+#: What a hostile dotted name may be refused as: it reads as a path through relations.
+PATH_REASONS = ("UNKNOWN_RELATION", "NOT_A_RELATION", "TOO_MANY_HOPS")
 _MODEL_NAMES = [m.name for m in MODELS] + [m.qualified_name for m in MODELS]
 
 
@@ -255,7 +257,7 @@ def test_hostile_group_by_is_rejected(model: Model, name: str) -> None:
     error = _expect_error(
         QueryRequest(model=model.name, group_by=name), ErrorKind.VALIDATION, "groupBy"
     )
-    assert error.reason in ("UNKNOWN_FIELD", "INVALID_ARGUMENT")
+    assert error.reason in ("UNKNOWN_FIELD", "INVALID_ARGUMENT", *PATH_REASONS)
 
 
 @UNIT
@@ -264,7 +266,7 @@ def test_hostile_field_is_rejected(model: Model, name: str) -> None:
     error = _expect_error(
         QueryRequest(model=model.name, aggregate="count", field=name), ErrorKind.VALIDATION, "field"
     )
-    assert error.reason == "UNKNOWN_FIELD"
+    assert error.reason in ("UNKNOWN_FIELD", *PATH_REASONS)
 
 
 @UNIT
@@ -272,7 +274,7 @@ def test_hostile_field_is_rejected(model: Model, name: str) -> None:
 def test_hostile_metric_field_is_rejected(model: Model, name: str) -> None:
     request = QueryRequest(model=model.name, metrics=(MetricRequest("count_distinct", name),))
     error = _expect_error(request, ErrorKind.VALIDATION, "metrics[0].field")
-    assert error.reason == "UNKNOWN_FIELD"
+    assert error.reason in ("UNKNOWN_FIELD", *PATH_REASONS)
 
 
 @UNIT
@@ -280,7 +282,7 @@ def test_hostile_metric_field_is_rejected(model: Model, name: str) -> None:
 def test_hostile_filter_key_is_rejected(model: Model, name: str) -> None:
     request = QueryRequest(model=model.name, filters={name: "eq.x"})
     error = _expect_error(request, ErrorKind.VALIDATION, f"filters.{name}"[:240])
-    assert error.reason == "UNKNOWN_FIELD"
+    assert error.reason in ("UNKNOWN_FIELD", *PATH_REASONS)
 
 
 @UNIT
@@ -294,7 +296,7 @@ def test_hostile_field_inside_a_junction_is_rejected(
 ) -> None:
     request = QueryRequest(model=model.name, filters={junction: f"(id.eq.1,{name}.eq.x)"})
     error = _expect_error(request, ErrorKind.VALIDATION, f"filters.{junction}")
-    assert error.reason == "UNKNOWN_FIELD"
+    assert error.reason in ("UNKNOWN_FIELD", *PATH_REASONS)
 
 
 @UNIT
