@@ -684,3 +684,26 @@ def test_catalog_relations_are_validated() -> None:
     assert "unknown keys" in broken(
         {"contact": {"field": "contact_id", "target": "sales.contacts.id", "on": "x"}}
     )
+
+
+async def test_stream_query_takes_dotted_paths(data: Data) -> None:
+    service = _service(data)
+    principal = Principal("t", TENANT_A, frozenset({"sales.*.read"}))
+    request = QueryRequest(
+        model="deals",
+        group_by="id,contact.account.plan",
+        filters={"contact.status": "neq.lead"},
+        order="id",
+    )
+    unary = await service.run(principal, request, remaining=None, rpc="Query")
+    meta: list[Any] = []
+    streamed = [
+        row
+        async for _, batch in service.stream(
+            principal, request, remaining=None, rpc="StreamQuery", meta_sink=meta
+        )
+        for row in batch.to_pylist()
+    ]
+    assert streamed == unary.table.to_pylist()
+    assert len(streamed) > 10
+    assert meta
