@@ -544,26 +544,36 @@ class _Context:
         return f"indexOf({keys}, toDate32({key}))"
 
     def _metric(self, plan: SeriesPlan, condition: str, builder: ParameterBuilder) -> str:
+        return "".join(self._aggregate(plan, condition, builder))
+
+    def _aggregate(
+        self, plan: SeriesPlan, condition: str, builder: ParameterBuilder
+    ) -> tuple[str, str, str]:
+        """A series' aggregate as (function name, parameters, arguments).
+
+        Split so that it can also be taken as a partial state (``<name>State``) and finished
+        later (``<name>Merge``).
+        """
         field = plan.field
         if plan.aggregate == "count" and field is None:
-            return f"countIf({condition})"
+            return "countIf", "", f"({condition})"
         if field is None:
             raise ValueError(f"series {plan.letter}: {plan.aggregate} without a field")
         column = column_sql(field, self.model, builder.bind)
         if plan.aggregate == "count":
-            return f"countIf({column} IS NOT NULL AND {condition})"
+            return "countIf", "", f"({column} IS NOT NULL AND {condition})"
         if plan.distinct:
             if field.type is FieldType.FLOAT:
                 column = f"({column} + 0.)"
-            return f"uniqExactIf({column}, {condition})"
+            return "uniqExactIf", "", f"({column}, {condition})"
         if plan.aggregate == "sum":
-            return f"sumIf({exact_summand(field, column)}, {condition})"
+            return "sumIf", "", f"({exact_summand(field, column)}, {condition})"
         if plan.aggregate == "avg":
-            return f"avgIf({exact_summand(field, column)}, {condition})"
+            return "avgIf", "", f"({exact_summand(field, column)}, {condition})"
         if plan.aggregate in ("min", "max"):
-            return f"{plan.aggregate}If(toNullable({column}), {condition})"
+            return f"{plan.aggregate}If", "", f"(toNullable({column}), {condition})"
         level = int(plan.aggregate[1:]) / 100
-        return f"quantileExactInclusiveIf({level})(toFloat64({column}), {condition})"
+        return "quantileExactInclusiveIf", f"({level})", f"(toFloat64({column}), {condition})"
 
     def _ranking(
         self, builder: ParameterBuilder, current: _Range, breakdown: FieldSpec, limit: int
@@ -617,18 +627,13 @@ class _Context:
             group.append("pd")
             outer.append((f"if(pd = 0, {lookups[0]}, {lookups[1]})", "bucket", "int"))
             outer.append(("pd", "period", "int"))
-        if breakdown is not None:
-            inner_select += [
-                f"indexOf(top, tuple({value})) AS k1",
-                f"if(k1 = 0, NULL, {value}) AS k2",
-            ]
-            group += ["k1", "k2"]
-            outer.append(("k1", "rank", "int"))
-            value_type = _value_type(breakdown, self.model)
-            outer.append((render_value("k2", value_type, breakdown, builder), "value", value_type))
+        # With a breakdown the scan groups by the raw value and only its groups are classed
+        # (top N or Other) afterwards, merging partial aggregate states: classing every row
+        # (an array lookup each) cost the scan about as much as reading it.
+        aggregates: list[tuple[str, tuple[str, str, str]]] = []
         for index, plan in enumerate(self.series):
             condition = f"({conditions[index]})"
-            inner_select.append(f"{self._metric(plan, condition, builder)} AS m{index}")
+            aggregates.append((f"m{index}", self._aggregate(plan, condition, builder)))
             outer.append(
                 (
                     render_value(f"m{index}", plan.output_type, None, builder),
@@ -638,13 +643,11 @@ class _Context:
             )
             if plan.aggregate == "avg" and self.request.display and plan.field is not None:
                 # A cumulative or rolling average is the sum over the count of its buckets.
-                summand = exact_summand(
-                    plan.field, column_sql(plan.field, self.model, builder.bind)
-                )
-                inner_select.append(f"sumIf({summand}, {condition}) AS s{index}")
-                inner_select.append(
-                    f"countIf({column_sql(plan.field, self.model, builder.bind)} IS NOT NULL "
-                    f"AND {condition}) AS n{index}"
+                column = column_sql(plan.field, self.model, builder.bind)
+                summand = exact_summand(plan.field, column)
+                aggregates.append((f"s{index}", ("sumIf", "", f"({summand}, {condition})")))
+                aggregates.append(
+                    (f"n{index}", ("countIf", "", f"({column} IS NOT NULL AND {condition})"))
                 )
                 outer.append((f"s{index}", f"s{index}", sum_type(plan.field)))
                 outer.append((f"n{index}", f"n{index}", "int"))
@@ -652,11 +655,36 @@ class _Context:
         where = self._where(
             builder, _read_ranges(periods), [f"({any_series})"] if any_series else []
         )
+        table = self._table(builder)
+        if breakdown is None:
+            inner_select += [f"{n}{p}{a} AS {alias}" for alias, (n, p, a) in aggregates]
+            inner = (
+                f"SELECT {', '.join(inner_select)} FROM {table} "
+                f"WHERE {' AND '.join(where)} GROUP BY {', '.join(group)}"
+            )
+            return self._compiled(builder, outer, inner)
+        inner_select.append(f"{value} AS b")
+        inner_select += [f"{n}State{p}{a} AS {alias}" for alias, (n, p, a) in aggregates]
         inner = (
-            f"{prefix}SELECT {', '.join(inner_select)} FROM {self._table(builder)} "
-            f"WHERE {' AND '.join(where)} GROUP BY {', '.join(group)}"
+            f"SELECT {', '.join(inner_select)} FROM {table} "
+            f"WHERE {' AND '.join(where)} GROUP BY {', '.join([*group, 'b'])}"
         )
-        return self._compiled(builder, outer, inner)
+        classed = [
+            *group,
+            "indexOf(top, tuple(b)) AS k1",
+            "if(k1 = 0, NULL, b) AS k2",
+            *(f"{n}Merge{p}({alias}) AS {alias}" for alias, (n, p, _) in aggregates),
+        ]
+        middle = (
+            f"{prefix}SELECT {', '.join(classed)} FROM ({inner}) "
+            f"GROUP BY {', '.join([*group, 'k1', 'k2'])}"
+        )
+        value_type = _value_type(breakdown, self.model)
+        outer[len(periods) : len(periods)] = [
+            ("k1", "rank", "int"),
+            (render_value("k2", value_type, breakdown, builder), "value", value_type),
+        ]
+        return self._compiled(builder, outer, middle)
 
     def distinct_query(  # noqa: PLR0917 (one query's every input)
         self,
