@@ -36,7 +36,14 @@ def copy_data(source: Path, target: Path) -> None:
     """Copy a settled engine data directory for the served process."""
     shutil.rmtree(target, ignore_errors=True)
     # The engine links metadata/ and data/ into store/ with relative symlinks: keep them links.
-    shutil.copytree(source, target, symlinks=True)
+    try:
+        shutil.copytree(source, target, symlinks=True)
+    except shutil.Error as error:
+        # The source engine is still open and removes parts a merge outdated while the copy
+        # runs; those are covered by the merged part, which the served engine loads instead.
+        vanished = all("No such file or directory" in str(item[-1]) for item in error.args[0])
+        if not vanished:
+            raise
 
 
 class ServedProcess:
