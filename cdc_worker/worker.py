@@ -36,6 +36,7 @@ from cdc_worker.sync_tracker import SyncTracker
 from service.backends.dialect import backend_dialect, quote_string
 from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.errors import AnalyticsError
+from service.kafka_clients import dead_letter_producer, started
 from service.schema import SYNC_STATE_TABLE, all_ddl, sync_state_table
 from service.settings import Settings
 
@@ -189,22 +190,11 @@ class CdcWorker:
             session_timeout_ms=int(self._settings.kafka_session_timeout_seconds * 1000),
             heartbeat_interval_ms=int(self._settings.kafka_session_timeout_seconds * 1000 / 3),
         )
-        try:
-            await consumer.start()
-        except BaseException:
-            await consumer.stop()
-            raise
-        return consumer
+        return await started(consumer)
 
     async def _producer(self) -> AIOKafkaProducer:
         """A started producer for the dead-letter topic (closed again if it cannot start)."""
-        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
-        try:
-            await producer.start()
-        except BaseException:
-            await producer.stop()
-            raise
-        return producer
+        return await dead_letter_producer(self._bootstrap)
 
     async def _take(
         self,

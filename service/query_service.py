@@ -6,7 +6,6 @@ audit. Transports (gRPC now, REST later) only translate requests and results.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import time
@@ -29,7 +28,7 @@ from service.query.compiler import (
     resolve_model,
 )
 from service.query.request import QueryRequest
-from service.sync_status import oldest_sync
+from service.sync_status import oldest_sync, with_freshness
 
 #: Rows per granule of the replica tables (ClickHouse's ``index_granularity``, left at its
 #: default by ``service.schema``): the unit ``meta.rowsScanned`` is reported in.
@@ -96,20 +95,14 @@ class QueryService:
         try:
             compiled = self._authorise_and_compile(principal, request, self._limits)
             model_name = compiled.model.qualified_name
-            # The freshness lookup runs beside the query rather than after it: on small answers
-            # it was a noticeable part of the latency.
-            freshness = asyncio.ensure_future(
-                oldest_sync(self.backend, self.catalog.database, compiled.tables)
-            )
-            try:
-                result = await self.backend.execute(
+            result, last_sync = await with_freshness(
+                self.backend,
+                self.catalog.database,
+                compiled.tables,
+                self.backend.execute(
                     compiled, timeout_seconds=self._budget(remaining), query_id=uuid.uuid4().hex
-                )
-            except BaseException:
-                freshness.cancel()
-                await asyncio.gather(freshness, return_exceptions=True)
-                raise
-            last_sync = await freshness
+                ),
+            )
         except AnalyticsError as error:
             audit_failure(principal, model_name, rpc, started, error)
             raise

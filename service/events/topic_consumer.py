@@ -60,6 +60,7 @@ from service.events.topic_messages import (
     parse_message,
 )
 from service.events.validation import RawEvent
+from service.kafka_clients import dead_letter_producer, started
 from service.outage import FIRST_DELAY_SECONDS, OutageWaiter, is_transient, wait_or_stop
 from service.settings import Settings
 
@@ -247,22 +248,11 @@ class EventTopicConsumer:
             session_timeout_ms=int(settings.kafka_session_timeout_seconds * 1000),
             heartbeat_interval_ms=int(settings.kafka_session_timeout_seconds * 1000 / 3),
         )
-        try:
-            await consumer.start()
-        except BaseException:
-            await consumer.stop()
-            raise
-        return consumer
+        return await started(consumer)
 
     async def _producer(self) -> AIOKafkaProducer:
         """A started producer for the dead-letter topic (closed again if it cannot start)."""
-        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
-        try:
-            await producer.start()
-        except BaseException:
-            await producer.stop()
-            raise
-        return producer
+        return await dead_letter_producer(self._bootstrap)
 
     async def _handle(
         self,

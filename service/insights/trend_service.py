@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from service import audit
 from service.auth import Principal
-from service.backends.base import AnalyticsBackend, QueryResult, QueryStats
+from service.backends.base import AnalyticsBackend, QueryStats
 from service.catalog import Catalog
 from service.errors import AnalyticsError
 from service.insights.trend_request import TrendRequest
@@ -23,7 +23,7 @@ from service.insights.trend_results import TrendAnswer, assemble_trend
 from service.insights.trends import compile_trend
 from service.query.compiler import resolve_model
 from service.query_service import audit_failure, authorise_reads, caller_stats
-from service.sync_status import oldest_sync
+from service.sync_status import with_freshness
 
 
 @dataclass(frozen=True)
@@ -68,23 +68,19 @@ class TrendService:
             budget = (
                 self._timeout if remaining is None else max(min(self._timeout, remaining), 0.001)
             )
-            freshness = asyncio.ensure_future(
-                oldest_sync(self.backend, self.catalog.database, tables)
-            )
-            try:
-                results: list[QueryResult] = await asyncio.gather(
+            results, last_sync = await with_freshness(
+                self.backend,
+                self.catalog.database,
+                tables,
+                asyncio.gather(
                     *(
                         self.backend.execute(
                             query.compiled, timeout_seconds=budget, query_id=uuid.uuid4().hex
                         )
                         for query in plan.queries
                     )
-                )
-            except BaseException:
-                freshness.cancel()
-                await asyncio.gather(freshness, return_exceptions=True)
-                raise
-            last_sync = await freshness
+                ),
+            )
         except AnalyticsError as error:
             audit_failure(principal, model_name, rpc, started, error)
             raise
