@@ -26,7 +26,7 @@ from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.errors import AnalyticsError, ErrorKind, not_found, validation_error
 from service.query.field_paths import column_sql, resolve_field
 from service.query.filters import Condition, Filter, Junction, mentioned_fields, parse_filters
-from service.query.joins import from_clause, related_models
+from service.query.joins import from_clause, pushable_filters, related_models
 from service.query.request import MetricRequest, QueryRequest
 from service.query.text_match import fold_case, folded_sql, like_pattern
 from service.query.time_buckets import (
@@ -157,6 +157,7 @@ def compile_query(
         columns.append(OutputColumn(spec.name, alias, output_type))
         order_targets[spec.name] = raw
         used_keys.add(spec.name)
+    metric_fields = [_field(model, m.field, source) for m, _, source in metrics if m.field]
     for index, (metric, key, metric_source) in enumerate(metrics):
         raw = f"m{index}"
         if key in used_keys:
@@ -176,15 +177,9 @@ def compile_query(
         columns.append(OutputColumn(key, alias, output_type))
         order_targets[key] = raw
 
-    where = where_conditions(request.filters, model, builder, tenant_placeholder, time_zone)
-    filter_names = mentioned_fields(parse_filters(request.filters))
-    used = [
-        *group_keys,
-        *(_field(model, m.field, source) for m, _, source in metrics if m.field),
-        *(_field(model, name, "filters") for name in sorted(filter_names)),
-    ]
-    source_sql = from_clause(catalog, model, used, tenant_placeholder, guard_fields=filter_names)
-
+    source_sql, where, used = _source_and_where(
+        request, catalog, model, [*group_keys, *metric_fields], tenant_placeholder, builder
+    )
     inner = f"SELECT {', '.join(inner_select)} FROM {source_sql} WHERE {' AND '.join(where)}"
     if group_keys:
         inner += f" GROUP BY {', '.join(f'k{i}' for i in range(len(group_keys)))}"
@@ -213,6 +208,43 @@ def compile_query(
     )
 
 
+def _source_and_where(  # noqa: PLR0917 (private, one call site)
+    request: QueryRequest,
+    catalog: Catalog,
+    model: Model,
+    selected: list[FieldSpec],
+    tenant: str,
+    builder: ParameterBuilder,
+) -> tuple[str, list[str], list[FieldSpec]]:
+    """The FROM clause (with its joins), the WHERE conditions, and every field the query reads.
+
+    ``selected``: the group keys' and metrics' fields. Null-rejecting filters on related fields
+    are evaluated inside the related subquery, its join then INNER (``service/query/joins.py``).
+    Every filter is first checked as the request names it, in the request's order, so errors
+    are the same whether a filter moves or not.
+    """
+    time_zone = parse_time_zone(request.time_zone)
+    parsed = parse_filters(request.filters)
+    filter_conditions(parsed, model, ParameterBuilder(), time_zone)
+    kept, pushed = pushable_filters(model, parsed)
+    where = where_conditions(request.filters, model, builder, tenant, time_zone, kept=kept)
+    pushed_sql: dict[tuple[str, ...], list[str]] = {}
+    for item in pushed:
+        pushed_sql.setdefault(item.path, []).extend(
+            filter_conditions([item.condition], item.target, builder, time_zone)
+        )
+    filter_names = mentioned_fields(parsed)
+    selected = [
+        *selected,
+        *(_field(model, name, "filters") for name in sorted(mentioned_fields(kept))),
+    ]
+    source = from_clause(
+        catalog, model, selected, tenant, guard_fields=filter_names, pushed=pushed_sql
+    )
+    used = [*selected, *(_field(model, name, "filters") for name in sorted(filter_names))]
+    return source, where, used
+
+
 def where_conditions(
     filters: Mapping[str, str],
     model: Model,
@@ -221,18 +253,23 @@ def where_conditions(
     time_zone: str,
     *,
     guard_fields: Collection[str] = (),
+    kept: Sequence[Filter] | None = None,
 ) -> list[str]:
     """The WHERE conditions: the tenant first, the deleted-row guards, then the filters.
 
     The soft-delete guard is left out when the filters (or ``guard_fields``, fields other parts
-    of a request filter on) name the soft-delete column: the caller then decides.
+    of a request filter on) name the soft-delete column: the caller then decides. ``kept``: the
+    parsed filters to render, when some of ``filters`` are evaluated elsewhere (in a joined
+    subquery); the guard still follows every filter of ``filters``.
     """
     where = [f"t.`{model.tenant_column}` = {tenant}", "t.`_is_deleted` = 0"]
     parsed_filters = parse_filters(filters)
     named = mentioned_fields(parsed_filters) | set(guard_fields)
     if model.soft_delete_column and model.soft_delete_column not in named:
         where.append(_not_soft_deleted(model))
-    where.extend(filter_conditions(parsed_filters, model, builder, time_zone))
+    where.extend(
+        filter_conditions(parsed_filters if kept is None else kept, model, builder, time_zone)
+    )
     return where
 
 

@@ -11,6 +11,7 @@ definitions (LEFT JOIN of the live related row; a missing one reads NULL), witho
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -232,8 +233,10 @@ def _matches(values: dict[str, Any], field: str, operator: str, value: Any) -> b
         return False
     if operator == "eq":
         return bool(got == value)
-    if operator == "neq":
+    if operator in ("neq", "not.eq"):
         return bool(got != value)
+    if operator == "like":
+        return fnmatch.fnmatchcase(got, value)
     if operator == "in":
         return got in value
     if operator == "gt":
@@ -259,6 +262,24 @@ class Case:
                 filters[field] = "in.(" + ",".join(f'"{v}"' for v in value) + ")"
             else:
                 filters[field] = f"{operator}.{value}"
+        return self._request(filters)
+
+    def tree_request(self, kind: str) -> QueryRequest:
+        """The same filters as one tree: ``and=(...)`` or ``or=(and(...))`` (same meaning)."""
+        items = []
+        for field, operator, value in self.filters:
+            if operator in ("is", "not.is"):
+                items.append(f"{field}.{operator}.null")
+            elif operator == "in":
+                items.append(f"{field}.in.(" + ",".join(f'"{v}"' for v in value) + ")")
+            elif isinstance(value, str):
+                items.append(f'{field}.{operator}."{value}"')
+            else:
+                items.append(f"{field}.{operator}.{value}")
+        body = ",".join(items)
+        return self._request({"and": f"({body})"} if kind == "and" else {"or": f"(and({body}))"})
+
+    def _request(self, filters: dict[str, str]) -> QueryRequest:
         return QueryRequest(
             model=self.model.qualified_name,
             group_by=",".join(self.group_by),
@@ -373,12 +394,14 @@ def cases(draw: st.DrawFn) -> Case:
         elif leaf == "score":
             filters.append((field, "gt", draw(st.sampled_from([0.0, 1.0]))))
         else:
-            operator = draw(st.sampled_from(["eq", "neq", "in", "is", "not.is"]))
+            operator = draw(st.sampled_from(["eq", "neq", "not.eq", "in", "like", "is", "not.is"]))
             pool = _FILTER_VALUES[leaf]
             if operator == "in":
                 value: Any = tuple(draw(st.lists(st.sampled_from(pool), min_size=1, unique=True)))
-            elif operator in ("eq", "neq"):
+            elif operator in ("eq", "neq", "not.eq"):
                 value = draw(st.sampled_from(pool))
+            elif operator == "like":
+                value = draw(st.sampled_from(["*E", "B-*", "*u*"]))
             else:
                 value = None
             filters.append((field, operator, value))
@@ -403,6 +426,72 @@ async def test_random_requests_equal_the_joining_reference(
 ) -> None:
     got = await run(data, case.request(), tenant)
     assert canonical(got) == canonical(reference(data, case, tenant)), case.request()
+
+
+#: Operators whose top-level filter on a related field moves into the joined subquery.
+_PUSHED = ("eq", "in", "like", "gt")
+
+
+@ENGINE
+@given(case=cases(), tenant=st.sampled_from(TENANTS))
+async def test_pushed_filters_answer_as_filters_after_the_join_do(
+    data: Data, case: Case, tenant: str
+) -> None:
+    """A null-rejecting filter on a related field runs inside the joined subquery, its join INNER.
+
+    The same filters in one ``and`` tree are pushed the same way; inside ``or=(and(...))`` none
+    is (they stay in the outer WHERE, over the LEFT JOIN's NULLs). All three answers equal the
+    reference. ``is.null``, ``neq``, ``not.`` stay outside in every form.
+    """
+    expected = canonical(reference(data, case, tenant))
+    forms = {
+        "map": case.request(),
+        "and": case.tree_request("and"),
+        "or": case.tree_request("or"),
+    }
+    pushes = any("." in field and operator in _PUSHED for field, operator, _ in case.filters)
+    for form, request in forms.items():
+        if not case.filters and form != "map":
+            continue
+        compiled = compile_query(request, data.catalog, tenant, QueryLimits(max_limit=10_000))
+        assert ("INNER JOIN" in compiled.sql) == (pushes and form != "or"), (form, compiled.sql)
+        assert canonical(await run(data, request, tenant)) == expected, (form, request)
+
+
+def test_only_null_rejecting_filters_move_into_the_join() -> None:
+    def sql(filters: dict[str, str]) -> str:
+        return compile_query(
+            QueryRequest(model="deals", group_by="stage", filters=filters), CATALOG, TENANT_A
+        ).sql
+
+    for kept in (
+        {"contact.status": "is.null"},
+        {"contact.status": "neq.active"},
+        {"contact.status": "not.eq.active"},
+        {"not.and": "(contact.status.eq.active)"},
+        {"or": "(contact.status.eq.active,stage.eq.won)"},
+        {"contact.account.archived": "not.is.true"},
+    ):
+        assert "INNER JOIN" not in sql(kept), kept
+    two_hops = sql({"contact.account.plan": "eq.pro", "contact.status": "is.null"})
+    assert two_hops.count("INNER JOIN") == 2, two_hops
+    assert "j_7contact.`status` IS NULL" in two_hops
+    assert "(t.`plan` = " in two_hops
+    mixed = sql({"and": "(contact.status.eq.active,contact.country.is.null,stage.eq.won)"})
+    assert "INNER JOIN" in mixed
+    assert "(t.`status` = " in mixed
+    assert "j_7contact.`country` IS NULL" in mixed
+
+
+def test_a_pushed_filter_keeps_its_validation_errors() -> None:
+    with pytest.raises(AnalyticsError) as caught:
+        compile_query(
+            QueryRequest(model="deals", filters={"contact.status": "is.true", "stage": "eq.won"}),
+            CATALOG,
+            TENANT_A,
+        )
+    assert caught.value.message.startswith("filters.contact.status:")
+    assert "'contact.status'" in caught.value.message
 
 
 async def test_sums_are_unchanged_by_joining(data: Data) -> None:
