@@ -1,6 +1,7 @@
 """``python -m bench``: run the benchmarks, print one table of figures, save it.
 
-Usage: ``scripts/bench [--rows 1m,10m] [--only query,final,stream,ingest,fresh,events,trend,server]
+Usage: ``scripts/bench [--rows 1m,10m]
+[--only query,final,stream,ingest,fresh,events,trend,server,join]
 [--quick] [--sweep]``.
 See bench/README.md for the method behind each figure.
 """
@@ -25,6 +26,7 @@ from bench import (
     final_cost,
     freshness,
     ingestion,
+    join_speed,
     query_overhead,
     server_path,
     streaming,
@@ -45,6 +47,7 @@ BENCHMARKS = (
     "events",
     "trend",
     "server",
+    "join",
 )
 DEFAULT_WORK_DIR = PROJECT_ROOT / ".data" / "bench"
 DEFAULT_OUTPUT = PROJECT_ROOT / "bench" / "results" / "latest.md"
@@ -105,6 +108,19 @@ async def run(args: argparse.Namespace) -> list[Figure]:
                 backend,
                 work,
                 events_count=events,
+                repetitions=repetitions,
+                warmup=1,
+                judge=not args.quick,
+            )
+        if "join" in args.only:
+            deals = 200_000 if args.quick else 10_000_000
+            # A join over 10 m deals takes a few hundred ms: half the runs of the query figures.
+            repetitions = max(5, args.repetitions // 2)
+            _say(f"join speed, {deals:,} deals, {repetitions} runs per side and request")
+            figures += await join_speed.measure(
+                backend,
+                work,
+                deals=deals,
                 repetitions=repetitions,
                 warmup=1,
                 judge=not args.quick,

@@ -1,6 +1,6 @@
 """The benchmark scripts keep working: ``python -m bench`` at smoke scale on the embedded parts.
 
-Query overhead, FINAL cost and streaming on tiny datasets; event ingestion and trend speed at
+Query overhead, FINAL cost and streaming on tiny datasets; event ingestion, trend and join speed at
 ``--quick`` scale. Each in a subprocess (chDB opens one data directory per process, and the test
 session may hold another). No timing is asserted: only that every figure is produced and that
 the benchmark checked its answers exactly (it raises otherwise, which fails the run).
@@ -89,3 +89,33 @@ async def test_bench_events_and_trend_run_at_smoke_scale(tmp_path: Path) -> None
     trend = [m for m in metrics if m.startswith("Trend 90 days")]
     assert len(trend) == 1
     assert "answers exact" in trend[0]
+
+
+async def test_bench_join_runs_at_smoke_scale(tmp_path: Path) -> None:
+    results = tmp_path / "latest.md"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--only",
+        "join",
+        "--repetitions",
+        "2",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--output",
+        str(results),
+        cwd=PROJECT_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 300)
+    # --quick judges no target, so 0 is expected.
+    assert process.returncode == 0, err.decode()[-3000:]
+    table = out.decode()
+    assert results.read_text() == table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    joins = [row.split("|")[1].strip() for row in rows[1:] if "Query join" in row]
+    assert len(joins) == 3
+    assert all("answers exact" in m and "200k deals" in m for m in joins)
