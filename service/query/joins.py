@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from service.catalog import Catalog, FieldSpec, Model, Relation
+from service.catalog import Catalog, FieldSpec, FieldType, Model, Relation
 from service.query.field_paths import join_alias, resolve_field
 from service.query.filters import Condition, Filter, Junction
 
@@ -205,7 +205,7 @@ def _related_rows(  # noqa: PLR0917 (private, one call site)
         spec = target.fields[soft_delete]
         where.append(
             f"NOT ifNull(t.`{soft_delete}`, false)"
-            if spec.type.value == "bool"
+            if spec.type is FieldType.BOOL
             else f"t.`{soft_delete}` IS NULL"
         )
     where.extend(conditions)
