@@ -372,6 +372,10 @@ class Expect:
 OK = Expect()
 
 
+#: A dotted near miss (``not.tenant_id``) reads as a path through a relation: refused as one.
+PATH_REASONS = ("UNKNOWN_RELATION", "NOT_A_RELATION")
+
+
 def invalid(field: str | None, *reasons: str) -> Expect:
     return Expect(grpc.StatusCode.INVALID_ARGUMENT, frozenset(reasons), field)
 
@@ -807,11 +811,14 @@ def hostile_case(draw: st.DrawFn, isolated: Isolated, rpc: str) -> tuple[QueryRe
             key = name if draw(st.booleans()) else f"{TENANT_COLUMN} "
             return (
                 replace(base, filters={**base.filters, key: "in.(0,1)"}),
-                invalid(f"filters.{key}", "UNKNOWN_FIELD"),
+                invalid(f"filters.{key}", "UNKNOWN_FIELD", *PATH_REASONS),
             )
         if where == "groupBy":
-            return replace(base, group_by=name), invalid("groupBy", "UNKNOWN_FIELD")
-        return replace(base, aggregate="count", field=name), invalid("field", "UNKNOWN_FIELD")
+            return replace(base, group_by=name), invalid("groupBy", "UNKNOWN_FIELD", *PATH_REASONS)
+        return (
+            replace(base, aggregate="count", field=name),
+            invalid("field", "UNKNOWN_FIELD", *PATH_REASONS),
+        )
     if kind == 8:  # another module's model, the table, the tenant column, SQL
         name = draw(
             st.one_of(

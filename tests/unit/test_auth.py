@@ -117,3 +117,25 @@ def test_permissions_claim_may_be_a_space_separated_string() -> None:
     )
     principal = TokenVerifier(settings).verify(token)
     assert principal.permissions == {"crm.deals.read", "billing.invoices.read"}
+
+
+def test_a_verified_token_is_remembered_until_its_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings()
+    verifier = TokenVerifier(settings)
+    token = mint_token(settings, subject="svc", tenant="acme", permissions=["crm.deals.read"])
+    other = mint_token(settings, subject="svc", tenant="globex", permissions=["crm.deals.read"])
+    first = verifier.verify(token)
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+
+    def refuse(_: str) -> tuple[Principal, float]:
+        raise AnalyticsError(ErrorKind.UNAUTHORIZED, "verified again", "UNAUTHENTICATED")
+
+    monkeypatch.setattr(verifier, "_decode", refuse)
+    assert verifier.verify(token) == first  # from memory: not verified again
+    with pytest.raises(AnalyticsError):
+        verifier.verify(other)  # another text is never taken for a remembered one
+    with pytest.raises(AnalyticsError):
+        verifier.verify(token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1])
+    monkeypatch.setattr("service.auth.time.time", lambda: expires + 1)
+    with pytest.raises(AnalyticsError, match="verified again"):
+        verifier.verify(token)  # past its expiry it is verified (and refused) afresh
