@@ -1,7 +1,7 @@
 """``python -m bench``: run the benchmarks, print one table of figures, save it.
 
 Usage: ``scripts/bench [--rows 1m,10m]
-[--only query,final,stream,ingest,fresh,events,trend,server,join]
+[--only query,final,stream,ingest,fresh,events,trend,server,join,restart]
 [--quick] [--sweep]``.
 See bench/README.md for the method behind each figure.
 """
@@ -28,6 +28,7 @@ from bench import (
     ingestion,
     join_speed,
     query_overhead,
+    restart,
     server_path,
     streaming,
     trend_speed,
@@ -48,6 +49,7 @@ BENCHMARKS = (
     "trend",
     "server",
     "join",
+    "restart",
 )
 DEFAULT_WORK_DIR = PROJECT_ROOT / ".data" / "bench"
 DEFAULT_OUTPUT = PROJECT_ROOT / "bench" / "results" / "latest.md"
@@ -140,6 +142,10 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             rounds = 3 if args.quick else 5
             _say(f"CDC writes on the server path (HTTP front over chDB), {rounds} runs per side")
             figures += await server_path.measure(work, rounds)
+        if "restart" in args.only:
+            rounds = 3 if args.quick else 5
+            _say(f"restart to first write, {rounds} SIGKILL/restart rounds per membership")
+            figures += await restart.measure(work, rounds)
         if "events" in args.only:
             events = 20_000 if args.quick else 300_000
             rounds = 2 if args.quick else 3

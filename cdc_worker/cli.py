@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.abc
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from importlib.machinery import ModuleSpec
 from pathlib import Path
+from types import ModuleType
 
 import asyncpg
 import structlog
@@ -97,7 +100,33 @@ def _add_worker_command(
 
 
 def _worker(settings: Settings, _args: argparse.Namespace) -> int:
+    if settings.clickhouse_url:
+        _without_pandas()
     return _run_until_signal(settings, run_worker)
+
+
+def _without_pandas() -> None:
+    """Make pandas unimportable in this process, so pyarrow stops looking for it.
+
+    pyarrow imports pandas on its first conversion of a Python list (to recognise pandas
+    objects), which the worker's first decoded batch does: about 0.2-0.3 s between a restarted
+    worker's partitions coming back and its first write (bench/README.md, "Restart to first
+    write"). Nothing the worker runs on a ClickHouse server uses pandas; chDB (the embedded
+    engine) might, so this applies only to a server.
+    """
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _NoPandas())
+
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    """An import finder that reports pandas as not installed."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname == "pandas" or fullname.startswith("pandas."):
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        return None
 
 
 def _loader(settings: Settings, _args: argparse.Namespace) -> int:

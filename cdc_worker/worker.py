@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import OffsetAndMetadata
 
@@ -113,6 +113,12 @@ class CdcWorker:
         self.metrics = metrics or WorkerMetrics()
         self._last_report = 0.0
         self._started_at = time.monotonic()
+        self._wrote_events = False
+
+    @property
+    def started_at(self) -> float:
+        """When ``run`` began (monotonic clock)."""
+        return self._started_at
 
     async def prepare(self) -> None:
         """Create the database, the replica tables and the sync-state table if missing.
@@ -141,7 +147,7 @@ class CdcWorker:
             await consumer.stop()
             return
         self.metrics.started = True
-        consumer.subscribe(pattern=self._topics.pattern())
+        consumer.subscribe(pattern=self._topics.pattern(), listener=_AssignmentLog(self))
         log.info("cdc worker started", topics=sorted(self._topics.by_table.values()))
         batch = ChangeBatch()
         try:
@@ -324,8 +330,9 @@ class CdcWorker:
         for ts_ms, ends in batch.heartbeats:
             self.tracker.heartbeat(ts_ms, ends)
         self.metrics.batches += 1
-        if self.metrics.batches == 1:
+        if batch.events and not self._wrote_events:
             # How long a (re)start takes to write again: the figure static membership shortens.
+            self._wrote_events = True
             log.info(
                 "first batch written",
                 events=batch.events,
@@ -431,6 +438,23 @@ class CdcWorker:
             )
         self.metrics.tables = {p.table: p for p in self.tracker.tables.values()}
         await report_sync_state(self._sink, self._catalog.database, rows)
+
+
+class _AssignmentLog(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Logs each assignment the group gives the worker, with the time since its start."""
+
+    def __init__(self, worker: CdcWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info(
+            "partitions assigned",
+            partitions=len(assigned),
+            seconds_since_start=round(time.monotonic() - self._worker.started_at, 3),
+        )
 
 
 async def report_sync_state(

@@ -25,6 +25,7 @@ import pytest
 from google.protobuf import json_format
 
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from bench.restart import WorkerProcess, catalog_file, worker_env
 from cdc_worker.source_schema import source_schema_ddl
 from cdc_worker.worker import CdcWorker, ReplicaSink
 from local_stack import ClickHouseServer, LocalStack, make_stack_directory
@@ -33,8 +34,10 @@ from service.auth import mint_token
 from service.backends.embedded import EmbeddedBackend
 from service.backends.http import HttpBackend
 from service.catalog import Catalog
+from service.errors import AnalyticsError
 from service.settings import PROJECT_ROOT, Settings
 from tests.conftest import catalog_in_database, unique_database
+from tests.integration.conftest import Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -381,3 +384,89 @@ async def test_rebalances_under_writes_lose_nothing_and_stop_no_worker(
             await asyncio.wait_for(second, 60)
         await embedded_backend.command(f"DROP DATABASE IF EXISTS `{mine.database}`")
         await pool.close()
+
+
+RESTART_TENANT = "restarts"
+
+
+async def _restart_truth(pool: asyncpg.Pool) -> list[tuple[int, str, Decimal]]:
+    rows = await pool.fetch(
+        "SELECT id, stage, amount FROM deals WHERE tenant_id = $1 ORDER BY id", RESTART_TENANT
+    )
+    return [(int(r["id"]), r["stage"], Decimal(r["amount"])) for r in rows]
+
+
+async def _restart_replica(sink: HttpBackend, database: str) -> list[tuple[int, str, Decimal]]:
+    try:
+        rows = await sink.query_rows(
+            f"SELECT id, stage, amount FROM `{database}`.crm_deals FINAL "
+            "WHERE tenant_id = {tenant:String} AND _is_deleted = 0 ORDER BY id",
+            {"tenant": RESTART_TENANT},
+        )
+    except AnalyticsError:
+        return []  # the worker has not created the table yet
+    return [(int(r["id"]), r["stage"], Decimal(str(r["amount"]))) for r in rows]
+
+
+async def _replica_equals_postgres(pool: asyncpg.Pool, sink: HttpBackend, database: str) -> None:
+    deadline = time.monotonic() + 60
+    while (truth := await _restart_truth(pool)) != (got := await _restart_replica(sink, database)):
+        assert time.monotonic() < deadline, f"replica {got[-5:]} != PostgreSQL {truth[-5:]}"
+        await asyncio.sleep(0.3)
+    # Nothing doubled: one row per key under FINAL, and no key PostgreSQL lacks.
+    assert len({row[0] for row in got}) == len(got)
+
+
+async def _insert_restart_deals(pool: asyncpg.Pool, ids: range) -> None:
+    await pool.executemany(
+        "INSERT INTO deals (tenant_id, id, contact_id, owner_id, title, stage, amount, currency, "
+        "probability, created_at, updated_at) VALUES ($1, $2, 1, 1, 't', 'lead', $3, 'EUR', 0.5, "
+        "now(), now())",
+        [(RESTART_TENANT, i, Decimal(i % 997) + Decimal("0.25")) for i in ids],
+    )
+
+
+async def test_worker_process_sigkilled_and_restarted_with_an_instance_id(
+    stack: LocalStack, server: Server, backend: HttpBackend, tmp_path: Path
+) -> None:
+    """``analytics worker`` (a process of its own, static membership, the ClickHouse server over
+    HTTP) SIGKILLed after it replicated, rows written meanwhile, started again: every row
+    arrives with its values, none twice. Correctness only: the time to the first write is the
+    bench's (``scripts/bench --only restart``)."""
+    database = unique_database("restart")
+    env = worker_env(
+        stack.kafka.bootstrap_servers,
+        server.url,
+        catalog_file(tmp_path, database),
+        group=uuid.uuid4().hex,
+        instance="worker-0",
+    )
+    worker = WorkerProcess(env)
+    pool = await asyncpg.create_pool(stack.postgres.dsn, min_size=1, max_size=2)
+    first = 3_000_000
+    try:
+        await _insert_restart_deals(pool, range(first, first + 50))
+        await worker.start()
+        await worker.first_write(within=60)
+        await _replica_equals_postgres(pool, backend, database)
+        await worker.kill()
+        # While it is down: new rows, changed rows, a deleted row.
+        await _insert_restart_deals(pool, range(first + 50, first + 120))
+        await pool.execute(
+            "UPDATE deals SET stage = 'won', amount = amount + 1.5 WHERE tenant_id = $1 "
+            "AND id < $2",
+            RESTART_TENANT,
+            first + 10,
+        )
+        await pool.execute("DELETE FROM deals WHERE id = $1", first + 20)
+        await worker.start()
+        await worker.first_write(within=60)
+        await _replica_equals_postgres(pool, backend, database)
+        truth = await _restart_truth(pool)
+        assert len(truth) == 119
+        assert sum(1 for row in truth if row[1] == "won") == 10
+        assert await worker.terminate() == 0
+    finally:
+        await worker.kill()
+        await pool.close()
+        await backend.command(f"DROP DATABASE IF EXISTS `{database}`")
