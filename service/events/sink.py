@@ -31,7 +31,7 @@ from service.backends.base import AnalyticsBackend
 from service.catalog import Model
 from service.errors import AnalyticsError, ErrorKind, engine_unavailable, resource_exhausted
 from service.events.metrics import SinkMetrics
-from service.events.validation import EventColumns
+from service.events.validation import EventColumns, EventRows, rows_table
 from service.schema import SYNC_STATE_TABLE, sync_state_table
 
 log = structlog.get_logger(__name__)
@@ -261,7 +261,10 @@ class EventSink:
 
 
 def event_table(parts: Sequence[EventColumns], version: int) -> pa.Table:
-    """The Arrow rows of ``parts`` (one model) for the event table, every row at ``version``."""
+    """The Arrow rows of ``parts`` (one model) for the event table, every row at ``version``.
+
+    Parts still held as lists (small calls) become columns here, all of them at once.
+    """
     model: Model = parts[0].model
     count = sum(len(part) for part in parts)
     # Each part's tenant repeated by a take of index 0: no Python object per row.
@@ -271,7 +274,21 @@ def event_table(parts: Sequence[EventColumns], version: int) -> pa.Table:
             for part in parts
         ]
     )
-    rows = pa.concat_tables([part.table for part in parts])
+    # In the callers' order (of two sends of one event id in one flush the later one wins),
+    # each run of listed parts as one table.
+    tables: list[pa.Table] = []
+    run: list[EventRows] = []
+    for part in parts:
+        if part.rows is not None:
+            run.append(part.rows)
+            continue
+        if run:
+            tables.append(rows_table(model, run))
+            run = []
+        tables.append(part.table)
+    if run:
+        tables.append(rows_table(model, run))
+    rows = pa.concat_tables(tables)
     return rows.add_column(0, model.tenant_column, tenants).append_column(
         "_version", pa.array(np.full(count, version, dtype=np.uint64))
     )

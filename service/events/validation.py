@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -61,19 +61,78 @@ class EventError(ValueError):
 
 
 @dataclass(frozen=True)
-class EventColumns:
-    """Valid events of one model and tenant as Arrow columns named as the table's.
+class EventRows:
+    """Validated events still as Python lists, one list per column of the event table.
 
-    ``table`` holds every declared field and the two property arrays; the tenant and the
-    version are added when the sink writes (``service.events.sink.event_table``).
+    Turning a call of a few events into Arrow costs more (a fixed cost per column) than
+    validating them: the sink builds the columns of every such part of a flush at once instead
+    (``rows_table``).
     """
 
-    model: Model
-    tenant: str
-    table: pa.Table
+    values: dict[str, list[Any]]
+    keys: list[list[str]]
+    property_values: list[list[str]]
 
     def __len__(self) -> int:
+        return len(self.keys)
+
+
+class EventColumns:
+    """Valid events of one model and tenant: Arrow columns named as the table's, or lists.
+
+    ``table`` holds every declared field and the two property arrays (built once from
+    ``rows`` when that is what was given); the tenant and the version are added when the sink
+    writes (``service.events.sink.event_table``).
+    """
+
+    __slots__ = ("_table", "model", "rows", "tenant")
+
+    def __init__(
+        self,
+        model: Model,
+        tenant: str,
+        table: pa.Table | None = None,
+        rows: EventRows | None = None,
+    ) -> None:
+        """Columns from ``table``, or from ``rows`` when there is no table."""
+        if (table is None) == (rows is None):
+            raise ValueError("EventColumns takes a table or rows, exactly one")
+        self.model = model
+        self.tenant = tenant
+        self.rows = rows
+        self._table = table
+
+    @property
+    def table(self) -> pa.Table:
+        """The events as an Arrow table."""
+        if self._table is None:
+            self._table = rows_table(self.model, [self.rows] if self.rows is not None else [])
+        return self._table
+
+    def __len__(self) -> int:
+        if self._table is None and self.rows is not None:
+            return len(self.rows)
         return int(self.table.num_rows)
+
+
+def rows_table(model: Model, parts: Sequence[EventRows]) -> pa.Table:
+    """One Arrow table of the rows of ``parts``, in order."""
+    roles = model.events
+    if roles is None:
+        raise ValueError(f"{model.qualified_name} is not an event model")
+    texts = pa.list_(pa.string())
+    columns = {
+        name: pa.array(
+            [value for part in parts for value in part.values[name]],
+            arrow_type(model.fields[name]),
+        )
+        for name in model.fields
+    }
+    columns[roles.key_column] = pa.array([k for part in parts for k in part.keys], texts)
+    columns[roles.value_column] = pa.array(
+        [v for part in parts for v in part.property_values], texts
+    )
+    return pa.table(columns)
 
 
 @dataclass
@@ -92,17 +151,9 @@ class _RowCollector:
         self.property_values.append(values)
 
     def finish(self, tenant: str) -> EventColumns:
-        roles = self.model.events
-        if roles is None:
-            raise ValueError(f"{self.model.qualified_name} is not an event model")
-        texts = pa.list_(pa.string())
-        columns = {
-            name: pa.array(values, arrow_type(self.model.fields[name]))
-            for name, values in self.values.items()
-        }
-        columns[roles.key_column] = pa.array(self.keys, texts)
-        columns[roles.value_column] = pa.array(self.property_values, texts)
-        return EventColumns(self.model, tenant, pa.table(columns))
+        return EventColumns(
+            self.model, tenant, rows=EventRows(self.values, self.keys, self.property_values)
+        )
 
 
 @dataclass(frozen=True)
