@@ -19,19 +19,16 @@ from service.settings import PROJECT_ROOT
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-async def test_bench_runs_at_smoke_scale(tmp_path: Path) -> None:
+async def run_bench(tmp_path: Path, *arguments: str) -> list[str]:
+    """``python -m bench --quick <arguments>``: the metric names of its table (checked to be
+    the results file's contents). ``--quick`` judges no target, so any exit but 0 fails."""
     results = tmp_path / "latest.md"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bench",
         "--quick",
-        "--rows",
-        "5k,20k",
-        "--only",
-        "query,final,stream",
-        "--repetitions",
-        "2",
+        *arguments,
         "--work-dir",
         str(tmp_path / "work"),
         "--output",
@@ -41,12 +38,17 @@ async def test_bench_runs_at_smoke_scale(tmp_path: Path) -> None:
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), 300)
-    # Exit 1 would be a missed target; the smoke sizes judge none, so 0 is expected.
     assert process.returncode == 0, err.decode()[-3000:]
     table = out.decode()
     assert results.read_text() == table
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    metrics = [row.split("|")[1].strip() for row in rows[1:]]
+    return [row.split("|")[1].strip() for row in rows[1:]]
+
+
+async def test_bench_runs_at_smoke_scale(tmp_path: Path) -> None:
+    metrics = await run_bench(
+        tmp_path, "--rows", "5k,20k", "--only", "query,final,stream", "--repetitions", "2"
+    )
     for size in ("5k", "20k"):
         for query in ("count", "group-by", "daily"):
             assert f"Query {query}, {size}" in metrics
@@ -58,29 +60,7 @@ async def test_bench_runs_at_smoke_scale(tmp_path: Path) -> None:
 
 
 async def test_bench_events_and_trend_run_at_smoke_scale(tmp_path: Path) -> None:
-    results = tmp_path / "latest.md"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench",
-        "--quick",
-        "--only",
-        "events,trend",
-        "--work-dir",
-        str(tmp_path / "work"),
-        "--output",
-        str(results),
-        cwd=PROJECT_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 300)
-    # --quick judges no target (the sizes are too small to mean anything), so 0 is expected.
-    assert process.returncode == 0, err.decode()[-3000:]
-    table = out.decode()
-    assert results.read_text() == table
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    metrics = [row.split("|")[1].strip() for row in rows[1:]]
+    metrics = await run_bench(tmp_path, "--only", "events,trend")
     for form in ("columns", "events"):
         assert any(m.startswith(f"Ingest events/s, {form} form") for m in metrics)
     for shape in ("x 10 events", "x 100 events"):
@@ -92,30 +72,7 @@ async def test_bench_events_and_trend_run_at_smoke_scale(tmp_path: Path) -> None
 
 
 async def test_bench_join_runs_at_smoke_scale(tmp_path: Path) -> None:
-    results = tmp_path / "latest.md"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench",
-        "--quick",
-        "--only",
-        "join",
-        "--repetitions",
-        "2",
-        "--work-dir",
-        str(tmp_path / "work"),
-        "--output",
-        str(results),
-        cwd=PROJECT_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 300)
-    # --quick judges no target, so 0 is expected.
-    assert process.returncode == 0, err.decode()[-3000:]
-    table = out.decode()
-    assert results.read_text() == table
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    joins = [row.split("|")[1].strip() for row in rows[1:] if "Query join" in row]
+    metrics = await run_bench(tmp_path, "--only", "join", "--repetitions", "2")
+    joins = [m for m in metrics if "Query join" in m]
     assert len(joins) == 3
     assert all("answers exact" in m and "200k deals" in m for m in joins)
