@@ -205,6 +205,20 @@ def date_range(
     return start, end
 
 
+def inclusive_date_to(text: str) -> str:
+    """A date-only ``dateTo`` includes that day: ``2026-01-31`` ends where February starts.
+
+    Moved to the next day before the range is read and checked (not after), so that
+    ``dateFrom`` and ``dateTo`` naming the same date are that one day rather than an empty range;
+    any spelling ``date_range`` reads as a date alone (``20260131`` too) counts as date-only.
+    """
+    try:
+        day = dt.date.fromisoformat(text)
+        return (day + dt.timedelta(days=1)).isoformat()
+    except (ValueError, OverflowError):  # not a date alone, or 9999-12-31: date_range decides
+        return text
+
+
 def _relative_bound(offset: CalendarOffset, now_utc: dt.datetime, zone: ZoneInfo) -> dt.datetime:
     now_local = now_utc.astimezone(zone)
     if offset.unit is CalendarUnit.HOUR:

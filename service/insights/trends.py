@@ -40,7 +40,12 @@ from service.insights.buckets import (
     Bucket,
     range_buckets,
 )
-from service.insights.date_range import CalendarOffset, date_range, parse_offset
+from service.insights.date_range import (
+    CalendarOffset,
+    date_range,
+    inclusive_date_to,
+    parse_offset,
+)
 from service.insights.formula import Formula, parse_formula
 from service.insights.trend_request import TrendRequest, TrendSeries
 from service.query.compiler import (
@@ -158,7 +163,7 @@ def compile_trend(
     breakdown, breakdown_type = _breakdown(request, model)
     limit = _breakdown_limit(request)
     formula = parse_formula(request.formula, len(series)) if request.formula.strip() else None
-    start, end = date_range(request.date_from, _inclusive_date_to(request.date_to), now, time_zone)
+    start, end = date_range(request.date_from, inclusive_date_to(request.date_to), now, time_zone)
     current = _Range(start, end, tuple(range_buckets(start, end, interval, time_zone, week_start)))
     compare = _compare_range(request.compare, current, interval, time_zone, week_start)
     filter_names = frozenset(
@@ -394,20 +399,6 @@ def _breakdown_limit(request: TrendRequest) -> int:
             "INVALID_VALUE",
         )
     return limit
-
-
-def _inclusive_date_to(text: str) -> str:
-    """A date-only ``dateTo`` includes that day: ``2026-01-31`` ends where February starts.
-
-    Moved to the next day before the range is read and checked (not after), so that
-    ``dateFrom`` and ``dateTo`` naming the same date are that one day rather than an empty range;
-    any spelling ``date_range`` reads as a date alone (``20260131`` too) counts as date-only.
-    """
-    try:
-        day = dt.date.fromisoformat(text)
-        return (day + dt.timedelta(days=1)).isoformat()
-    except (ValueError, OverflowError):  # not a date alone, or 9999-12-31: date_range decides
-        return text
 
 
 def _compare_range(

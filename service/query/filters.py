@@ -44,12 +44,16 @@ class Junction:
 Filter = Condition | Junction
 
 
-def parse_filters(filters: Mapping[str, str]) -> list[Filter]:
-    """Parse every entry of the request's ``filters`` map, in key order."""
+def parse_filters(filters: Mapping[str, str], source_prefix: str = "filters") -> list[Filter]:
+    """Parse every entry of the request's ``filters`` map, in key order.
+
+    ``source_prefix``: where the map sits in the request (``steps[2].filters``), so that errors
+    name the entry as the caller wrote it.
+    """
     parsed: list[Filter] = []
     budget = [MAX_CONDITIONS]
     for key in sorted(filters):
-        source = f"filters.{key}"[:240]
+        source = f"{source_prefix}.{key}"[:240]
         value = filters[key]
         negated, kind = _strip_not(key)
         if kind in JUNCTIONS:

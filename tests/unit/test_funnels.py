@@ -1,0 +1,201 @@
+"""compile_funnel without an engine: validation errors naming the field, hostile values that never
+change the SQL nor reach it, the tenant condition first in every WHERE, and assemble_funnel."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.catalog import Catalog
+from service.errors import AnalyticsError, ErrorKind
+from service.insights.funnel_request import FunnelRequest, FunnelStep
+from service.insights.funnels import FunnelPlan, assemble_funnel, compile_funnel, parse_window
+from service.query.values import encode_text_parameter
+from tests.strategies import HOSTILE_STRINGS
+
+NOW = dt.datetime(2026, 4, 1, 12, tzinfo=dt.UTC)
+TENANT = "acme"
+TWO = (FunnelStep("signed_up"), FunnelStep("purchased"))
+COMPILE_ONLY = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+_TENANT_FIRST = re.compile(r"t\.`tenant_id` = \{(p[0-9]+):String\}")
+
+
+def assert_tenant_first(plan: FunnelPlan, tenant: str) -> None:
+    """Every WHERE of the query begins with the tenant condition, ANDed with the rest."""
+    sql = plan.compiled.sql
+    parts = sql.split(" WHERE ")
+    assert len(parts) > 1, sql
+    assert sql.count("WHERE") == len(parts) - 1, sql
+    for part in parts[1:]:
+        match = _TENANT_FIRST.match(part)
+        assert match is not None, part[:120]
+        assert plan.compiled.parameters[match.group(1)] == encode_text_parameter(tenant)
+        assert " OR " not in _top_level(part), part[:300]
+
+
+def _top_level(clause: str) -> str:
+    kept: list[str] = []
+    depth = 0
+    for char in clause:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                break
+        elif depth == 0:
+            kept.append(char)
+    return "".join(kept).split(" GROUP BY ")[0]
+
+
+def refusal(catalog: Catalog, request: FunnelRequest) -> tuple[str, str]:
+    with pytest.raises(AnalyticsError) as caught:
+        compile_funnel(request, catalog, TENANT, NOW)
+    error = caught.value
+    assert error.kind is ErrorKind.VALIDATION, error
+    return error.violations[0].field, error.reason
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "reason"),
+    [
+        ({"steps": TWO[:1]}, "steps", "INVALID_STEP_COUNT"),
+        ({"steps": ()}, "steps", "INVALID_STEP_COUNT"),
+        ({"steps": TWO * 10 + TWO[:1]}, "steps", "INVALID_STEP_COUNT"),
+        ({"window": "0d"}, "window", "INVALID_WINDOW"),
+        ({"window": "-1h"}, "window", "INVALID_WINDOW"),
+        ({"window": "366d"}, "window", "INVALID_WINDOW"),
+        ({"window": "53w"}, "window", "INVALID_WINDOW"),
+        ({"window": "14 days"}, "window", "INVALID_WINDOW"),
+        ({"steps": (TWO[0], FunnelStep())}, "steps[1]", "EMPTY_STEP"),
+        (
+            {"steps": (TWO[0], FunnelStep("x", filters={"nope": "eq.1"}))},
+            "steps[1].filters.nope",
+            "UNKNOWN_FIELD",
+        ),
+        (
+            {"steps": (FunnelStep("x", filters={"revenue": "eq.abc"}), TWO[1])},
+            "steps[0].filters.revenue",
+            "INVALID_VALUE",
+        ),
+        (
+            {"steps": (TWO[0], FunnelStep("x", filters={"platform": "bogus"}))},
+            "steps[1].filters.platform",
+            "INVALID_FILTER",
+        ),
+        ({"filters": {"nope": "eq.1"}}, "filters.nope", "UNKNOWN_FIELD"),
+        ({"steps": (TWO[0], FunnelStep("x", label="l" * 201))}, "steps[1].label", ""),
+        ({"date_from": "tomorrow"}, "dateFrom", "INVALID_DATE"),
+        ({"model": "crm.deals"}, "model", "NOT_AN_EVENT_MODEL"),
+    ],
+)
+def test_bad_requests_are_refused_naming_the_field(
+    catalog: Catalog, changes: dict[str, Any], field: str, reason: str
+) -> None:
+    request = FunnelRequest(**({"model": "product.events", "steps": TWO} | changes))
+    got_field, got_reason = refusal(catalog, request)
+    assert got_field == field
+    if reason:
+        assert got_reason == reason
+
+
+def test_windows_up_to_a_year_are_accepted() -> None:
+    assert parse_window("") == dt.timedelta(days=14)
+    assert parse_window("365d") == dt.timedelta(days=365)
+    assert parse_window("52w") == dt.timedelta(weeks=52)
+    assert parse_window("1s") == dt.timedelta(seconds=1)
+
+
+def test_twenty_steps_compile_with_the_tenant_first(catalog: Catalog) -> None:
+    request = FunnelRequest(model="product.events", steps=TWO * 10)
+    plan = compile_funnel(request, catalog, TENANT, NOW)
+    assert_tenant_first(plan, TENANT)
+    assert len(plan.labels) == 20
+
+
+def test_related_filters_join_with_their_own_tenant_condition(catalog: Catalog) -> None:
+    request = FunnelRequest(
+        model="product.events",
+        steps=(FunnelStep("signed_up", filters={"contact.country": "eq.DE"}), TWO[1]),
+        filters={"contact.status": "neq.x"},
+    )
+    plan = compile_funnel(request, catalog, TENANT, NOW)
+    assert_tenant_first(plan, TENANT)
+    assert plan.compiled.sql.count(" WHERE ") == 2
+    assert [m.qualified_name for m in plan.compiled.joined] == ["crm.contacts"]
+
+
+@st.composite
+def hostile_requests(draw: st.DrawFn) -> FunnelRequest:
+    def text() -> str:
+        return draw(st.sampled_from(HOSTILE_STRINGS)) + POISON
+
+    return FunnelRequest(
+        model="product.events",
+        steps=(
+            FunnelStep(text(), filters={"platform": f"eq.{text()}"}, label=text()),
+            FunnelStep(text(), filters={f"properties.{text()}": f"like.{text()}"}),
+            FunnelStep(text()),
+        ),
+        filters={"or": f"(plan.eq.{_quoted(text())},country.in.({_quoted(text())}))"},
+        date_from=draw(st.sampled_from(("-7d", "2026-01-01", "2025-12-01T10:00:00Z"))),
+        window=draw(st.sampled_from(("", "1h", "365d"))),
+    )
+
+
+POISON = "\u2603poison"
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@COMPILE_ONLY
+@given(first=hostile_requests(), second=hostile_requests(), tenant=st.sampled_from(HOSTILE_STRINGS))
+def test_hostile_values_never_change_the_sql_nor_reach_it(
+    catalog: Catalog, first: FunnelRequest, second: FunnelRequest, tenant: str
+) -> None:
+    plans = [compile_funnel(request, catalog, tenant or "t", NOW) for request in (first, second)]
+    assert plans[0].compiled.sql == plans[1].compiled.sql
+    for plan in plans:
+        assert POISON not in plan.compiled.sql
+        assert_tenant_first(plan, tenant or "t")
+
+
+def test_assemble_figures(catalog: Catalog) -> None:
+    request = FunnelRequest(
+        model="product.events", steps=(*TWO, FunnelStep(filters={"platform": "eq.web"}))
+    )
+    plan = compile_funnel(request, catalog, TENANT, NOW)
+    row = {"c0": 10, "c1": 4, "c2": 0, "s1": 4_000_000, "q1": 500_000.0, "s2": 0, "q2": None}
+    table = pa.table({alias: [value] for alias, value in row.items()})
+    answer = assemble_funnel(plan, table)
+    got = [
+        (
+            s.label,
+            s.actors,
+            s.conversion_from_first,
+            s.conversion_from_previous,
+            s.drop_off,
+            s.median_seconds,
+            s.average_seconds,
+        )
+        for s in answer.steps
+    ]
+    assert got == [
+        ("signed_up", 10, 1.0, 1.0, 6, None, None),
+        ("purchased", 4, 0.4, 0.4, 4, 0.5, 1.0),
+        ("step 3", 0, 0.0, 0.0, 0, None, None),
+    ]
