@@ -12,20 +12,41 @@ from service.api import convert
 from service.api.interceptors import Context, current_principal
 from service.api.status import abort_with_error
 from service.errors import AnalyticsError
+from service.insights.funnel_service import FunnelService
 from service.insights.trend_service import TrendService
 from service.query_service import QueryService, StreamMeta
 
 
 class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
-    """Query (unary), StreamQuery (columnar chunks, then meta once) and Trend."""
+    """Query (unary), StreamQuery (columnar chunks, then meta once), Trend and Funnel."""
 
     def __init__(
-        self, queries: QueryService, default_chunk_rows: int, trends: TrendService
+        self,
+        queries: QueryService,
+        default_chunk_rows: int,
+        trends: TrendService,
+        funnels: FunnelService,
     ) -> None:
-        """Serve through ``queries`` and ``trends``; chunks default to ``default_chunk_rows``."""
+        """Serve through the services; chunks default to ``default_chunk_rows``."""
         self._queries = queries
         self._default_chunk_rows = default_chunk_rows
         self._trends = trends
+        self._funnels = funnels
+
+    async def Funnel(  # noqa: N802
+        self, request: analytics_pb2.FunnelRequest, context: Context
+    ) -> analytics_pb2.FunnelResponse:
+        """Count the actors through a funnel's steps."""
+        try:
+            outcome = await self._funnels.run(
+                current_principal.get(),
+                convert.funnel_request(request),
+                remaining=context.time_remaining(),
+                rpc="Funnel",
+            )
+        except AnalyticsError as error:
+            await abort_with_error(context, error)
+        return convert.funnel_response(outcome.answer, outcome.stats, outcome.last_sync_at)
 
     async def Trend(  # noqa: N802
         self, request: analytics_pb2.TrendRequest, context: Context

@@ -19,6 +19,8 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from analytics.v1 import analytics_pb2
 from service.backends.base import QueryStats
+from service.insights.funnel_request import FunnelRequest, FunnelStep
+from service.insights.funnels import FunnelAnswer
 from service.insights.trend_request import TrendRequest, TrendSeries
 from service.insights.trend_results import TrendAnswer
 from service.query.compiler import OutputColumn
@@ -301,16 +303,71 @@ def trend_json(response: analytics_pb2.TrendResponse) -> dict[str, Any]:
     document: dict[str, Any] = {"buckets": list(response.buckets), "lines": lines}
     if response.compare_buckets:
         document["compareBuckets"] = list(response.compare_buckets)
-    document["meta"] = {
-        "lastSyncAt": (
-            response.meta.last_sync_at.ToJsonString()
-            if response.meta.HasField("last_sync_at")
-            else None
-        ),
-        "rowsScanned": int(response.meta.rows_scanned),
-        "durationMs": response.meta.duration_ms,
-    }
+    document["meta"] = _insight_meta_json(response.meta)
     return document
+
+
+def _insight_meta_json(meta: analytics_pb2.QueryMeta) -> dict[str, Any]:
+    """An insight's meta as JSON (no columns): freshness and the engine's figures."""
+    return {
+        "lastSyncAt": meta.last_sync_at.ToJsonString() if meta.HasField("last_sync_at") else None,
+        "rowsScanned": int(meta.rows_scanned),
+        "durationMs": meta.duration_ms,
+    }
+
+
+def funnel_request(message: analytics_pb2.FunnelRequest) -> FunnelRequest:
+    """The domain request of a Funnel message."""
+    return FunnelRequest(
+        model=message.model,
+        steps=tuple(FunnelStep(s.event, dict(s.filters), s.label) for s in message.steps),
+        date_from=message.date_from,
+        date_to=message.date_to,
+        time_zone=message.time_zone,
+        window=message.window,
+        filters=dict(message.filters),
+    )
+
+
+def funnel_response(
+    answer: FunnelAnswer, stats: QueryStats, last_sync_at: dt.datetime | None
+) -> analytics_pb2.FunnelResponse:
+    """The Funnel response message."""
+    response = analytics_pb2.FunnelResponse(meta=query_meta((), stats, last_sync_at))
+    for step in answer.steps:
+        out = response.steps.add(
+            label=step.label,
+            actors=step.actors,
+            conversion_from_first=step.conversion_from_first,
+            conversion_from_previous=step.conversion_from_previous,
+            drop_off=step.drop_off,
+        )
+        if step.median_seconds is not None:
+            out.median_seconds = step.median_seconds
+        if step.average_seconds is not None:
+            out.average_seconds = step.average_seconds
+    return response
+
+
+def funnel_json(response: analytics_pb2.FunnelResponse) -> dict[str, Any]:
+    """The Funnel response's JSON form (counts as integers, absent times as null)."""
+    return {
+        "steps": [
+            {
+                "label": step.label,
+                "actors": int(step.actors),
+                "conversionFromFirst": step.conversion_from_first,
+                "conversionFromPrevious": step.conversion_from_previous,
+                "dropOff": int(step.drop_off),
+                "medianSeconds": (step.median_seconds if step.HasField("median_seconds") else None),
+                "averageSeconds": (
+                    step.average_seconds if step.HasField("average_seconds") else None
+                ),
+            }
+            for step in response.steps
+        ],
+        "meta": _insight_meta_json(response.meta),
+    }
 
 
 def _breakdown_json(value: Any) -> Any:

@@ -44,6 +44,7 @@ from service.errors import AnalyticsError, ErrorKind, not_found, validation_erro
 from service.events.ingestion import EventIngestion, all_rejected, audit_ingest
 from service.events.json_events import BodyError, read_body
 from service.events.validation import EventError, RawEvent, Rejection
+from service.insights.funnel_service import FunnelService
 from service.insights.trend_service import TrendService
 from service.query.request import QueryRequest
 from service.query_service import QueryService, audit_failure
@@ -58,6 +59,8 @@ log = structlog.get_logger(__name__)
 REST_RPC = "POST " + QUERY_PATH
 TRENDS_PATH = "/v1/data/{module}/trends"
 TRENDS_RPC = "POST " + TRENDS_PATH
+FUNNELS_PATH = "/v1/data/{module}/funnels"
+FUNNELS_RPC = "POST " + FUNNELS_PATH
 EVENTS_PATH = "/v1/events/{module}/{model}"
 EVENTS_RPC = "POST " + EVENTS_PATH
 METRICS_PATH = "/metrics"
@@ -76,6 +79,7 @@ class RestServer:
         max_body_bytes: int,
         ingestion: EventIngestion | None = None,
         trends: TrendService | None = None,
+        funnels: FunnelService | None = None,
     ) -> None:
         """Serve ``queries`` to callers ``verifier`` accepts; bodies up to ``max_body_bytes``.
 
@@ -86,12 +90,15 @@ class RestServer:
         self._verifier = verifier
         self._ingestion = ingestion
         self._trends = trends
+        self._funnels = funnels
         self._openapi = openapi_document(queries.catalog)
         self._app = web.Application(middlewares=[self._problems], client_max_size=max_body_bytes)
         self._app.router.add_post(QUERY_PATH, self._query)
         self._app.router.add_get(OPENAPI_PATH, self._openapi_json)
         if trends is not None:
             self._app.router.add_post(TRENDS_PATH, self._trend)
+        if funnels is not None:
+            self._app.router.add_post(FUNNELS_PATH, self._funnel)
         if ingestion is not None:
             self._app.router.add_post(EVENTS_PATH, self._events)
             self._app.router.add_get(METRICS_PATH, self._metrics)
@@ -220,6 +227,30 @@ class RestServer:
             outcome.answer, outcome.stats, outcome.last_sync_at, breakdown=bool(message.breakdown)
         )
         return web.json_response(convert.trend_json(response))
+
+    async def _funnel(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        principal = self._authenticate(request, started)
+        funnels = self._funnels
+        if funnels is None:
+            raise web.HTTPNotFound
+        structlog.contextvars.bind_contextvars(rpc=FUNNELS_RPC)
+        model = ""
+        try:
+            message = analytics_pb2.FunnelRequest()
+            parse_body(request.content_type, await request.read(), message)
+            model = message.model
+            domain = convert.funnel_request(message)
+            scoped = dataclasses.replace(
+                domain,
+                model=scoped_model(domain.model, request.match_info["module"], funnels.catalog),
+            )
+        except AnalyticsError as error:
+            audit_failure(principal, model[:200], FUNNELS_RPC, started, error)
+            raise
+        outcome = await funnels.run(principal, scoped, remaining=None, rpc=FUNNELS_RPC)
+        response = convert.funnel_response(outcome.answer, outcome.stats, outcome.last_sync_at)
+        return web.json_response(convert.funnel_json(response))
 
     async def _events(self, request: web.Request) -> web.Response:
         started = time.perf_counter()

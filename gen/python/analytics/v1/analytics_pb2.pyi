@@ -263,3 +263,71 @@ class TrendResponse(_message.Message):
     lines: _containers.RepeatedCompositeFieldContainer[TrendLine]
     meta: QueryMeta
     def __init__(self, buckets: _Optional[_Iterable[str]] = ..., compare_buckets: _Optional[_Iterable[str]] = ..., lines: _Optional[_Iterable[_Union[TrendLine, _Mapping]]] = ..., meta: _Optional[_Union[QueryMeta, _Mapping]] = ...) -> None: ...
+
+class FunnelStep(_message.Message):
+    __slots__ = ("event", "filters", "label")
+    class FiltersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    event: str
+    filters: _containers.ScalarMap[str, str]
+    label: str
+    def __init__(self, event: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., label: _Optional[str] = ...) -> None: ...
+
+class FunnelRequest(_message.Message):
+    __slots__ = ("model", "steps", "date_from", "date_to", "time_zone", "window", "filters")
+    class FiltersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    DATE_FROM_FIELD_NUMBER: _ClassVar[int]
+    DATE_TO_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    steps: _containers.RepeatedCompositeFieldContainer[FunnelStep]
+    date_from: str
+    date_to: str
+    time_zone: str
+    window: str
+    filters: _containers.ScalarMap[str, str]
+    def __init__(self, model: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[FunnelStep, _Mapping]]] = ..., date_from: _Optional[str] = ..., date_to: _Optional[str] = ..., time_zone: _Optional[str] = ..., window: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class FunnelStepResult(_message.Message):
+    __slots__ = ("label", "actors", "conversion_from_first", "conversion_from_previous", "drop_off", "median_seconds", "average_seconds")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    ACTORS_FIELD_NUMBER: _ClassVar[int]
+    CONVERSION_FROM_FIRST_FIELD_NUMBER: _ClassVar[int]
+    CONVERSION_FROM_PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    DROP_OFF_FIELD_NUMBER: _ClassVar[int]
+    MEDIAN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    actors: int
+    conversion_from_first: float
+    conversion_from_previous: float
+    drop_off: int
+    median_seconds: float
+    average_seconds: float
+    def __init__(self, label: _Optional[str] = ..., actors: _Optional[int] = ..., conversion_from_first: _Optional[float] = ..., conversion_from_previous: _Optional[float] = ..., drop_off: _Optional[int] = ..., median_seconds: _Optional[float] = ..., average_seconds: _Optional[float] = ...) -> None: ...
+
+class FunnelResponse(_message.Message):
+    __slots__ = ("steps", "meta")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    steps: _containers.RepeatedCompositeFieldContainer[FunnelStepResult]
+    meta: QueryMeta
+    def __init__(self, steps: _Optional[_Iterable[_Union[FunnelStepResult, _Mapping]]] = ..., meta: _Optional[_Union[QueryMeta, _Mapping]] = ...) -> None: ...

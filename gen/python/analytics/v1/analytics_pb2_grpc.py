@@ -51,6 +51,11 @@ class AnalyticsServiceStub:
                 request_serializer=analytics_dot_v1_dot_analytics__pb2.TrendRequest.SerializeToString,
                 response_deserializer=analytics_dot_v1_dot_analytics__pb2.TrendResponse.FromString,
                 _registered_method=True)
+        self.Funnel = channel.unary_unary(
+                '/analytics.v1.AnalyticsService/Funnel',
+                request_serializer=analytics_dot_v1_dot_analytics__pb2.FunnelRequest.SerializeToString,
+                response_deserializer=analytics_dot_v1_dot_analytics__pb2.FunnelResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -79,6 +84,13 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Funnel(self, request, context):
+        """Funnel counts the actors reaching each of ordered steps within a window (README "Funnels").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +108,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.Trend,
                     request_deserializer=analytics_dot_v1_dot_analytics__pb2.TrendRequest.FromString,
                     response_serializer=analytics_dot_v1_dot_analytics__pb2.TrendResponse.SerializeToString,
+            ),
+            'Funnel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Funnel,
+                    request_deserializer=analytics_dot_v1_dot_analytics__pb2.FunnelRequest.FromString,
+                    response_serializer=analytics_dot_v1_dot_analytics__pb2.FunnelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +198,33 @@ class AnalyticsService:
             '/analytics.v1.AnalyticsService/Trend',
             analytics_dot_v1_dot_analytics__pb2.TrendRequest.SerializeToString,
             analytics_dot_v1_dot_analytics__pb2.TrendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Funnel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/analytics.v1.AnalyticsService/Funnel',
+            analytics_dot_v1_dot_analytics__pb2.FunnelRequest.SerializeToString,
+            analytics_dot_v1_dot_analytics__pb2.FunnelResponse.FromString,
             options,
             channel_credentials,
             insecure,
