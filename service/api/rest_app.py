@@ -19,7 +19,7 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import structlog
 from aiohttp import web
@@ -44,7 +44,9 @@ from service.errors import AnalyticsError, ErrorKind, not_found, validation_erro
 from service.events.ingestion import EventIngestion, all_rejected, audit_ingest
 from service.events.json_events import BodyError, read_body
 from service.events.validation import EventError, RawEvent, Rejection
+from service.insights.funnel_request import FunnelRequest
 from service.insights.funnel_service import FunnelService
+from service.insights.trend_request import TrendRequest
 from service.insights.trend_service import TrendService
 from service.query.request import QueryRequest
 from service.query_service import QueryService, audit_failure
@@ -66,6 +68,10 @@ EVENTS_RPC = "POST " + EVENTS_PATH
 METRICS_PATH = "/metrics"
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_InsightMessage = TypeVar(
+    "_InsightMessage", analytics_pb2.TrendRequest, analytics_pb2.FunnelRequest
+)
+_Insight = TypeVar("_Insight", TrendRequest, FunnelRequest)
 
 
 class RestServer:
@@ -203,54 +209,55 @@ class RestServer:
         return web.json_response(convert.response_json(response))
 
     async def _trend(self, request: web.Request) -> web.Response:
-        started = time.perf_counter()
-        principal = self._authenticate(request, started)
         trends = self._trends
         if trends is None:
             raise web.HTTPNotFound
-        structlog.contextvars.bind_contextvars(rpc=TRENDS_RPC)
-        model = ""
-        try:
-            message = analytics_pb2.TrendRequest()
-            parse_body(request.content_type, await request.read(), message)
-            model = message.model
-            domain = convert.trend_request(message)
-            scoped = dataclasses.replace(
-                domain,
-                model=scoped_model(domain.model, request.match_info["module"], trends.catalog),
-            )
-        except AnalyticsError as error:
-            audit_failure(principal, model[:200], TRENDS_RPC, started, error)
-            raise
-        outcome = await trends.run(principal, scoped, remaining=None, rpc=TRENDS_RPC)
+        message = analytics_pb2.TrendRequest()
+        principal, domain = await self._insight_request(
+            request, message, TRENDS_RPC, convert.trend_request, trends.catalog
+        )
+        outcome = await trends.run(principal, domain, remaining=None, rpc=TRENDS_RPC)
         response = convert.trend_response(
             outcome.answer, outcome.stats, outcome.last_sync_at, breakdown=bool(message.breakdown)
         )
         return web.json_response(convert.trend_json(response))
 
     async def _funnel(self, request: web.Request) -> web.Response:
-        started = time.perf_counter()
-        principal = self._authenticate(request, started)
         funnels = self._funnels
         if funnels is None:
             raise web.HTTPNotFound
-        structlog.contextvars.bind_contextvars(rpc=FUNNELS_RPC)
-        model = ""
-        try:
-            message = analytics_pb2.FunnelRequest()
-            parse_body(request.content_type, await request.read(), message)
-            model = message.model
-            domain = convert.funnel_request(message)
-            scoped = dataclasses.replace(
-                domain,
-                model=scoped_model(domain.model, request.match_info["module"], funnels.catalog),
-            )
-        except AnalyticsError as error:
-            audit_failure(principal, model[:200], FUNNELS_RPC, started, error)
-            raise
-        outcome = await funnels.run(principal, scoped, remaining=None, rpc=FUNNELS_RPC)
+        message = analytics_pb2.FunnelRequest()
+        principal, domain = await self._insight_request(
+            request, message, FUNNELS_RPC, convert.funnel_request, funnels.catalog
+        )
+        outcome = await funnels.run(principal, domain, remaining=None, rpc=FUNNELS_RPC)
         response = convert.funnel_response(outcome.answer, outcome.stats, outcome.last_sync_at)
         return web.json_response(convert.funnel_json(response))
+
+    async def _insight_request(
+        self,
+        request: web.Request,
+        message: _InsightMessage,
+        rpc: str,
+        to_domain: Callable[[_InsightMessage], _Insight],
+        catalog: Catalog,
+    ) -> tuple[Principal, _Insight]:
+        """The caller, and the body read into ``message`` as a domain request.
+
+        The model is scoped to the path's module (a bare name is looked up there); a bad body
+        is audited and raised.
+        """
+        started = time.perf_counter()
+        principal = self._authenticate(request, started)
+        structlog.contextvars.bind_contextvars(rpc=rpc)
+        try:
+            parse_body(request.content_type, await request.read(), message)
+            domain = to_domain(message)
+            model = scoped_model(domain.model, request.match_info["module"], catalog)
+        except AnalyticsError as error:
+            audit_failure(principal, message.model[:200], rpc, started, error)
+            raise
+        return principal, dataclasses.replace(domain, model=model)
 
     async def _events(self, request: web.Request) -> web.Response:
         started = time.perf_counter()

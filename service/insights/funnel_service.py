@@ -9,17 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from service import audit
 from service.auth import Principal
-from service.backends.base import AnalyticsBackend, QueryStats
-from service.catalog import Catalog
+from service.backends.base import QueryStats
 from service.errors import AnalyticsError
 from service.insights.funnel_request import FunnelRequest
 from service.insights.funnels import FunnelAnswer, assemble_funnel, compile_funnel
-from service.query.compiler import resolve_model
+from service.insights.insight_runner import InsightRunner
 from service.query_service import audit_failure, authorise_reads, caller_stats
 from service.sync_status import with_freshness
 
@@ -33,22 +30,8 @@ class FunnelOutcome:
     last_sync_at: dt.datetime | None
 
 
-class FunnelService:
+class FunnelService(InsightRunner):
     """Runs Funnel requests for authenticated principals."""
-
-    def __init__(
-        self,
-        catalog: Catalog,
-        backend: AnalyticsBackend,
-        *,
-        timeout_seconds: float,
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-    ) -> None:
-        """Run on ``backend`` with the query time budget from settings."""
-        self.catalog = catalog
-        self.backend = backend
-        self._timeout = timeout_seconds
-        self._clock = clock
 
     async def run(
         self, principal: Principal, request: FunnelRequest, *, remaining: float | None, rpc: str
@@ -57,34 +40,24 @@ class FunnelService:
         started = time.perf_counter()
         model_name = request.model[:200]
         try:
-            model = resolve_model(self.catalog, request.model)
-            model_name = model.qualified_name
-            authorise_reads(principal, [model])
+            model_name = self._readable_model(principal, request.model).qualified_name
             plan = compile_funnel(request, self.catalog, principal.tenant, self._clock())
             authorise_reads(principal, plan.compiled.joined)
-            budget = (
-                self._timeout if remaining is None else max(min(self._timeout, remaining), 0.001)
-            )
             result, last_sync = await with_freshness(
                 self.backend,
                 self.catalog.database,
                 plan.compiled.tables,
                 self.backend.execute(
-                    plan.compiled, timeout_seconds=budget, query_id=uuid.uuid4().hex
+                    plan.compiled,
+                    timeout_seconds=self._budget(remaining),
+                    query_id=uuid.uuid4().hex,
                 ),
             )
         except AnalyticsError as error:
             audit_failure(principal, model_name, rpc, started, error)
             raise
         answer = assemble_funnel(plan, result.table)
-        audit.record_query(
-            tenant=principal.tenant,
-            subject=principal.subject,
-            model=model_name,
-            rpc=rpc,
-            outcome="ok",
-            duration_ms=(time.perf_counter() - started) * 1000,
-            rows=len(answer.steps),
-            rows_scanned=result.stats.rows_scanned,
+        self._audit_ok(
+            principal, model_name, rpc, started, len(answer.steps), result.stats.rows_scanned
         )
         return FunnelOutcome(answer, caller_stats(result.stats), last_sync)

@@ -10,18 +10,15 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from service import audit
 from service.auth import Principal
-from service.backends.base import AnalyticsBackend, QueryStats
-from service.catalog import Catalog
+from service.backends.base import QueryStats
 from service.errors import AnalyticsError
+from service.insights.insight_runner import InsightRunner
 from service.insights.trend_request import TrendRequest
 from service.insights.trend_results import TrendAnswer, assemble_trend
 from service.insights.trends import compile_trend
-from service.query.compiler import resolve_model
 from service.query_service import audit_failure, authorise_reads, caller_stats
 from service.sync_status import with_freshness
 
@@ -35,22 +32,8 @@ class TrendOutcome:
     last_sync_at: dt.datetime | None
 
 
-class TrendService:
+class TrendService(InsightRunner):
     """Runs Trend requests for authenticated principals."""
-
-    def __init__(
-        self,
-        catalog: Catalog,
-        backend: AnalyticsBackend,
-        *,
-        timeout_seconds: float,
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-    ) -> None:
-        """Run on ``backend`` with the query time budget from settings."""
-        self.catalog = catalog
-        self.backend = backend
-        self._timeout = timeout_seconds
-        self._clock = clock
 
     async def run(
         self, principal: Principal, request: TrendRequest, *, remaining: float | None, rpc: str
@@ -59,19 +42,14 @@ class TrendService:
         started = time.perf_counter()
         model_name = request.model[:200]
         try:
-            model = resolve_model(self.catalog, request.model)
-            model_name = model.qualified_name
-            authorise_reads(principal, [model])
+            model_name = self._readable_model(principal, request.model).qualified_name
             plan = compile_trend(request, self.catalog, principal.tenant, self._clock())
-            tables = plan.queries[0].compiled.tables
             authorise_reads(principal, plan.queries[0].compiled.joined)
-            budget = (
-                self._timeout if remaining is None else max(min(self._timeout, remaining), 0.001)
-            )
+            budget = self._budget(remaining)
             results, last_sync = await with_freshness(
                 self.backend,
                 self.catalog.database,
-                tables,
+                plan.queries[0].compiled.tables,
                 asyncio.gather(
                     *(
                         self.backend.execute(
@@ -89,14 +67,6 @@ class TrendService:
             rows_scanned=sum(r.stats.rows_scanned for r in results),
             elapsed_ms=max((r.stats.elapsed_ms for r in results), default=0.0),
         )
-        audit.record_query(
-            tenant=principal.tenant,
-            subject=principal.subject,
-            model=model_name,
-            rpc=rpc,
-            outcome="ok",
-            duration_ms=(time.perf_counter() - started) * 1000,
-            rows=sum(len(line.values) for line in answer.lines),
-            rows_scanned=stats.rows_scanned,
-        )
+        rows = sum(len(line.values) for line in answer.lines)
+        self._audit_ok(principal, model_name, rpc, started, rows, stats.rows_scanned)
         return TrendOutcome(answer, caller_stats(stats), last_sync)

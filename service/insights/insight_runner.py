@@ -1,0 +1,61 @@
+"""InsightRunner: what every insight's runner shares (Trend, Funnel, and those to come).
+
+The catalog, the engine, the query time budget and the clock that relative dates are read
+against; the model's read permission checked before compiling; the success audit record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+
+from service import audit
+from service.auth import Principal
+from service.backends.base import AnalyticsBackend
+from service.catalog import Catalog, Model
+from service.query.compiler import resolve_model
+from service.query_service import authorise_reads
+
+
+class InsightRunner:
+    """The base of the insight services; see the module docstring."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        backend: AnalyticsBackend,
+        *,
+        timeout_seconds: float,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        """Run on ``backend`` with the query time budget from settings."""
+        self.catalog = catalog
+        self.backend = backend
+        self._timeout = timeout_seconds
+        self._clock = clock
+
+    def _readable_model(self, principal: Principal, reference: str) -> Model:
+        """The model ``reference`` names, if ``principal`` may read it."""
+        model = resolve_model(self.catalog, reference)
+        authorise_reads(principal, [model])
+        return model
+
+    def _budget(self, remaining: float | None) -> float:
+        """Seconds the engine may take: the settings' budget, or less if the call has less."""
+        return self._timeout if remaining is None else max(min(self._timeout, remaining), 0.001)
+
+    @staticmethod
+    def _audit_ok(  # noqa: PLR0917 (one audit record's every field)
+        principal: Principal, model: str, rpc: str, started: float, rows: int, rows_scanned: int
+    ) -> None:
+        audit.record_query(
+            tenant=principal.tenant,
+            subject=principal.subject,
+            model=model,
+            rpc=rpc,
+            outcome="ok",
+            duration_ms=(time.perf_counter() - started) * 1000,
+            rows=rows,
+            rows_scanned=rows_scanned,
+        )
