@@ -17,10 +17,8 @@ import itertools
 import math
 import random
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
-import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
@@ -29,9 +27,10 @@ from service.backends.embedded import EmbeddedBackend
 from service.catalog import Catalog, Model
 from service.insights.funnel_request import FunnelRequest, FunnelStep
 from service.insights.funnels import FunnelAnswer, assemble_funnel, compile_funnel
-from service.schema import all_ddl, arrow_type
+from service.schema import all_ddl
 from tests.conftest import catalog_in_database, unique_database
 from tests.funnel_reference import ReferenceStep, reference_funnel, window_of
+from tests.sql_shape import event_arrow
 from tests.unit.test_funnels import assert_tenant_first
 
 pytestmark = pytest.mark.integration
@@ -80,17 +79,6 @@ async def journeys(embedded_backend: EmbeddedBackend, catalog: Catalog) -> Journ
     for statement in all_ddl(mine):
         await embedded_backend.command(statement)
     return Journeys(embedded_backend, mine)
-
-
-def event_arrow(model: Model, rows: Sequence[dict[str, Any]]) -> pa.Table:
-    columns: dict[str, pa.Array] = {"tenant_id": pa.array([r["tenant_id"] for r in rows])}
-    for name, spec in model.fields.items():
-        columns[name] = pa.array([r[name] for r in rows], arrow_type(spec))
-    for name in ("properties_keys", "properties_values"):
-        columns[name] = pa.array([r[name] for r in rows], pa.list_(pa.string()))
-    columns["_version"] = pa.array([r["_version"] for r in rows], pa.uint64())
-    columns["_is_deleted"] = pa.array([r["_is_deleted"] for r in rows], pa.uint8())
-    return pa.table(columns)
 
 
 @st.composite

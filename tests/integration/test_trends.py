@@ -23,7 +23,6 @@ import dataclasses
 import datetime as dt
 import math
 import random
-import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
@@ -40,16 +39,17 @@ from service.api.problem import PROBLEM_TYPE_BASE
 from service.api.server import RunningServer, start_server
 from service.auth import Principal, mint_token
 from service.backends.embedded import EmbeddedBackend
-from service.catalog import Catalog, Model
+from service.catalog import Catalog
 from service.errors import AnalyticsError, ErrorKind
 from service.insights.trend_request import TrendRequest, TrendSeries
 from service.insights.trend_results import TrendAnswer
 from service.insights.trend_service import TrendService
 from service.insights.trends import TrendPlan, compile_trend
-from service.query.values import encode_text_parameter
 from service.schema import all_ddl, arrow_type
 from service.settings import Settings
 from tests.conftest import catalog_in_database, unique_database
+from tests.sql_shape import assert_tenant_first as assert_shared_tenant_first
+from tests.sql_shape import event_arrow
 from tests.strategies import CATALOG, HOSTILE_STRINGS, quote_value
 from tests.trend_reference import (
     ReferenceLine,
@@ -278,17 +278,6 @@ def make_events(seed: int = 20261207) -> list[dict[str, Any]]:
     return written
 
 
-def event_arrow(model: Model, rows: Sequence[dict[str, Any]]) -> pa.Table:
-    columns: dict[str, pa.Array] = {"tenant_id": pa.array([r["tenant_id"] for r in rows])}
-    for name, spec in model.fields.items():
-        columns[name] = pa.array([r[name] for r in rows], arrow_type(spec))
-    for name in ("properties_keys", "properties_values"):
-        columns[name] = pa.array([r[name] for r in rows], pa.list_(pa.string()))
-    columns["_version"] = pa.array([r["_version"] for r in rows], pa.uint64())
-    columns["_is_deleted"] = pa.array([r["_is_deleted"] for r in rows], pa.uint8())
-    return pa.table(columns)
-
-
 def _deal(
     tenant: str,
     key: int,
@@ -490,40 +479,10 @@ def assert_same_answer(
         assert not bad, (where, bad[:5], line.values, wanted.values)
 
 
-_TENANT_FIRST = re.compile(r"t\.`tenant_id` = \{(p[0-9]+):String\}")
-
-
 def assert_tenant_first(plan: TrendPlan, tenant: str) -> None:
-    """Every WHERE of every query begins with the tenant condition, bound to the tenant."""
+    """Every WHERE of every query of the plan begins with the tenant condition."""
     for query in plan.queries:
-        sql = query.compiled.sql
-        parts = sql.split(" WHERE ")
-        assert len(parts) > 1, sql
-        assert sql.count("WHERE") == len(parts) - 1, sql
-        for part in parts[1:]:
-            match = _TENANT_FIRST.match(part)
-            assert match is not None, part[:120]
-            assert query.compiled.parameters[match.group(1)] == encode_text_parameter(tenant)
-            # ... and the tenant condition is ANDed with everything after it: an OR at the
-            # clause's own level would let rows of any tenant through its other side.
-            assert " OR " not in _top_level(part), part[:300]
-
-
-def _top_level(clause: str) -> str:
-    """The text of a WHERE clause at its own parenthesis depth, up to where the clause ends."""
-    kept: list[str] = []
-    depth = 0
-    for char in clause:
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth < 0:
-                break
-        elif depth == 0:
-            kept.append(char)
-    text = "".join(kept)
-    return text.split(" GROUP BY ")[0]
+        assert_shared_tenant_first(query.compiled, tenant)
 
 
 # --- random requests ----------------------------------------------------------------------------

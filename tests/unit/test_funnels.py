@@ -4,7 +4,6 @@ change the SQL nor reach it, the tenant condition first in every WHERE, and asse
 from __future__ import annotations
 
 import datetime as dt
-import re
 from typing import Any
 
 import pyarrow as pa
@@ -16,7 +15,7 @@ from service.catalog import Catalog
 from service.errors import AnalyticsError, ErrorKind
 from service.insights.funnel_request import FunnelRequest, FunnelStep
 from service.insights.funnels import FunnelPlan, assemble_funnel, compile_funnel, parse_window
-from service.query.values import encode_text_parameter
+from tests.sql_shape import assert_tenant_first as assert_shared_tenant_first
 from tests.strategies import HOSTILE_STRINGS
 
 NOW = dt.datetime(2026, 4, 1, 12, tzinfo=dt.UTC)
@@ -29,35 +28,11 @@ COMPILE_ONLY = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-_TENANT_FIRST = re.compile(r"t\.`tenant_id` = \{(p[0-9]+):String\}")
 
 
 def assert_tenant_first(plan: FunnelPlan, tenant: str) -> None:
-    """Every WHERE of the query begins with the tenant condition, ANDed with the rest."""
-    sql = plan.compiled.sql
-    parts = sql.split(" WHERE ")
-    assert len(parts) > 1, sql
-    assert sql.count("WHERE") == len(parts) - 1, sql
-    for part in parts[1:]:
-        match = _TENANT_FIRST.match(part)
-        assert match is not None, part[:120]
-        assert plan.compiled.parameters[match.group(1)] == encode_text_parameter(tenant)
-        assert " OR " not in _top_level(part), part[:300]
-
-
-def _top_level(clause: str) -> str:
-    kept: list[str] = []
-    depth = 0
-    for char in clause:
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth < 0:
-                break
-        elif depth == 0:
-            kept.append(char)
-    return "".join(kept).split(" GROUP BY ")[0]
+    """Every WHERE of the funnel's query begins with the tenant condition."""
+    assert_shared_tenant_first(plan.compiled, tenant)
 
 
 def refusal(catalog: Catalog, request: FunnelRequest) -> tuple[str, str]:

@@ -4,7 +4,6 @@ parameters only, and the relations of the demo catalog as documented."""
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 import pytest
 from hypothesis import given
@@ -14,31 +13,11 @@ from service.catalog import MAX_RELATION_HOPS
 from service.errors import AnalyticsError
 from service.insights.trend_request import TrendRequest, TrendSeries
 from service.insights.trends import compile_trend
-from service.query.compiler import CompiledQuery, compile_query
+from service.query.compiler import compile_query
 from service.query.request import MetricRequest, QueryRequest
-from service.query.values import encode_text_parameter
 from tests.relation_models import CATALOG
+from tests.sql_shape import assert_tenant_first
 from tests.strategies import hostile_text, quote_value
-
-_TENANT_FIRST = re.compile(r"t\.`tenant_id` = \{(p[0-9]+):String\}")
-
-
-def assert_tenant_first(compiled: CompiledQuery, tenant: str) -> None:
-    """Every WHERE begins with the tenant condition, ANDed with all that follows it."""
-    parts = compiled.sql.split(" WHERE ")
-    assert len(parts) > 1
-    for part in parts[1:]:
-        match = _TENANT_FIRST.match(part)
-        assert match is not None, part[:120]
-        assert compiled.parameters[match.group(1)] == encode_text_parameter(tenant)
-        depth, top = 0, []
-        for char in part:
-            depth += (char == "(") - (char == ")")
-            if depth < 0:
-                break
-            if depth == 0:
-                top.append(char)
-        assert " OR " not in "".join(top).split(" GROUP BY ")[0]
 
 
 def _request(value: str) -> QueryRequest:
