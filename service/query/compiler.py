@@ -178,7 +178,13 @@ def compile_query(
         order_targets[key] = raw
 
     source_sql, where, used = _source_and_where(
-        request, catalog, model, [*group_keys, *metric_fields], tenant_placeholder, builder
+        request.filters,
+        catalog,
+        model,
+        [*group_keys, *metric_fields],
+        tenant_placeholder,
+        time_zone,
+        builder,
     )
     inner = f"SELECT {', '.join(inner_select)} FROM {source_sql} WHERE {' AND '.join(where)}"
     if group_keys:
@@ -209,11 +215,12 @@ def compile_query(
 
 
 def _source_and_where(  # noqa: PLR0917 (private, one call site)
-    request: QueryRequest,
+    filters: Mapping[str, str],
     catalog: Catalog,
     model: Model,
     selected: list[FieldSpec],
     tenant: str,
+    time_zone: str,
     builder: ParameterBuilder,
 ) -> tuple[str, list[str], list[FieldSpec]]:
     """The FROM clause (with its joins), the WHERE conditions, and every field the query reads.
@@ -223,26 +230,22 @@ def _source_and_where(  # noqa: PLR0917 (private, one call site)
     Every filter is first checked as the request names it, in the request's order, so errors
     are the same whether a filter moves or not.
     """
-    time_zone = parse_time_zone(request.time_zone)
-    parsed = parse_filters(request.filters)
+    parsed = parse_filters(filters)
     filter_conditions(parsed, model, ParameterBuilder(), time_zone)
     kept, pushed = pushable_filters(model, parsed)
-    where = where_conditions(request.filters, model, builder, tenant, time_zone, kept=kept)
+    where = where_conditions(filters, model, builder, tenant, time_zone, kept=kept)
     pushed_sql: dict[tuple[str, ...], list[str]] = {}
     for item in pushed:
         pushed_sql.setdefault(item.path, []).extend(
             filter_conditions([item.condition], item.target, builder, time_zone)
         )
     filter_names = mentioned_fields(parsed)
-    selected = [
-        *selected,
-        *(_field(model, name, "filters") for name in sorted(mentioned_fields(kept))),
-    ]
+    filtered = {name: _field(model, name, "filters") for name in sorted(filter_names)}
+    joined = [*selected, *(filtered[name] for name in sorted(mentioned_fields(kept)))]
     source = from_clause(
-        catalog, model, selected, tenant, guard_fields=filter_names, pushed=pushed_sql
+        catalog, model, joined, tenant, guard_fields=filter_names, pushed=pushed_sql
     )
-    used = [*selected, *(_field(model, name, "filters") for name in sorted(filter_names))]
-    return source, where, used
+    return source, where, [*selected, *filtered.values()]
 
 
 def where_conditions(
