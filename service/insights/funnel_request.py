@@ -20,11 +20,27 @@ class FunnelStep:
 
 
 @dataclass(frozen=True)
+class FunnelExclusion:
+    """Events (of a name, if given, passing filters) that void an attempt between two steps.
+
+    ``from_step`` and ``to_step`` are step numbers (1 is the first step); 0 means the first and
+    the last step.
+    """
+
+    event: str = ""
+    filters: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    from_step: int = 0
+    to_step: int = 0
+
+
+@dataclass(frozen=True)
 class FunnelRequest:
-    """Ordered steps over one event model's events of a date range.
+    """Steps over one event model's events of a date range.
 
     ``window``: ``<n><unit>`` with the units ``s``, ``m``, ``h``, ``d`` and ``w`` (``14d`` when
-    empty), the longest time from an attempt's first step to its last.
+    empty), the longest time from an attempt's first step to its last. ``order``: ``ordered``
+    (when empty), ``strict`` or ``unordered``. ``breakdown_attribution``: ``first_touch`` (when
+    empty), ``last_touch``, ``all_events`` or ``step`` (with ``breakdown_step``, a step number).
     """
 
     model: str
@@ -34,3 +50,9 @@ class FunnelRequest:
     time_zone: str = ""
     window: str = ""
     filters: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    order: str = ""
+    exclusions: tuple[FunnelExclusion, ...] = ()
+    breakdown: str = ""
+    breakdown_limit: int = 0
+    breakdown_attribution: str = ""
+    breakdown_step: int = 0

@@ -52,18 +52,22 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
-from service.catalog import Catalog, FieldSpec, Model
+from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.errors import AnalyticsError, ErrorKind, validation_error
 from service.insights.date_range import date_range, inclusive_date_to
 from service.insights.funnel_request import FunnelRequest, FunnelStep
+from service.insights.trend_results import OTHER
 from service.query.compiler import (
     CompiledQuery,
     OutputColumn,
     ParameterBuilder,
     filter_conditions,
+    group_expression,
+    render_value,
     resolve_model,
     where_conditions,
 )
@@ -82,6 +86,15 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _MICROS = 1_000_000
 
 
+ORDERS = ("ordered", "strict", "unordered")
+ATTRIBUTIONS = ("first_touch", "last_touch", "all_events", "step")
+MAX_EXCLUSIONS = 10
+DEFAULT_BREAKDOWN_LIMIT = 25
+MAX_BREAKDOWN_LIMIT = 1000
+_EXCLUSION_BIT = 32
+"""Bit of the first exclusion in an event's mask (steps use bits 0 to 19)."""
+
+
 @dataclass(frozen=True)
 class FunnelPlan:
     """The validated funnel and its one query (run by a backend like any CompiledQuery)."""
@@ -93,6 +106,7 @@ class FunnelPlan:
     date_to: dt.datetime
     time_zone: str
     compiled: CompiledQuery
+    breakdown: FieldSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -109,10 +123,47 @@ class FunnelStepResult:
 
 
 @dataclass(frozen=True)
+class FunnelBreakdownResult:
+    """Every step's figures for the actors of one breakdown value (or of ``Other``)."""
+
+    value: Any
+    is_other: bool
+    steps: tuple[FunnelStepResult, ...]
+
+
+@dataclass(frozen=True)
 class FunnelAnswer:
-    """Every step's figures, in step order."""
+    """Every step's figures in step order; with a breakdown, per value instead (``steps`` empty)."""
 
     steps: tuple[FunnelStepResult, ...]
+    breakdowns: tuple[FunnelBreakdownResult, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """The request's validated options (filters are checked apart, as they are compiled)."""
+
+    labels: tuple[str, ...]
+    window: dt.timedelta
+    order: str
+    spans: tuple[tuple[int, int], ...]
+    breakdown: FieldSpec | None
+    attribution: str
+    breakdown_step: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What of the request the query's text depends on (never a value)."""
+
+    steps: int
+    order: str
+    exclusions: tuple[tuple[int, int], ...]
+    attribution: str
+    breakdown_step: int
+    window: str
+    limit: str
 
 
 def compile_funnel(
@@ -133,27 +184,18 @@ def compile_funnel(
             "NOT_AN_EVENT_MODEL",
         )
     time_zone = parse_time_zone(request.time_zone)
+    checked = _check(request, model)
     steps = request.steps
-    if not MIN_STEPS <= len(steps) <= MAX_STEPS:
-        raise validation_error(
-            "steps",
-            f"steps: a funnel has {MIN_STEPS} to {MAX_STEPS} steps, got {len(steps)}",
-            "INVALID_STEP_COUNT",
-        )
-    labels = tuple(_label(index, step) for index, step in enumerate(steps))
-    window = parse_window(request.window)
     start, end = date_range(request.date_from, inclusive_date_to(request.date_to), now, time_zone)
 
-    # Every filter is checked (and its fields resolved) as the request names it, in order.
-    request_filters = parse_filters(request.filters)
-    step_filters = [
-        parse_filters(step.filters, f"steps[{index}].filters") for index, step in enumerate(steps)
-    ]
-    scratch = ParameterBuilder()
-    for parsed in (request_filters, *step_filters):
-        filter_conditions(parsed, model, scratch, time_zone)
-    used = _used_fields(model, [request_filters, *step_filters])
-    step_names = {name for parsed in step_filters for name in mentioned_fields(parsed)}
+    request_filters, step_filters, exclusion_filters = _parsed_filters(request, model, time_zone)
+    used = _used_fields(model, [request_filters, *step_filters, *exclusion_filters])
+    breakdown = checked.breakdown
+    if breakdown is not None and breakdown not in used:
+        used.append(breakdown)
+    step_names = {
+        name for parsed in (*step_filters, *exclusion_filters) for name in mentioned_fields(parsed)
+    }
 
     builder = ParameterBuilder()
     tenant_placeholder = builder.bind("String", encode_text_parameter(tenant))
@@ -170,43 +212,68 @@ def compile_funnel(
     ]
     if actor_spec.nullable:
         where.append(f"{actor} IS NOT NULL")
-    conditions = []
-    for index, step in enumerate(steps):
-        parts = filter_conditions(step_filters[index], model, builder, time_zone)
-        if step.event:
-            name = builder.bind("String", encode_text_parameter(step.event))
-            parts.insert(0, f"t.`{roles.event}` = {name}")
-        conditions.append(" AND ".join(parts))
-    where.append("(" + " OR ".join(f"({c})" for c in conditions) + ")")
-    mask = " + ".join(f"if({c}, {1 << i}, 0)" for i, c in enumerate(conditions))
+    conditions = [
+        _match_condition(step.event, step_filters[index], roles.event, model, builder, time_zone)
+        for index, step in enumerate(steps)
+    ]
+    exclusions = [
+        _match_condition(
+            item.event, exclusion_filters[index], roles.event, model, builder, time_zone
+        )
+        for index, item in enumerate(request.exclusions)
+    ]
+    if checked.order != "strict":
+        # A strict funnel reads every event of the range: any of them breaks a sequence.
+        where.append("(" + " OR ".join(f"({c})" for c in (*conditions, *exclusions)) + ")")
+    mask = " + ".join(
+        [
+            *(f"if({c}, {1 << i}, 0)" for i, c in enumerate(conditions)),
+            *(f"if({c}, {1 << (_EXCLUSION_BIT + i)}, 0)" for i, c in enumerate(exclusions)),
+        ]
+    )
     event_id = column_sql(model.fields[roles.event_id], model, builder.bind)
     micros = f"toUnixTimestamp64Micro({timestamp})"
     if model.fields[roles.timestamp].nullable:
         micros = f"assumeNotNull({micros})"
     table = from_clause(catalog, model, used, tenant_placeholder, guard_fields=step_names)
+    value = ""
+    if breakdown is not None:
+        value, _ = group_expression(breakdown, model, builder)
+    element = f"tuple({micros}, toString({event_id}), toUInt64({mask})"
+    keys, group = f"{actor} AS a0", "a0"
+    if breakdown is not None and checked.attribution == "all_events":
+        keys, group = f"{keys}, {value} AS b0", "a0, b0"
+    elif breakdown is not None:
+        element += f", {value}"
     # Identifiers from the catalog, values bound: nothing of the request's text is in the SQL.
     per_actor = (
-        f"SELECT {actor} AS a0, arraySort(groupArray(tuple({micros}, toString({event_id}), "  # noqa: S608
-        f"toUInt32({mask})))) AS e0 FROM {table} WHERE {' AND '.join(where)} GROUP BY a0"
+        f"SELECT {keys}, arraySort(groupArray({element}))) AS e0 "  # noqa: S608
+        f"FROM {table} WHERE {' AND '.join(where)} GROUP BY {group}"
     )
-    window_micros = builder.bind("Int64", str(_whole_micros(window)))
-    sql = _attempts_sql(per_actor, len(steps), window_micros)
-    columns = [OutputColumn(f"actors_{k}", f"c{k - 1}", "int") for k in range(1, len(steps) + 1)]
-    columns += [
-        OutputColumn(f"{name}_{k}", f"{prefix}{k - 1}", kind)
-        for k in range(2, len(steps) + 1)
-        for name, prefix, kind in (("sum_micros", "s", "int"), ("median_micros", "q", "float"))
-    ]
+    shape = _Shape(
+        steps=len(steps),
+        order=checked.order,
+        exclusions=checked.spans,
+        attribution=checked.attribution,
+        breakdown_step=checked.breakdown_step,
+        window=builder.bind("Int64", str(_whole_micros(checked.window))),
+        limit=builder.bind("UInt64", str(checked.limit)),
+    )
+    sql, columns = _outputs(
+        _funnel_sql(per_actor, shape, breakdown), shape, breakdown, model, builder
+    )
     compiled = CompiledQuery(
         sql,
         builder.parameters,
-        tuple(columns),
+        columns,
         model,
         limit=0,
         tenant=tenant,
         joined=related_models(model, used),
     )
-    return FunnelPlan(model, labels, window, start, end, time_zone, compiled)
+    return FunnelPlan(
+        model, checked.labels, checked.window, start, end, time_zone, compiled, breakdown
+    )
 
 
 def parse_window(text: str) -> dt.timedelta:
@@ -237,13 +304,26 @@ def parse_window(text: str) -> dt.timedelta:
 
 
 def assemble_funnel(plan: FunnelPlan, table: pa.Table) -> FunnelAnswer:
-    """The answer from the one row the plan's query returns."""
-    if table.num_rows != 1:
-        raise ValueError(f"a funnel query returns one row, got {table.num_rows}")
-    row = {
-        column: values[0]
-        for column, values in zip(table.column_names, table.to_pydict().values(), strict=True)
-    }
+    """The answer from the rows the plan's query returns (one, or one per breakdown class)."""
+    rows = table.to_pylist()
+    if plan.breakdown is None:
+        if len(rows) != 1:
+            raise ValueError(f"a funnel query returns one row, got {len(rows)}")
+        return FunnelAnswer(_steps(plan, rows[0]))
+    # Top values by rank, then Other (rank 0).
+    rows.sort(key=lambda row: (row["k1"] == 0, row["k1"]))
+    return FunnelAnswer(
+        (),
+        tuple(
+            FunnelBreakdownResult(
+                OTHER if row["k1"] == 0 else row["k3"], row["k1"] == 0, _steps(plan, row)
+            )
+            for row in rows
+        ),
+    )
+
+
+def _steps(plan: FunnelPlan, row: dict[str, Any]) -> tuple[FunnelStepResult, ...]:
     values = {c.key: row[c.alias] for c in plan.compiled.columns}
     count = len(plan.labels)
     actors = [int(values[f"actors_{k}"]) for k in range(1, count + 1)]
@@ -261,16 +341,14 @@ def assemble_funnel(plan: FunnelPlan, table: pa.Table) -> FunnelAnswer:
             FunnelStepResult(
                 label=label,
                 actors=reached,
-                conversion_from_first=_ratio(reached, actors[0])
-                if index
-                else _ratio(reached, reached),
+                conversion_from_first=_ratio(reached, actors[0]),
                 conversion_from_previous=_ratio(reached, actors[index - 1] if index else reached),
                 drop_off=reached - actors[index + 1] if index + 1 < count else 0,
                 median_seconds=median,
                 average_seconds=average,
             )
         )
-    return FunnelAnswer(tuple(steps))
+    return tuple(steps)
 
 
 def _label(index: int, step: FunnelStep) -> str:
@@ -288,6 +366,173 @@ def _label(index: int, step: FunnelStep) -> str:
     return step.label or step.event or f"step {index + 1}"
 
 
+def _parsed_filters(
+    request: FunnelRequest, model: Model, time_zone: str
+) -> tuple[list[Filter], list[list[Filter]], list[list[Filter]]]:
+    """The request's, each step's and each exclusion's filters, checked in the request's order."""
+    request_filters = parse_filters(request.filters)
+    step_filters = [
+        parse_filters(step.filters, f"steps[{index}].filters")
+        for index, step in enumerate(request.steps)
+    ]
+    exclusion_filters = [
+        parse_filters(item.filters, f"exclusions[{index}].filters")
+        for index, item in enumerate(request.exclusions)
+    ]
+    # Compiled once here so that each field is resolved (and named in errors) as written.
+    scratch = ParameterBuilder()
+    for parsed in (request_filters, *step_filters, *exclusion_filters):
+        filter_conditions(parsed, model, scratch, time_zone)
+    return request_filters, step_filters, exclusion_filters
+
+
+def _check(request: FunnelRequest, model: Model) -> _Checked:
+    """Every option of ``request`` but its filters, validated in the order the request reads."""
+    steps = request.steps
+    if not MIN_STEPS <= len(steps) <= MAX_STEPS:
+        raise validation_error(
+            "steps",
+            f"steps: a funnel has {MIN_STEPS} to {MAX_STEPS} steps, got {len(steps)}",
+            "INVALID_STEP_COUNT",
+        )
+    labels = tuple(_label(index, step) for index, step in enumerate(steps))
+    window = parse_window(request.window)
+    order = _order(request)
+    spans = _exclusion_spans(request, order)
+    breakdown = _breakdown(request, model)
+    attribution, breakdown_step = _attribution(request) if breakdown is not None else ("", 0)
+    return _Checked(
+        labels,
+        window,
+        order,
+        spans,
+        breakdown,
+        attribution,
+        breakdown_step,
+        _breakdown_limit(request),
+    )
+
+
+def _order(request: FunnelRequest) -> str:
+    order = request.order or ORDERS[0]
+    if order not in ORDERS:
+        raise validation_error(
+            "order",
+            f"order: {request.order[:40]!r} is not one of {', '.join(ORDERS)}",
+            "INVALID_ORDER",
+        )
+    return order
+
+
+def _exclusion_spans(request: FunnelRequest, order: str) -> tuple[tuple[int, int], ...]:
+    """Each exclusion's (from, to) step numbers, checked against the steps."""
+    if not request.exclusions:
+        return ()
+    if order == "unordered":
+        raise validation_error(
+            "exclusions",
+            "exclusions: an unordered funnel has no steps in between; exclusions need the order "
+            "ordered or strict",
+            "INVALID_EXCLUSION",
+        )
+    if len(request.exclusions) > MAX_EXCLUSIONS:
+        raise validation_error(
+            "exclusions", f"exclusions: at most {MAX_EXCLUSIONS}", "INVALID_EXCLUSION"
+        )
+    count = len(request.steps)
+    spans = []
+    for index, item in enumerate(request.exclusions):
+        source = f"exclusions[{index}]"
+        if not item.event and not item.filters:
+            raise validation_error(
+                source,
+                f"{source}: an exclusion needs an event name, filters, or both",
+                "EMPTY_STEP",
+            )
+        first = item.from_step or 1
+        last = item.to_step or count
+        if not 1 <= first < last <= count:
+            raise validation_error(
+                f"{source}.fromStep",
+                f"{source}: fromStep {first} and toStep {last} must be step numbers with "
+                f"1 <= fromStep < toStep <= {count}",
+                "INVALID_EXCLUSION",
+            )
+        spans.append((first, last))
+    return tuple(spans)
+
+
+def _breakdown(request: FunnelRequest, model: Model) -> FieldSpec | None:
+    if not request.breakdown:
+        for name, given in (
+            ("breakdownLimit", request.breakdown_limit),
+            ("breakdownAttribution", request.breakdown_attribution),
+            ("breakdownStep", request.breakdown_step),
+        ):
+            if given:
+                raise validation_error(name, f"{name}: only with a breakdown")
+        return None
+    spec = resolve_field(model, request.breakdown, "breakdown")
+    if spec.type.is_temporal:
+        raise validation_error(
+            "breakdown",
+            "breakdown: a timestamp or date field has too many values; break down by a category",
+            "INVALID_BREAKDOWN",
+        )
+    return spec
+
+
+def _attribution(request: FunnelRequest) -> tuple[str, int]:
+    attribution = request.breakdown_attribution or ATTRIBUTIONS[0]
+    if attribution not in ATTRIBUTIONS:
+        raise validation_error(
+            "breakdownAttribution",
+            f"breakdownAttribution: {request.breakdown_attribution[:40]!r} is not one of "
+            f"{', '.join(ATTRIBUTIONS)}",
+            "INVALID_VALUE",
+        )
+    if attribution != "step":
+        if request.breakdown_step:
+            raise validation_error(
+                "breakdownStep", "breakdownStep: only with breakdownAttribution step"
+            )
+        return attribution, 0
+    if not 1 <= request.breakdown_step <= len(request.steps):
+        raise validation_error(
+            "breakdownStep",
+            f"breakdownStep: a step number from 1 to {len(request.steps)}",
+            "INVALID_VALUE",
+        )
+    return attribution, request.breakdown_step
+
+
+def _breakdown_limit(request: FunnelRequest) -> int:
+    limit = request.breakdown_limit or DEFAULT_BREAKDOWN_LIMIT
+    if not 1 <= limit <= MAX_BREAKDOWN_LIMIT:
+        raise validation_error(
+            "breakdownLimit",
+            f"breakdownLimit: between 1 and {MAX_BREAKDOWN_LIMIT}",
+            "INVALID_VALUE",
+        )
+    return limit
+
+
+def _match_condition(  # noqa: PLR0917 (one condition's every input)
+    event: str,
+    parsed: Sequence[Filter],
+    event_column: str,
+    model: Model,
+    builder: ParameterBuilder,
+    time_zone: str,
+) -> str:
+    """SQL true for the events a step (or an exclusion) matches."""
+    parts = filter_conditions(parsed, model, builder, time_zone)
+    if event:
+        name = builder.bind("String", encode_text_parameter(event))
+        parts.insert(0, f"t.`{event_column}` = {name}")
+    return " AND ".join(parts)
+
+
 def _used_fields(model: Model, filter_lists: Sequence[Sequence[Filter]]) -> list[FieldSpec]:
     """Every field the filters read (related ones make the joins), each once."""
     found: dict[str, FieldSpec] = {}
@@ -297,37 +542,168 @@ def _used_fields(model: Model, filter_lists: Sequence[Sequence[Filter]]) -> list
     return list(found.values())
 
 
-def _attempts_sql(per_actor: str, count: int, window: str) -> str:
-    """The query over ``per_actor`` (a0: actor, e0: its sorted (micros, id, mask) tuples)."""
-    positions = ["arrayJoin(arrayFilter(i -> bitTest(m0[i], 0), arrayEnumerate(m0))) AS p1"]
-    for k in range(2, count + 1):
-        unused = " AND ".join(f"i != p{j}" for j in range(1, k))
-        found = (
-            f"arrayFirstIndex(i -> bitTest(m0[i], {k - 1}) AND ts0[i] >= ts0[p{k - 1}] "
-            f"AND ts0[i] <= w0 AND {unused}, arrayEnumerate(m0))"
-        )
-        positions.append(found + f" AS p{k}" if k == 2 else f"if(p{k - 1} = 0, 0, {found}) AS p{k}")
-    furthest = " + ".join(["1", *(f"(p{k} != 0)" for k in range(2, count + 1))])
-    deltas = ", ".join(
-        f"if(p{k} = 0, toInt64(0), ts0[p{k}] - ts0[p{k - 1}])" for k in range(2, count + 1)
+def _outputs(
+    sql: str, shape: _Shape, breakdown: FieldSpec | None, model: Model, builder: ParameterBuilder
+) -> tuple[str, tuple[OutputColumn, ...]]:
+    """The query with its breakdown value rendered, and the columns assemble_funnel reads."""
+    columns = []
+    if breakdown is not None:
+        value_type = group_expression(breakdown, model, ParameterBuilder())[1]
+        columns += [OutputColumn("rank", "k1", "int"), OutputColumn("value", "k3", value_type)]
+        rendered = render_value("k2", value_type, breakdown, builder)
+        sql = f"SELECT *, {rendered} AS k3 FROM ({sql})"  # noqa: S608 (aliases only)
+    columns += [OutputColumn(f"actors_{k}", f"c{k - 1}", "int") for k in range(1, shape.steps + 1)]
+    columns += [
+        OutputColumn(f"{name}_{k}", f"{prefix}{k - 1}", kind)
+        for k in range(2, shape.steps + 1)
+        for name, prefix, kind in (("sum_micros", "s", "int"), ("median_micros", "q", "float"))
+    ]
+    return sql, tuple(columns)
+
+
+def _funnel_sql(per_actor: str, shape: _Shape, breakdown: FieldSpec | None) -> str:
+    """The query over ``per_actor`` (a0: actor, [b0: value,] e0: its sorted event tuples)."""
+    attempts = _attempts_sql(per_actor, shape)
+    # In a tuple, so that a null value is chosen like any other (aggregates skip nulls).
+    value = "b0" if shape.attribution == "all_events" else "argMin(tuple(v1), key0).1"
+    by_actor = (
+        "SELECT a0, max(s0) AS f1, argMin(d0, key0) AS d1, min(key0) AS key1"  # noqa: S608
+        + (f", {value} AS bv" if breakdown is not None else "")
+        + f" FROM ({attempts}) GROUP BY a0"
+        + (", b0" if shape.attribution == "all_events" else "")
+        + " HAVING f1 > 0"
     )
-    # Aliases, step numbers and placeholders only.
-    attempts = (
-        "SELECT a0, arrayMap(x -> x.1, e0) AS ts0, arrayMap(x -> x.3, e0) AS m0, "  # noqa: S608
-        f"{', '.join(positions)}, ts0[p1] + {window} AS w0, toUInt8({furthest}) AS s0, "
-        f"[{deltas}] AS d0 FROM ({per_actor})"
-    )
-    actors = (
-        "SELECT a0, max(s0) AS f1, argMax(d0, tuple(s0, -toInt64(p1))) AS d1 "  # noqa: S608
-        f"FROM ({attempts}) GROUP BY a0"
-    )
+    count = shape.steps
     select = [f"countIf(f1 >= {k}) AS c{k - 1}" for k in range(1, count + 1)]
     for k in range(2, count + 1):
         select.append(f"sumIf(d1[{k - 1}], f1 >= {k}) AS s{k - 1}")
         select.append(
             f"quantileExactInclusiveIf(0.5)(toFloat64(d1[{k - 1}]), f1 >= {k}) AS q{k - 1}"
         )
-    return f"SELECT {', '.join(select)} FROM ({actors})"  # noqa: S608 (aliases only)
+    if breakdown is None:
+        return f"SELECT {', '.join(select)} FROM ({by_actor})"  # noqa: S608 (aliases only)
+    # Values ranked by their actors (ties by the value as Query orders values: a UUID by its
+    # text); an actor of several values outside the top counts once in Other, at its furthest.
+    tie = "toString(bv)" if breakdown.type is FieldType.UUID else "bv"
+    ranked = (
+        "SELECT *, dense_rank() OVER (ORDER BY n DESC, isNull(bv), "  # noqa: S608
+        f"{tie}) AS r FROM (SELECT *, count() OVER (PARTITION BY bv) AS n FROM ({by_actor}))"
+    )
+    classed = (
+        f"SELECT a0, if(r <= {shape.limit}, r, 0) AS k1, "  # noqa: S608
+        "any(if(k1 = 0, NULL, bv)) AS k2, max(f1) AS f1, argMin(d1, key1) AS d1 "
+        f"FROM ({ranked}) GROUP BY a0, k1"
+    )
+    return f"SELECT k1, any(k2) AS k2, {', '.join(select)} FROM ({classed}) GROUP BY k1"  # noqa: S608
+
+
+def _attempts_sql(per_actor: str, shape: _Shape) -> str:
+    """One row per attempt: its furthest step s0, time differences d0, deciding key key0.
+
+    Each step's position is computed one subquery deeper than the one before it: an alias used
+    in the same SELECT is expanded where it is used, so positions that read the previous ones
+    would grow the query's tree exponentially with the steps.
+    """
+    count = shape.steps
+    columns = [
+        "a0",
+        "arrayMap(x -> x.1, e0) AS ts0",
+        "arrayMap(x -> x.2, e0) AS i0",
+        "arrayMap(x -> x.3, e0) AS m0",
+    ]
+    if shape.attribution == "all_events":
+        columns.append("b0")
+    elif shape.attribution:
+        columns.append("arrayMap(x -> x.4, e0) AS v0")
+    unordered = shape.order == "unordered"
+    if unordered:
+        levels, reached, deltas = _unordered_positions(count)
+    else:
+        levels, reached, deltas = _ordered_positions(count, shape.order == "strict")
+    start = "p0" if unordered else "p1"
+    columns += [*levels[0], f"{start} AS st0", f"ts0[st0] + {shape.window} AS w0"]
+    sql = f"SELECT {', '.join(columns)} FROM ({per_actor})"  # noqa: S608 (aliases only)
+    for level in levels[1:]:
+        sql = f"SELECT *, {', '.join(level)} FROM ({sql})"  # noqa: S608 (aliases only)
+    excluded = [
+        f"(p{last} != 0 AND arrayExists(i -> bitTest(m0[i], {_EXCLUSION_BIT + index}) AND "
+        f"ts0[i] > ts0[p{first}] AND ts0[i] < ts0[p{last}], arrayEnumerate(m0)))"
+        for index, (first, last) in enumerate(shape.exclusions)
+    ]
+    final = [
+        (f"if({' OR '.join(excluded)}, 0, {reached})" if excluded else reached) + " AS s0",
+        f"[{', '.join(deltas)}] AS d0",
+        "tuple(-toInt64(s0), ts0[st0], i0[st0]) AS key0",
+    ]
+    prefix = "q" if unordered else "p"
+    if shape.attribution == "first_touch":
+        final.append("v0[st0] AS v1")
+    elif shape.attribution == "last_touch":
+        filled = ", ".join(f"{prefix}{k}" for k in range(1, count + 1))
+        final.append(f"v0[arrayMax([{filled}])] AS v1")
+    elif shape.attribution == "step":
+        own = f"{prefix}{shape.breakdown_step}"
+        final.append(f"if({own} = 0, NULL, v0[{own}]) AS v1")
+    return f"SELECT *, {', '.join(final)} FROM ({sql})"  # noqa: S608 (aliases only)
+
+
+def _ordered_positions(count: int, strict: bool) -> tuple[list[list[str]], str, list[str]]:
+    """Positions p1..pn of an ordered (or strict) funnel's attempt, a level each.
+
+    Also its reach and time differences.
+    """
+    levels = [["arrayJoin(arrayFilter(i -> bitTest(m0[i], 0), arrayEnumerate(m0))) AS p1"]]
+    for k in range(2, count + 1):
+        unused = " AND ".join(f"i != p{j}" for j in range(1, k))
+        level = []
+        adjacent = ""
+        if strict:
+            # Nothing strictly between: the same instant as the previous step, or the next one.
+            level.append(
+                f"if(p{k - 1} = 0, 0, arrayFirstIndex(x -> x > ts0[p{k - 1}], ts0)) AS n{k}"
+            )
+            adjacent = f" AND (ts0[i] = ts0[p{k - 1}] OR (n{k} != 0 AND ts0[i] = ts0[n{k}]))"
+        found = (
+            f"arrayFirstIndex(i -> bitTest(m0[i], {k - 1}) AND ts0[i] >= ts0[p{k - 1}] "
+            f"AND ts0[i] <= w0 AND {unused}{adjacent}, arrayEnumerate(m0))"
+        )
+        level.append(f"if(p{k - 1} = 0, 0, {found}) AS p{k}")
+        levels.append(level)
+    reached = "toUInt8(" + " + ".join(["1", *(f"(p{k} != 0)" for k in range(2, count + 1))]) + ")"
+    deltas = [f"if(p{k} = 0, toInt64(0), ts0[p{k}] - ts0[p{k - 1}])" for k in range(2, count + 1)]
+    return levels, reached, deltas
+
+
+def _unordered_positions(count: int) -> tuple[list[list[str]], str, list[str]]:
+    """Positions q1..qn filling each step of an unordered attempt started at p0, a level each.
+
+    Also its reach and time differences (between its events in time order).
+    """
+    every = (1 << count) - 1
+    levels = [
+        [f"arrayJoin(arrayFilter(i -> bitAnd(m0[i], {every}) != 0, arrayEnumerate(m0))) AS p0"]
+    ]
+    for j in range(1, count + 1):
+        unused = " AND ".join(["i != p0", *(f"i != q{m}" for m in range(1, j))])
+        # The starting event fills the first step it matches; the others, in step order, the
+        # first unused event of the window matching them.
+        lower = (1 << (j - 1)) - 1
+        levels.append(
+            [
+                f"if(bitTest(m0[p0], {j - 1}) AND bitAnd(m0[p0], {lower}) = 0, p0, "
+                f"arrayFirstIndex(i -> bitTest(m0[i], {j - 1}) AND ts0[i] >= ts0[p0] "
+                f"AND ts0[i] <= w0 AND {unused}, arrayEnumerate(m0))) AS q{j}"
+            ]
+        )
+    filled = ", ".join(f"q{j}" for j in range(1, count + 1))
+    levels.append(
+        [f"arraySort(arrayMap(q -> ts0[q], arrayFilter(q -> q != 0, [{filled}]))) AS tf0"]
+    )
+    reached = "toUInt8(" + " + ".join(f"(q{j} != 0)" for j in range(1, count + 1)) + ")"
+    deltas = [
+        f"if(length(tf0) >= {k}, tf0[{k}] - tf0[{k - 1}], toInt64(0))" for k in range(2, count + 1)
+    ]
+    return levels, reached, deltas
 
 
 def _whole_micros(delta: dt.timedelta) -> int:

@@ -12,11 +12,13 @@ every WHERE of its query starts with the tenant condition.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import math
 import random
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -25,11 +27,23 @@ from hypothesis import strategies as st
 
 from service.backends.embedded import EmbeddedBackend
 from service.catalog import Catalog, Model
-from service.insights.funnel_request import FunnelRequest, FunnelStep
-from service.insights.funnels import FunnelAnswer, assemble_funnel, compile_funnel
+from service.insights.funnel_request import FunnelExclusion, FunnelRequest, FunnelStep
+from service.insights.funnels import (
+    ATTRIBUTIONS,
+    FunnelAnswer,
+    FunnelStepResult,
+    assemble_funnel,
+    compile_funnel,
+)
 from service.schema import all_ddl
 from tests.conftest import catalog_in_database, unique_database
-from tests.funnel_reference import ReferenceStep, reference_funnel, window_of
+from tests.funnel_reference import (
+    ReferenceBreakdown,
+    ReferenceStep,
+    reference_breakdowns,
+    reference_funnel,
+    window_of,
+)
 from tests.sql_shape import event_arrow
 from tests.unit.test_funnels import assert_tenant_first
 
@@ -91,6 +105,13 @@ def cases(draw: st.DrawFn) -> tuple[FunnelRequest, list[dict[str, Any]], str]:
     count = draw(st.integers(1, 30))
     rows: list[dict[str, Any]] = []
     version = itertools.count(1)
+    step_count = draw(st.integers(2, 6))
+    steps = []
+    for _ in range(step_count):
+        event = draw(st.sampled_from(("", *NAMES, *NAMES)))
+        filters = draw(st.sampled_from(STEP_FILTERS[1:] if not event else STEP_FILTERS))
+        label = draw(st.sampled_from(("", "", "Step ' label")))
+        steps.append(FunnelStep(event=event, filters=filters, label=label))
 
     def moment() -> dt.datetime:
         return (
@@ -140,19 +161,53 @@ def cases(draw: st.DrawFn) -> tuple[FunnelRequest, list[dict[str, Any]], str]:
                     "_version": next(version) * 10,
                 }
             )
-    step_count = draw(st.integers(2, 6))
-    steps = []
-    for _ in range(step_count):
-        event = draw(st.sampled_from(("", *NAMES, *NAMES)))
-        filters = draw(st.sampled_from(STEP_FILTERS[1:] if not event else STEP_FILTERS))
-        label = draw(st.sampled_from(("", "", "Step ' label")))
-        steps.append(FunnelStep(event=event, filters=filters, label=label))
+    # Journeys through the steps (each event matches its step's every filter), at steps of a
+    # quarter window or less, so that most funnels go past their first step.
+    for _ in range(draw(st.integers(1, 4))):
+        at = moment()
+        actor = rng.randint(1, 3)
+        for step in steps[: rng.randint(2, step_count)]:
+            at += rng.choice((0, 1, 1, 2)) * half / 2
+            rows.append(
+                {
+                    "tenant_id": tenant,
+                    "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
+                    "event": step.event or rng.choice(NAMES),
+                    "contact_id": actor,
+                    "timestamp": at,
+                    "platform": "web",
+                    "country": None,
+                    "plan": None,
+                    "revenue": None,
+                    "properties_keys": ["ref"],
+                    "properties_values": [HOSTILE],
+                    "_version": next(version) * 10,
+                    "_is_deleted": 0,
+                }
+            )
     date_from = draw(
         st.sampled_from(("2026-03-01", (T0 + half).isoformat(), (T0 + half * 2).isoformat()))
     )
     date_to = draw(st.sampled_from(("2026-03-31", (T0 + half * 5).isoformat(), "now")))
     filters = draw(st.sampled_from(({}, {}, {"platform": "neq.ios"}, {"event": "neq.purchased"})))
     window = draw(st.sampled_from((window_text, window_text, "")))
+    order = draw(st.sampled_from(("", "ordered", "strict", "unordered")))
+    exclusions: list[FunnelExclusion] = []
+    if order != "unordered":
+        for _ in range(draw(st.integers(0, 2))):
+            event = draw(st.sampled_from(("", *NAMES)))
+            first = draw(st.integers(0, step_count - 1))
+            last = draw(st.integers(first + 1, step_count)) if first else 0
+            exclusions.append(
+                FunnelExclusion(
+                    event=event,
+                    filters=draw(st.sampled_from(STEP_FILTERS[1:] if not event else STEP_FILTERS)),
+                    from_step=first,
+                    to_step=last,
+                )
+            )
+    breakdown = draw(st.sampled_from(("", "", "platform", "properties.ref")))
+    attribution = draw(st.sampled_from(ATTRIBUTIONS)) if breakdown else ""
     request = FunnelRequest(
         model="product.events",
         steps=tuple(steps),
@@ -161,13 +216,32 @@ def cases(draw: st.DrawFn) -> tuple[FunnelRequest, list[dict[str, Any]], str]:
         time_zone=draw(st.sampled_from(("", "Europe/Berlin"))),
         window=window,
         filters=filters,
+        order=order,
+        exclusions=tuple(exclusions),
+        breakdown=breakdown,
+        breakdown_limit=draw(st.sampled_from((0, 1, 2))) if breakdown else 0,
+        breakdown_attribution=attribution,
+        breakdown_step=draw(st.integers(1, step_count)) if attribution == "step" else 0,
     )
     return request, rows, tenant
 
 
-def assert_same(answer: FunnelAnswer, expected: list[ReferenceStep], context: Any) -> None:
-    assert len(answer.steps) == len(expected), context
-    for got, want in zip(answer.steps, expected, strict=True):
+def assert_same_breakdowns(
+    answer: FunnelAnswer, expected: list[ReferenceBreakdown], context: Any
+) -> None:
+    """Each breakdown class (value, Other flag and steps) as the reference has it, in order."""
+    assert not answer.steps, context
+    got = [(b.value, b.is_other) for b in answer.breakdowns]
+    assert got == [(b.value, b.is_other) for b in expected], context
+    for mine, theirs in zip(answer.breakdowns, expected, strict=True):
+        assert_same(mine.steps, theirs.steps, (context, mine.value))
+
+
+def assert_same(
+    answer: Sequence[FunnelStepResult], expected: list[ReferenceStep], context: Any
+) -> None:
+    assert len(answer) == len(expected), context
+    for got, want in zip(answer, expected, strict=True):
         where = (context, got, want)
         assert (got.label, got.actors, got.drop_off) == (
             want.label,
@@ -211,8 +285,12 @@ async def test_random_journeys_equal_the_reference(journeys: Journeys, case: Any
                 journeys.catalog.database, journeys.model.table, event_arrow(journeys.model, part)
             )
     answer = await run(journeys, request, tenant)
-    expected = reference_funnel(request, rows, tenant, NOW, journeys.model)
-    assert_same(answer, expected, request)
+    if request.breakdown:
+        breakdowns = reference_breakdowns(request, rows, tenant, NOW, journeys.model)
+        assert_same_breakdowns(answer, breakdowns, request)
+    else:
+        expected = reference_funnel(request, rows, tenant, NOW, journeys.model)
+        assert_same(answer.steps, expected, request)
 
 
 async def test_the_window_bound_ties_and_repeated_steps_by_hand(journeys: Journeys) -> None:
@@ -283,3 +361,75 @@ def astuple_rest(step: Any) -> tuple[Any, ...]:
         step.median_seconds,
         step.average_seconds,
     )
+
+
+async def test_orders_and_exclusions_by_hand(journeys: Journeys) -> None:
+    """Two actors, worked out by hand: what strict, unordered and an exclusion change."""
+    tenant = "orders-by-hand"
+    minute = dt.timedelta(minutes=1)
+    events = [
+        # Actor 1: a, then x, then b.
+        (1, "a", T0, "web"),
+        (1, "x", T0 + minute, "web"),
+        (1, "b", T0 + 2 * minute, "ios"),
+        # Actor 2: b before a.
+        (2, "b", T0, "ios"),
+        (2, "a", T0 + minute, "web"),
+    ]
+    rows = [
+        {
+            "tenant_id": tenant,
+            "event_id": str(uuid.UUID(int=number + 1)),
+            "event": name,
+            "contact_id": actor,
+            "timestamp": at,
+            "platform": platform,
+            "country": None,
+            "plan": None,
+            "revenue": None,
+            "properties_keys": [],
+            "properties_values": [],
+            "_version": 1,
+            "_is_deleted": 0,
+        }
+        for number, (actor, name, at, platform) in enumerate(events)
+    ]
+    model = journeys.model
+    await journeys.backend.insert_arrow(
+        journeys.catalog.database, model.table, event_arrow(model, rows)
+    )
+    base = FunnelRequest(
+        model="product.events",
+        steps=(FunnelStep("a"), FunnelStep("b")),
+        date_from="2026-03-01",
+        date_to="2026-03-31",
+        window="1h",
+    )
+
+    async def figures(request: FunnelRequest) -> list[tuple[int, float | None]]:
+        answer = await run(journeys, request, tenant)
+        return [(s.actors, s.median_seconds) for s in answer.steps]
+
+    assert await figures(base) == [(2, None), (1, 120.0)]
+    # x comes between actor 1's a and b; actor 2 has no b after its a.
+    assert await figures(dataclasses.replace(base, order="strict")) == [(2, None), (0, None)]
+    # Actor 2's b and a count in any order: 120 s and 60 s from the first event to the second.
+    assert await figures(dataclasses.replace(base, order="unordered")) == [(2, None), (2, 90.0)]
+    # Actor 1's only attempt is void: it counts nowhere, not even at step 1.
+    excluded = dataclasses.replace(base, exclusions=(FunnelExclusion("x"),))
+    assert await figures(excluded) == [(1, None), (0, None)]
+    # Last touch: actor 1's b (ios) decides its value; actor 2 reached a (web) only.
+    answer = await run(
+        journeys,
+        dataclasses.replace(base, breakdown="platform", breakdown_attribution="last_touch"),
+        tenant,
+    )
+    assert [(b.value, [s.actors for s in b.steps]) for b in answer.breakdowns] == [
+        ("ios", [1, 1]),
+        ("web", [1, 0]),
+    ]
+    for request in (base, excluded, dataclasses.replace(base, order="unordered")):
+        assert reference_funnel(request, rows, tenant, NOW, model) == [
+            ReferenceStep(s.label, s.actors, *astuple_rest(s))
+            for s in (await run(journeys, request, tenant)).steps
+        ]

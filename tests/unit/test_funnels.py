@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from service.catalog import Catalog
 from service.errors import AnalyticsError, ErrorKind
-from service.insights.funnel_request import FunnelRequest, FunnelStep
+from service.insights.funnel_request import FunnelExclusion, FunnelRequest, FunnelStep
 from service.insights.funnels import FunnelPlan, assemble_funnel, compile_funnel, parse_window
 from tests.sql_shape import assert_tenant_first as assert_shared_tenant_first
 from tests.strategies import HOSTILE_STRINGS
@@ -74,6 +74,50 @@ def refusal(catalog: Catalog, request: FunnelRequest) -> tuple[str, str]:
         ({"steps": (TWO[0], FunnelStep("x", label="l" * 201))}, "steps[1].label", ""),
         ({"date_from": "tomorrow"}, "dateFrom", "INVALID_DATE"),
         ({"model": "crm.deals"}, "model", "NOT_AN_EVENT_MODEL"),
+        ({"order": "sorted"}, "order", "INVALID_ORDER"),
+        (
+            {"order": "unordered", "exclusions": (FunnelExclusion("x"),)},
+            "exclusions",
+            "INVALID_EXCLUSION",
+        ),
+        ({"exclusions": (FunnelExclusion("x"),) * 11}, "exclusions", "INVALID_EXCLUSION"),
+        ({"exclusions": (FunnelExclusion(),)}, "exclusions[0]", "EMPTY_STEP"),
+        (
+            {"exclusions": (FunnelExclusion("x", from_step=2, to_step=2),)},
+            "exclusions[0].fromStep",
+            "INVALID_EXCLUSION",
+        ),
+        (
+            {"exclusions": (FunnelExclusion("x", from_step=1, to_step=3),)},
+            "exclusions[0].fromStep",
+            "INVALID_EXCLUSION",
+        ),
+        (
+            {"exclusions": (FunnelExclusion("x", filters={"nope": "eq.1"}),)},
+            "exclusions[0].filters.nope",
+            "UNKNOWN_FIELD",
+        ),
+        ({"breakdown": "nope"}, "breakdown", "UNKNOWN_FIELD"),
+        ({"breakdown": "timestamp"}, "breakdown", "INVALID_BREAKDOWN"),
+        (
+            {"breakdown": "platform", "breakdown_attribution": "first"},
+            "breakdownAttribution",
+            "INVALID_VALUE",
+        ),
+        (
+            {"breakdown": "platform", "breakdown_attribution": "step"},
+            "breakdownStep",
+            "INVALID_VALUE",
+        ),
+        (
+            {"breakdown": "platform", "breakdown_attribution": "step", "breakdown_step": 3},
+            "breakdownStep",
+            "INVALID_VALUE",
+        ),
+        ({"breakdown": "platform", "breakdown_step": 1}, "breakdownStep", ""),
+        ({"breakdown_limit": 5}, "breakdownLimit", ""),
+        ({"breakdown_attribution": "last_touch"}, "breakdownAttribution", ""),
+        ({"breakdown": "platform", "breakdown_limit": 1001}, "breakdownLimit", "INVALID_VALUE"),
     ],
 )
 def test_bad_requests_are_refused_naming_the_field(
@@ -127,6 +171,14 @@ def hostile_requests(draw: st.DrawFn) -> FunnelRequest:
         filters={"or": f"(plan.eq.{_quoted(text())},country.in.({_quoted(text())}))"},
         date_from=draw(st.sampled_from(("-7d", "2026-01-01", "2025-12-01T10:00:00Z"))),
         window=draw(st.sampled_from(("", "1h", "365d"))),
+        order="strict",
+        exclusions=(
+            FunnelExclusion(text(), filters={f"properties.{text()}": f"eq.{text()}"}, to_step=2),
+        ),
+        breakdown=f"properties.{text()}",
+        breakdown_limit=draw(st.integers(1, 1000)),
+        breakdown_attribution="step",
+        breakdown_step=2,
     )
 
 
