@@ -376,7 +376,7 @@ async def test_orders_and_exclusions_by_hand(journeys: Journeys) -> None:
         (2, "b", T0, "ios"),
         (2, "a", T0 + minute, "web"),
     ]
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "tenant_id": tenant,
             "event_id": str(uuid.UUID(int=number + 1)),
