@@ -10,7 +10,7 @@ import datetime as dt
 import math
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,12 +19,15 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from analytics.v1 import analytics_pb2
 from service.backends.base import QueryStats
-from service.insights.funnel_request import FunnelRequest, FunnelStep
-from service.insights.funnels import FunnelAnswer
+from service.insights.funnel_request import FunnelExclusion, FunnelRequest, FunnelStep
+from service.insights.funnels import FunnelAnswer, FunnelStepResult
 from service.insights.trend_request import TrendRequest, TrendSeries
 from service.insights.trend_results import TrendAnswer
 from service.query.compiler import OutputColumn
 from service.query.request import MetricRequest, QueryRequest
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 _EXACT_INT = 2**53
 _INT64_MAX = 2**63 - 1
@@ -326,6 +329,15 @@ def funnel_request(message: analytics_pb2.FunnelRequest) -> FunnelRequest:
         time_zone=message.time_zone,
         window=message.window,
         filters=dict(message.filters),
+        order=message.order,
+        exclusions=tuple(
+            FunnelExclusion(x.event, dict(x.filters), x.from_step, x.to_step)
+            for x in message.exclusions
+        ),
+        breakdown=message.breakdown,
+        breakdown_limit=message.breakdown_limit,
+        breakdown_attribution=message.breakdown_attribution,
+        breakdown_step=message.breakdown_step,
     )
 
 
@@ -334,8 +346,20 @@ def funnel_response(
 ) -> analytics_pb2.FunnelResponse:
     """The Funnel response message."""
     response = analytics_pb2.FunnelResponse(meta=query_meta((), stats, last_sync_at))
-    for step in answer.steps:
-        out = response.steps.add(
+    _funnel_steps(answer.steps, response.steps)
+    for item in answer.breakdowns:
+        out = response.breakdowns.add(is_other=item.is_other)
+        out.value.CopyFrom(_protobuf_value(_breakdown_json(item.value)))
+        _funnel_steps(item.steps, out.steps)
+    return response
+
+
+def _funnel_steps(
+    steps: Sequence[FunnelStepResult],
+    into: RepeatedCompositeFieldContainer[analytics_pb2.FunnelStepResult],
+) -> None:
+    for step in steps:
+        out = into.add(
             label=step.label,
             actors=step.actors,
             conversion_from_first=step.conversion_from_first,
@@ -346,27 +370,33 @@ def funnel_response(
             out.median_seconds = step.median_seconds
         if step.average_seconds is not None:
             out.average_seconds = step.average_seconds
-    return response
 
 
 def funnel_json(response: analytics_pb2.FunnelResponse) -> dict[str, Any]:
     """The Funnel response's JSON form (counts as integers, absent times as null)."""
-    return {
-        "steps": [
+    body: dict[str, Any] = {"steps": [_funnel_step_json(step) for step in response.steps]}
+    if response.breakdowns:
+        body["breakdowns"] = [
             {
-                "label": step.label,
-                "actors": int(step.actors),
-                "conversionFromFirst": step.conversion_from_first,
-                "conversionFromPrevious": step.conversion_from_previous,
-                "dropOff": int(step.drop_off),
-                "medianSeconds": (step.median_seconds if step.HasField("median_seconds") else None),
-                "averageSeconds": (
-                    step.average_seconds if step.HasField("average_seconds") else None
-                ),
+                "value": _plain_number(_value(item.value)),
+                "isOther": item.is_other,
+                "steps": [_funnel_step_json(step) for step in item.steps],
             }
-            for step in response.steps
-        ],
-        "meta": _insight_meta_json(response.meta),
+            for item in response.breakdowns
+        ]
+    body["meta"] = _insight_meta_json(response.meta)
+    return body
+
+
+def _funnel_step_json(step: analytics_pb2.FunnelStepResult) -> dict[str, Any]:
+    return {
+        "label": step.label,
+        "actors": int(step.actors),
+        "conversionFromFirst": step.conversion_from_first,
+        "conversionFromPrevious": step.conversion_from_previous,
+        "dropOff": int(step.drop_off),
+        "medianSeconds": step.median_seconds if step.HasField("median_seconds") else None,
+        "averageSeconds": step.average_seconds if step.HasField("average_seconds") else None,
     }
 
 

@@ -97,7 +97,7 @@ def _rows(tenant: str) -> list[Row]:
             "event": event,
             "contact_id": actor,
             "timestamp": START + after,
-            "platform": None,
+            "platform": "web" if actor == 1 else None,
             "country": None,
             "plan": None,
             "revenue": None,
@@ -177,6 +177,12 @@ async def test_grpc_funnel_errors_name_the_field(server: RunningServer, settings
         ({**REQUEST, "steps": STEPS[:1]}, grpc.StatusCode.INVALID_ARGUMENT, "steps"),
         ({**REQUEST, "window": "0d"}, grpc.StatusCode.INVALID_ARGUMENT, "window"),
         ({**REQUEST, "window": "2 weeks"}, grpc.StatusCode.INVALID_ARGUMENT, "window"),
+        (
+            {**REQUEST, "exclusions": [{"event": "x", "fromStep": 3, "toStep": 2}]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "exclusions[0].fromStep",
+        ),
+        ({**REQUEST, "order": "any"}, grpc.StatusCode.INVALID_ARGUMENT, "order"),
     ]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
@@ -225,3 +231,29 @@ async def test_rest_funnel_answers_json_and_problem_documents(
     assert status == 404, problem
     status, _, problem = await _post(server, settings, "product", REQUEST, "crm.deals.read")
     assert (status, problem["code"]) == (403, "PERMISSION_DENIED"), problem
+
+
+async def test_rest_funnel_breakdowns_and_options(
+    server: RunningServer, settings: Settings
+) -> None:
+    """Per-value steps (top values by actors at step 1, then Other) and the order options."""
+    body = {**REQUEST, "breakdown": "platform", "breakdownLimit": 1}
+    status, _, document = await _post(server, settings, "product", body, "product.events.read")
+    assert status == 200, document
+    assert document["steps"] == []
+    got = [
+        (b["value"], b["isOther"], [s["actors"] for s in b["steps"]])
+        for b in document["breakdowns"]
+    ]
+    # Actors 2 and 3 have no platform (two actors at step 1): the top value; actor 1's web is
+    # outside a top of one.
+    assert got == [(None, False, [2, 1, 0]), ("Other", True, [1, 1, 1])], document
+    body = {
+        **REQUEST,
+        "order": "strict",
+        "exclusions": [{"event": "activated", "fromStep": 1, "toStep": 3}],
+    }
+    status, _, document = await _post(server, settings, "product", body, "product.events.read")
+    assert status == 200, document
+    # Actor 1's only attempt has `activated` between signing up and paying: it counts nowhere.
+    assert [s["actors"] for s in document["steps"]] == [2, 1, 0], document

@@ -282,7 +282,7 @@ class FunnelStep(_message.Message):
     def __init__(self, event: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., label: _Optional[str] = ...) -> None: ...
 
 class FunnelRequest(_message.Message):
-    __slots__ = ("model", "steps", "date_from", "date_to", "time_zone", "window", "filters")
+    __slots__ = ("model", "steps", "date_from", "date_to", "time_zone", "window", "filters", "order", "exclusions", "breakdown", "breakdown_limit", "breakdown_attribution", "breakdown_step")
     class FiltersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +297,12 @@ class FunnelRequest(_message.Message):
     TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    EXCLUSIONS_FIELD_NUMBER: _ClassVar[int]
+    BREAKDOWN_FIELD_NUMBER: _ClassVar[int]
+    BREAKDOWN_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BREAKDOWN_ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    BREAKDOWN_STEP_FIELD_NUMBER: _ClassVar[int]
     model: str
     steps: _containers.RepeatedCompositeFieldContainer[FunnelStep]
     date_from: str
@@ -304,7 +310,32 @@ class FunnelRequest(_message.Message):
     time_zone: str
     window: str
     filters: _containers.ScalarMap[str, str]
-    def __init__(self, model: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[FunnelStep, _Mapping]]] = ..., date_from: _Optional[str] = ..., date_to: _Optional[str] = ..., time_zone: _Optional[str] = ..., window: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    order: str
+    exclusions: _containers.RepeatedCompositeFieldContainer[FunnelExclusion]
+    breakdown: str
+    breakdown_limit: int
+    breakdown_attribution: str
+    breakdown_step: int
+    def __init__(self, model: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[FunnelStep, _Mapping]]] = ..., date_from: _Optional[str] = ..., date_to: _Optional[str] = ..., time_zone: _Optional[str] = ..., window: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., order: _Optional[str] = ..., exclusions: _Optional[_Iterable[_Union[FunnelExclusion, _Mapping]]] = ..., breakdown: _Optional[str] = ..., breakdown_limit: _Optional[int] = ..., breakdown_attribution: _Optional[str] = ..., breakdown_step: _Optional[int] = ...) -> None: ...
+
+class FunnelExclusion(_message.Message):
+    __slots__ = ("event", "filters", "from_step", "to_step")
+    class FiltersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    TO_STEP_FIELD_NUMBER: _ClassVar[int]
+    event: str
+    filters: _containers.ScalarMap[str, str]
+    from_step: int
+    to_step: int
+    def __init__(self, event: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., from_step: _Optional[int] = ..., to_step: _Optional[int] = ...) -> None: ...
 
 class FunnelStepResult(_message.Message):
     __slots__ = ("label", "actors", "conversion_from_first", "conversion_from_previous", "drop_off", "median_seconds", "average_seconds")
@@ -325,9 +356,21 @@ class FunnelStepResult(_message.Message):
     def __init__(self, label: _Optional[str] = ..., actors: _Optional[int] = ..., conversion_from_first: _Optional[float] = ..., conversion_from_previous: _Optional[float] = ..., drop_off: _Optional[int] = ..., median_seconds: _Optional[float] = ..., average_seconds: _Optional[float] = ...) -> None: ...
 
 class FunnelResponse(_message.Message):
-    __slots__ = ("steps", "meta")
+    __slots__ = ("steps", "meta", "breakdowns")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
+    BREAKDOWNS_FIELD_NUMBER: _ClassVar[int]
     steps: _containers.RepeatedCompositeFieldContainer[FunnelStepResult]
     meta: QueryMeta
-    def __init__(self, steps: _Optional[_Iterable[_Union[FunnelStepResult, _Mapping]]] = ..., meta: _Optional[_Union[QueryMeta, _Mapping]] = ...) -> None: ...
+    breakdowns: _containers.RepeatedCompositeFieldContainer[FunnelBreakdown]
+    def __init__(self, steps: _Optional[_Iterable[_Union[FunnelStepResult, _Mapping]]] = ..., meta: _Optional[_Union[QueryMeta, _Mapping]] = ..., breakdowns: _Optional[_Iterable[_Union[FunnelBreakdown, _Mapping]]] = ...) -> None: ...
+
+class FunnelBreakdown(_message.Message):
+    __slots__ = ("value", "is_other", "steps")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    IS_OTHER_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    value: _struct_pb2.Value
+    is_other: bool
+    steps: _containers.RepeatedCompositeFieldContainer[FunnelStepResult]
+    def __init__(self, value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., is_other: _Optional[bool] = ..., steps: _Optional[_Iterable[_Union[FunnelStepResult, _Mapping]]] = ...) -> None: ...
