@@ -100,8 +100,14 @@ def _clock_buckets(
     step = dt.timedelta(hours=1) if interval == "hour" else dt.timedelta(minutes=1)
     buckets: list[Bucket] = []
     key = clock_bucket_key(start, interval, zone)
-    while key < end and len(buckets) <= MAX_BUCKETS:
+    begins = start
+    while begins < end and len(buckets) <= MAX_BUCKETS:
         buckets.append(Bucket(key, key.astimezone(zone)))
+        # The next bucket begins where this one ends, which is not always at its key: where an
+        # offset falls back by 30 minutes (Lord Howe) the hour after 01:00-01:59 +11:00 is keyed
+        # at 01:00 +10:30, half an hour before its first instant; a range ending in between does
+        # not hold it.
+        begins = key + step
         following = clock_bucket_key(key + step, interval, zone)
         # A half-hour change of offset (Lord Howe) makes a local hour 30 minutes long; the next
         # cut is then the one after it.

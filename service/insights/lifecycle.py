@@ -63,6 +63,7 @@ from service.query.compiler import (
     CompiledQuery,
     OutputColumn,
     ParameterBuilder,
+    filter_conditions,
     resolve_model,
     where_conditions,
 )
@@ -125,6 +126,8 @@ def compile_lifecycle(
     keys = [period_before(buckets[0], period, time_zone, week_start), *buckets]
     read_end = period_end(buckets[-1], period, time_zone, week_start)
     parsed = parse_filters(request.filters)
+    # Checked (and their fields resolved) as the request names them, so errors say which.
+    filter_conditions(parsed, model, ParameterBuilder(), time_zone)
     used: list[FieldSpec] = [
         resolve_field(model, name, "filters") for name in sorted(mentioned_fields(parsed))
     ]

@@ -23,7 +23,7 @@ PERIODS = ("hour", "day", "week", "month")
 #: Longer than any one period of its kind in any zone (a day of 25 hours, a month of 31 days
 #: with a change of offset), so that a span of two of them always holds the next period's start.
 _LONGEST = {
-    "hour": dt.timedelta(hours=1, minutes=1),
+    "hour": dt.timedelta(hours=1),
     "day": dt.timedelta(hours=26),
     "week": dt.timedelta(days=7, hours=2),
     "month": dt.timedelta(days=31, hours=2),
@@ -38,14 +38,17 @@ def period_holding(moment: dt.datetime, period: str, time_zone: str, week_start:
 
 def period_before(bucket: Bucket, period: str, time_zone: str, week_start: str) -> Bucket:
     """The period just before ``bucket``."""
-    return period_holding(bucket.start - _MICROSECOND, period, time_zone, week_start)
+    return period_holding(_utc(bucket) - _MICROSECOND, period, time_zone, week_start)
 
 
 def period_end(bucket: Bucket, period: str, time_zone: str, week_start: str) -> dt.datetime:
     """The first instant after ``bucket`` (the next period's start, aware UTC)."""
-    following = range_buckets(
-        bucket.start, bucket.start + 2 * _LONGEST[period], period, time_zone, week_start
-    )
+    start = _utc(bucket)
+    if period == "hour":
+        # An hour ends an hour after its key, even where the next one is keyed earlier (an
+        # offset falling back by 30 minutes: see buckets.range_buckets).
+        return start + dt.timedelta(hours=1)
+    following = range_buckets(start, start + 2 * _LONGEST[period], period, time_zone, week_start)
     return following[1].start.astimezone(dt.UTC)
 
 
@@ -54,8 +57,16 @@ def periods_back(
 ) -> list[Bucket]:
     """``count`` consecutive periods ending with ``last``, in order."""
     end = period_end(last, period, time_zone, week_start)
-    start = last.start - (count + 1) * _LONGEST[period]
+    start = _utc(last) - (count + 1) * _LONGEST[period]
     return range_buckets(start, end, period, time_zone, week_start)[-count:]
+
+
+def _utc(bucket: Bucket) -> dt.datetime:
+    """The bucket's start in UTC.
+
+    Arithmetic on a local time is on the wall clock, and loses which of a repeated hour it is.
+    """
+    return bucket.start.astimezone(dt.UTC)
 
 
 def period_key_sql(column: str, period: str, week_start: str, zone: str) -> str:

@@ -510,7 +510,7 @@ def _cohorts(  # noqa: PLR0917 (the request's every date input)
 def _before_now(cohorts: Sequence[Bucket], now: dt.datetime) -> list[int]:
     """How many of ``cohorts`` (from the first) start at or before ``now``; none if all do."""
     for index, bucket in enumerate(cohorts):
-        if bucket.start > now:
+        if bucket.start.astimezone(dt.UTC) > now:
             return [max(index, 1)]
     return []
 

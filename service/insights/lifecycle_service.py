@@ -1,0 +1,62 @@
+"""LifecycleService: the thin runner of lifecycle, whatever the transport.
+
+authorise (``{module}.{model}.read``, and each related model's) -> compile (pure) -> run the
+one query within the time budget, freshness beside it -> assemble (pure) -> audit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass
+
+from service.auth import Principal
+from service.backends.base import QueryStats
+from service.errors import AnalyticsError
+from service.insights.insight_runner import InsightRunner
+from service.insights.lifecycle import LifecycleAnswer, assemble_lifecycle, compile_lifecycle
+from service.insights.lifecycle_request import LifecycleRequest
+from service.query_service import audit_failure, authorise_reads, caller_stats
+from service.sync_status import with_freshness
+
+
+@dataclass(frozen=True)
+class LifecycleOutcome:
+    """A lifecycle answer with its meta."""
+
+    answer: LifecycleAnswer
+    stats: QueryStats
+    last_sync_at: dt.datetime | None
+
+
+class LifecycleService(InsightRunner):
+    """Runs Lifecycle requests for authenticated principals."""
+
+    async def run(
+        self, principal: Principal, request: LifecycleRequest, *, remaining: float | None, rpc: str
+    ) -> LifecycleOutcome:
+        """Compile and answer ``request``; AnalyticsError for anything a caller must hear."""
+        started = time.perf_counter()
+        model_name = request.model[:200]
+        try:
+            model_name = self._readable_model(principal, request.model).qualified_name
+            plan = compile_lifecycle(request, self.catalog, principal.tenant, self._clock())
+            authorise_reads(principal, plan.compiled.joined)
+            result, last_sync = await with_freshness(
+                self.backend,
+                self.catalog.database,
+                plan.compiled.tables,
+                self.backend.execute(
+                    plan.compiled,
+                    timeout_seconds=self._budget(remaining),
+                    query_id=uuid.uuid4().hex,
+                ),
+            )
+        except AnalyticsError as error:
+            audit_failure(principal, model_name, rpc, started, error)
+            raise
+        answer = assemble_lifecycle(plan, result.table)
+        rows = len(answer.buckets) * len(answer.lines)
+        self._audit_ok(principal, model_name, rpc, started, rows, result.stats.rows_scanned)
+        return LifecycleOutcome(answer, caller_stats(result.stats), last_sync)
