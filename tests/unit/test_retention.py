@@ -77,7 +77,8 @@ def refusal(compile_it: Any, catalog: Catalog, request: Any) -> tuple[str, str]:
 def test_bad_retention_requests_are_refused_naming_the_field(
     catalog: Catalog, changes: dict[str, Any], field: str, reason: str
 ) -> None:
-    request = RetentionRequest(**({"model": "product.events", "target": SIGNED_UP} | changes))
+    base: dict[str, Any] = {"model": "product.events", "target": SIGNED_UP}
+    request = RetentionRequest(**(base | changes))
     got_field, got_reason = refusal(compile_retention, catalog, request)
     assert got_field == field
     if reason:
