@@ -150,16 +150,18 @@ def compile_lifecycle(
     if timestamp_spec.nullable:
         where.append(f"{timestamp} IS NOT NULL")
     zone = builder.bind("String", time_zone)
-    index = period_index_sql(
-        period_keys(builder, period, keys),
-        period_key_sql(timestamp, period, week_start, zone),
-        period,
-    )
+    key = period_key_sql(timestamp, period, week_start, zone)
     table = from_clause(catalog, model, used, tenant_placeholder)
     # Identifiers from the catalog, values bound: nothing of the request's text is in the SQL.
+    per_period = (
+        f"SELECT {actor} AS a0, {key} AS k0, min({timestamp}) AS m0 FROM {table} "  # noqa: S608
+        f"WHERE {' AND '.join(where)} GROUP BY a0, k0"
+    )
+    # Each (actor, period) group finds its period's position, not each row.
+    index = period_index_sql(period_keys(builder, period, keys), "k0", period)
     per_actor = (
-        f"SELECT {actor} AS a0, groupUniqArrayIf({index} AS i0, i0 > 0) AS ap, "  # noqa: S608
-        f"argMin(i0, {timestamp}) AS fi FROM {table} WHERE {' AND '.join(where)} GROUP BY a0"
+        f"SELECT a0, groupArrayIf({index} AS i0, i0 > 0) AS ap, "  # noqa: S608
+        f"argMin(i0, m0) AS fi FROM ({per_period}) GROUP BY a0"
     )
     last = builder.bind("UInt64", str(len(buckets)))
     # Positions: 1 is the period before the range, 2.. the range's. Status numbers: STATUSES.

@@ -274,11 +274,8 @@ def _compile(
     else:
         relevant = f"(({target}) OR (({returning}) AND {start}))"
     where[2:2] = bounds
-    if actor_spec.nullable:
-        where.append(f"{actor} IS NOT NULL")
-    if timestamp_spec.nullable:
-        where.append(f"{timestamp} IS NOT NULL")
-    where.append(relevant)
+    nullable = ((actor_spec, actor), (timestamp_spec, timestamp))
+    where += [*(f"{sql} IS NOT NULL" for spec, sql in nullable if spec.nullable), relevant]
 
     zone = builder.bind("String", shape.time_zone)
     keys = period_keys(builder, shape.period, shape.cohorts)
@@ -287,7 +284,7 @@ def _compile(
     micros = f"toUnixTimestamp64Micro({timestamp})"
     per_period = [
         f"{actor} AS a0",
-        f"{period_index_sql(keys, key, shape.period)} AS i0",
+        f"{key} AS k0",
         f"countIf({target}) > 0 AS t0",
         f"countIf({returning}) > 0 AS r0",
         f"minIf({micros}, {target}) AS f0",
@@ -298,11 +295,17 @@ def _compile(
         per_period.append(f"argMinIf({value}, {first}, {target}) AS b0")
     table = from_clause(shape.catalog, model, used, tenant, guard_fields=event_filter_names)
     # Identifiers from the catalog, values bound: nothing of the request's text is in the SQL.
-    level_periods = (
-        f"SELECT {', '.join(per_period)} FROM {table} "  # noqa: S608
-        f"WHERE {' AND '.join(where)} GROUP BY a0, i0"
-    )
     broken_down = shape.breakdown is not None
+    grouped = (
+        f"SELECT {', '.join(per_period)} FROM {table} "  # noqa: S608
+        f"WHERE {' AND '.join(where)} GROUP BY a0, k0"
+    )
+    # Each (actor, period) group finds its period's position, not each row: the lookup cost
+    # about half as much as the scan.
+    level_periods = (
+        f"SELECT a0, {period_index_sql(keys, 'k0', shape.period)} AS i0, t0, r0, f0"  # noqa: S608
+        f"{', b0' if broken_down else ''} FROM ({grouped})"
+    )
     sql = _table_sql(
         level_periods, shape.retention_type, broken_down, builder.bind("Int64", str(intervals))
     )
