@@ -17,7 +17,7 @@ Definitions (one event model; the contract the README copies):
   inside the last period, or before ``dateFrom`` inside the first, take part.
 * **cohorts**, ``first_time`` (default): an actor belongs to the cohort of the period of its
   first-ever target event, over all the tenant's history (not only the range; ties by event id
-  text); an actor whose first target event lies before the first cohort belongs to none.
+  text); an actor whose first target event lies outside the cohorts belongs to none.
   ``recurring``: an actor belongs to the cohort of every period in which it did a target event.
 * **the table**: ``intervals`` columns (8 by default, 1 to 64). Interval 0 is the cohort's
   period and counts the cohort's size (as in PostHog, whether or not the actor also did a
@@ -30,16 +30,17 @@ Definitions (one event model; the contract the README copies):
   timestamp. An actor's value in a cohort is the field's value on the first target event of the
   cohort's period (by timestamp, then event id text; for ``first_time`` its first-ever target
   event). A table per value: the values ranked by their actors over all cohorts (the sum of the
-  cohort sizes, highest first; ties by the value ascending, null last), the top
-  ``breakdownLimit`` (default 25, at most 1 000) with a table each, the rest merged into
-  ``Other`` (last). Each actor counts in one table per cohort, so ``Other``'s counts are sums.
+  cohort sizes, highest first; ties by the value ascending, null last; null is a value of its
+  own), the top ``breakdownLimit`` (default 25, at most 1 000) with a table each, the rest
+  merged into ``Other`` (last). Each actor counts in one table per cohort, so ``Other``'s counts
+  are sums. No actor in any cohort: no table.
 
-The engine does it in one query: per actor and period (the period's position in a bound array of
-the cohorts' bucket keys, 0 outside), whether it holds a target and a returning event, its first
-target event's time (and breakdown value); per actor its cohorts and returning periods; one row
-per (actor, cohort, interval) through ``arrayJoin``; counts per (cohort, interval, value); the
-values ranked with window functions. Only functions of ClickHouse 23.8. Reads: the range for
-``recurring``; for ``first_time`` the target events of all history before the range's end.
+The engine does it in one query: per actor and period, whether it holds a target and a returning
+event, its first target event's time (and breakdown value), and the period's position in a bound
+array of the cohorts' bucket keys (0 outside them); per actor its cohorts and returning periods;
+one row per (actor, cohort, interval) through ``arrayJoin``; counts per (cohort, interval,
+value); the values ranked with window functions. Only functions of ClickHouse 23.8. Reads: the
+range for ``recurring``; for ``first_time`` the target events of all history before its end.
 
 No text from the request reaches the SQL: identifiers come from the catalog, values (dates,
 bucket keys, event names, filter values, counts) are bound parameters; the SQL depends only on
