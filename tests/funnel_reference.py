@@ -14,14 +14,22 @@ from __future__ import annotations
 import datetime as dt
 import statistics
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from service.catalog import Model
+from service.catalog import Catalog, Model
 from service.insights.funnel_request import FunnelRequest
-from tests.trend_reference import Row, _hashable, _predicate, _range, current_rows, field_value
+from tests.trend_reference import (
+    Row,
+    _hashable,
+    _mentioned,
+    _predicate,
+    _range,
+    current_rows,
+    field_value,
+)
 
 DEFAULT_WINDOW = dt.timedelta(days=14)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -75,62 +83,123 @@ def reference_funnel(
 
 
 def reference_breakdowns(
-    request: FunnelRequest, rows: Iterable[Row], tenant: str, now: dt.datetime, model: Model
+    request: FunnelRequest,
+    rows: Iterable[Row],
+    tenant: str,
+    now: dt.datetime,
+    model: Model,
+    catalog: Catalog | None = None,
+    tables: Mapping[str, Iterable[Row]] | None = None,
 ) -> list[ReferenceBreakdown]:
-    """Each breakdown class's steps in the answer's order (one valued None without a breakdown)."""
-    roles = model.events
-    assert roles is not None
+    """Each breakdown class's steps in the answer's order (one valued None without a breakdown).
+
+    ``rows``: the request model's rows; ``tables``: other models' rows by qualified name, for
+    steps on other models (resolved in ``catalog``).
+    """
     zone_name = request.time_zone or "UTC"
     start, end = _range(request, now, zone_name, ZoneInfo(zone_name))  # type: ignore[arg-type]
     zone = ZoneInfo(zone_name)
     window = window_of(request.window)
-    passes = _predicate(request.filters, model, zone)
-    tests = [(step.event, _predicate(step.filters, model, zone)) for step in request.steps]
-    exclusion_tests = [(x.event, _predicate(x.filters, model, zone)) for x in request.exclusions]
+    everything = {**(tables or {}), model.qualified_name: rows}
     count = len(request.steps)
     spans = [(x.from_step or 1, x.to_step or count) for x in request.exclusions]
     order = request.order or "ordered"
     attribution = request.breakdown_attribution or "first_touch"
 
-    def test(kind: tuple[str, Any], row: Row) -> bool:
-        event, predicate = kind
-        return (not event or row[roles.event] == event) and bool(predicate(row))
+    def origin(name: str, date_field: str, actor: str) -> tuple[Model, str, str]:
+        found = model if not name else (catalog.find(name) if catalog else [])[0]
+        roles = found.events
+        date = date_field or (roles.timestamp if roles else "")
+        if actor in found.relations:
+            return found, date, found.relations[actor].field
+        return found, date, actor or (roles.actor if roles else found.primary_key[0])
 
-    def key(row: Row) -> tuple[dt.datetime, str]:
-        return (row[roles.timestamp], str(row[roles.event_id]))
+    origins = [origin(s.model, s.date_field, s.actor) for s in request.steps]
+    exclusion_origins = [origin(x.model, x.date_field, x.actor) for x in request.exclusions]
+    tests = [
+        (origins[k], s.event, _predicate(s.filters, origins[k][0], zone))
+        for k, s in enumerate(request.steps)
+    ]
+    exclusion_tests = [
+        (exclusion_origins[k], x.event, _predicate(x.filters, exclusion_origins[k][0], zone))
+        for k, x in enumerate(request.exclusions)
+    ]
+    sources: dict[tuple[str, str, str], list[Mapping[str, str]]] = {}
+    for (found, date, actor), filters in (
+        *zip(origins, (s.filters for s in request.steps), strict=True),
+        *zip(exclusion_origins, (x.filters for x in request.exclusions), strict=True),
+    ):
+        sources.setdefault((found.qualified_name, date, actor), []).append(filters)
 
-    def value(row: Row | None) -> Any:
-        return None if row is None else field_value(row, request.breakdown, model)
+    def test(kind: tuple[tuple[Model, str, str], str, Any], event: Row) -> bool:
+        (found, date, actor), name, predicate = kind
+        row = event["_row"]
+        return (
+            event["_source"] == (found.qualified_name, date, actor)
+            and (not name or (found.events is not None and row[found.events.event] == name))
+            and bool(predicate(row))
+        )
+
+    def key(event: Row) -> tuple[dt.datetime, str]:
+        return (event["_ts"], event["_id"])
+
+    def value(event: Row | None) -> Any:
+        if event is None or event["_model"] != model.qualified_name:
+            return None
+        return field_value(event["_row"], request.breakdown, model)
 
     groups: dict[Any, list[Row]] = {}
-    for row in current_rows(rows, model):
-        if (
-            row[model.tenant_column] == tenant
-            and row[roles.actor] is not None
-            and start <= row[roles.timestamp] < end
-            and passes(row)
-        ):
+    for (name, date, actor), filter_maps in sources.items():
+        found = (
+            model if name == model.qualified_name else (catalog.find(name) if catalog else [])[0]
+        )
+        on_request_model = name == model.qualified_name
+        named = set().union(*(_mentioned(f) for f in filter_maps))
+        if on_request_model:
+            named |= _mentioned(request.filters)
+        soft = found.soft_delete_column
+        passes = _predicate(request.filters if on_request_model else {}, found, zone)
+        roles = found.events
+        for row in current_rows(everything.get(name, ()), found):
+            if (
+                row[found.tenant_column] != tenant
+                or row[actor] is None
+                or row[date] is None
+                or not start <= row[date] < end
+                or (soft is not None and soft not in named and row[soft] is not None)
+                or not passes(row)
+            ):
+                continue
+            if roles is not None and date == roles.timestamp:
+                event_id = str(row[roles.event_id])
+            else:
+                event_id = f"{name}.{date}/{row[found.primary_key[0]]}"
+            event = {
+                "_actor": row[actor],
+                "_ts": row[date],
+                "_id": event_id,
+                "_source": (name, date, actor),
+                "_model": name,
+                "_row": row,
+            }
             # With every value attributed, each (actor, value) is a funnel of its own.
-            group = row[roles.actor]
+            group: Any = row[actor]
             if request.breakdown and attribution == "all_events":
-                group = (group, _hashable(value(row)))
-            groups.setdefault(group, []).append(row)
+                group = (group, _hashable(value(event)))
+            groups.setdefault(group, []).append(event)
 
     def ordered_attempt(first: Row, events: list[Row]) -> _Attempt:
         used = [first]
-        limit = first[roles.timestamp] + window
+        limit = first["_ts"] + window
         for k in range(1, count):
-            previous = used[-1][roles.timestamp]
+            previous = used[-1]["_ts"]
             candidates = [
                 row
                 for row in events
                 if test(tests[k], row)
-                and previous <= row[roles.timestamp] <= limit
+                and previous <= row["_ts"] <= limit
                 and all(row is not taken for taken in used)
-                and (
-                    order != "strict"
-                    or not any(previous < x[roles.timestamp] < row[roles.timestamp] for x in events)
-                )
+                and (order != "strict" or not any(previous < x["_ts"] < row["_ts"] for x in events))
             ]
             if not candidates:
                 break
@@ -139,20 +208,15 @@ def reference_breakdowns(
         for index, (first_step, last_step) in enumerate(spans):
             if reached >= last_step and any(
                 test(exclusion_tests[index], x)
-                and used[first_step - 1][roles.timestamp]
-                < x[roles.timestamp]
-                < used[last_step - 1][roles.timestamp]
+                and used[first_step - 1]["_ts"] < x["_ts"] < used[last_step - 1]["_ts"]
                 for x in events
             ):
                 reached = 0
-        gaps = [
-            (used[k][roles.timestamp] - used[k - 1][roles.timestamp]).total_seconds()
-            for k in range(1, len(used))
-        ]
+        gaps = [(used[k]["_ts"] - used[k - 1]["_ts"]).total_seconds() for k in range(1, len(used))]
         return _Attempt(first, dict(enumerate(used, 1)), reached, gaps)
 
     def unordered_attempt(first: Row, events: list[Row]) -> _Attempt:
-        limit = first[roles.timestamp] + window
+        limit = first["_ts"] + window
         own = min(k for k in range(count) if test(tests[k], first))
         filled = {own + 1: first}
         for k in range(count):
@@ -162,18 +226,18 @@ def reference_breakdowns(
                 row
                 for row in events
                 if test(tests[k], row)
-                and first[roles.timestamp] <= row[roles.timestamp] <= limit
+                and first["_ts"] <= row["_ts"] <= limit
                 and all(row is not taken for taken in filled.values())
             ]
             if candidates:
                 filled[k + 1] = min(candidates, key=key)
-        times = sorted(row[roles.timestamp] for row in filled.values())
+        times = sorted(row["_ts"] for row in filled.values())
         gaps = [(times[k] - times[k - 1]).total_seconds() for k in range(1, len(times))]
         return _Attempt(first, filled, len(filled), gaps)
 
     # Per group: its furthest step, the deciding attempt's gaps and breakdown value.
     actors: list[tuple[Any, int, list[float], Any, tuple[Any, ...]]] = []
-    for group, events in groups.items():
+    for events in groups.values():
         events.sort(key=key)
         attempts = []
         for first in events:
@@ -194,7 +258,7 @@ def reference_breakdowns(
             attributed = value(max(deciding.by_step.values(), key=key))
         else:
             attributed = value(deciding.by_step.get(request.breakdown_step))
-        actor = group[0] if isinstance(group, tuple) else group
+        actor = events[0]["_actor"]
         decision = (-furthest, *key(deciding.start))
         actors.append((actor, furthest, deciding.gaps, attributed, decision))
 

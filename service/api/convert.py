@@ -323,7 +323,10 @@ def funnel_request(message: analytics_pb2.FunnelRequest) -> FunnelRequest:
     """The domain request of a Funnel message."""
     return FunnelRequest(
         model=message.model,
-        steps=tuple(FunnelStep(s.event, dict(s.filters), s.label) for s in message.steps),
+        steps=tuple(
+            FunnelStep(s.event, dict(s.filters), s.label, s.model, s.date_field, s.actor)
+            for s in message.steps
+        ),
         date_from=message.date_from,
         date_to=message.date_to,
         time_zone=message.time_zone,
@@ -331,7 +334,9 @@ def funnel_request(message: analytics_pb2.FunnelRequest) -> FunnelRequest:
         filters=dict(message.filters),
         order=message.order,
         exclusions=tuple(
-            FunnelExclusion(x.event, dict(x.filters), x.from_step, x.to_step)
+            FunnelExclusion(
+                x.event, dict(x.filters), x.from_step, x.to_step, x.model, x.date_field, x.actor
+            )
             for x in message.exclusions
         ),
         breakdown=message.breakdown,

@@ -12,11 +12,18 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class FunnelStep:
-    """One step: the events with this name (if given) that pass these filters (if any)."""
+    """One step: the events with this name (if given) that pass these filters (if any).
+
+    ``model``, ``date_field`` and ``actor``: where the step's events come from when not from
+    the request's event model (``service.insights.funnel_sources``).
+    """
 
     event: str = ""
     filters: Mapping[str, str] = dataclasses.field(default_factory=dict)
     label: str = ""
+    model: str = ""
+    date_field: str = ""
+    actor: str = ""
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,9 @@ class FunnelExclusion:
     filters: Mapping[str, str] = dataclasses.field(default_factory=dict)
     from_step: int = 0
     to_step: int = 0
+    model: str = ""
+    date_field: str = ""
+    actor: str = ""
 
 
 @dataclass(frozen=True)

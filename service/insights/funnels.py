@@ -1,48 +1,61 @@
 """compile_funnel: (request, catalog, tenant, now) -> one SQL query; assemble_funnel: the answer.
 
-Definitions (ordered funnels on one event model; the contract the README copies):
+Definitions (the contract the README's "Funnels" section copies, with examples):
 
-* **rows**: the model's current events of the tenant (FINAL, not deleted) whose actor is not null,
-  whose timestamp is in ``[dateFrom, dateTo)`` (bounds as in trends: absolute or relative, read in
-  ``timeZone``; a date-only ``dateTo`` includes that day) and which pass the request's
-  ``filters``. Events outside the range take no part, not even as later steps.
-* **steps**: 2 to 20. An event *matches* step ``k`` when it has the step's event name (if one is
-  given) and passes the step's filters (if any; at least one of the two is required). An event
-  may match several steps.
-* **order of an actor's events**: by timestamp, then by the event id's text (lower-case UUID),
-  which is unique among the rows of one instant (an event's identity is its id and UTC day).
-* **attempts**: every event matching step 1 starts an attempt at its time ``t1``. Step ``k > 1``
-  of an attempt is filled by the first event, in the order above, that (a) matches step ``k``,
-  (b) has a timestamp at or after the event that filled step ``k - 1``, (c) has a timestamp at
-  most ``t1 + window`` (inclusive bound; ``window`` defaults to 14 days, at most 365 days), and
-  (d) filled none of the attempt's earlier steps. So one event fills one step (a repeated
-  identical step needs another, possibly simultaneous, event), and events at one instant
-  advance in step order whatever their ids: an event at the same instant as the previous
-  step's event may fill the next step if it is a different event. Each step is taken greedily:
-  an attempt never revisits an earlier step's choice. The attempt reaches the last step filled.
+* **rows**: per step (and exclusion), its source's current rows of the tenant (FINAL, not
+  deleted, not soft-deleted unless a filter names the soft-delete column) with an actor, whose
+  date is in ``[dateFrom, dateTo)`` (bounds as in trends: absolute or relative, read in
+  ``timeZone``; a date-only ``dateTo`` includes that day); the request's ``filters`` apply to the
+  rows of the request's own model. A source is a model, the timestamp field dating its rows and
+  the field holding the actor (``service.insights.funnel_sources``); an event model's events are
+  dated by their timestamp and belong to their actor. Rows outside the range take no part.
+* **steps**: 2 to 20. A row *matches* step ``k`` when it is of the step's source, has the step's
+  event name (if one is given) and passes the step's filters (if any).
+* **order of an actor's rows**: by time, then by text: an event's id (lower-case UUID); another
+  row's ``<module>.<model>.<date field>/<primary key>``. Unique among an actor's rows of one
+  instant.
+* **attempts** (``ordered``): every row matching step 1 starts an attempt at its time ``t1``.
+  Step ``k > 1`` of an attempt is filled by the first row, in the order above, that (a) matches
+  step ``k``, (b) is at or after the row that filled step ``k - 1``, (c) is at most
+  ``t1 + window`` (inclusive bound; ``window`` defaults to 14 days, at most 365 days), and (d)
+  filled none of the attempt's earlier steps; ``strict`` adds (e): no row of the actor's
+  sources lies strictly between it and the previous step's row in time. Steps are taken
+  greedily. ``unordered``: every row matching any step starts an attempt; it fills the first
+  step it matches, then each other step in step order takes the first unused row in
+  ``[t1, t1 + window]`` matching it; the attempt reaches the number of steps filled.
+* **exclusions** (ordered and strict only): an attempt that reaches ``toStep`` and has a row
+  matching the exclusion strictly between (in time) its ``fromStep`` and ``toStep`` rows is
+  void: it reaches nothing.
 * **actors**: an actor counts at its *furthest* step, the furthest any of its attempts reaches,
-  and so at every step up to it. ``actors`` of step ``k``: the actors whose furthest step is at
-  least ``k``.
+  and so at every step up to it; an actor whose every attempt is void counts nowhere.
+  ``actors`` of step ``k``: the actors whose furthest step is at least ``k``.
 * **conversion**: ``actors[k] / actors[1]`` from the first step and ``actors[k] / actors[k-1]``
   from the previous one (1.0 for step 1), 0.0 when the denominator is 0. ``dropOff`` of step
-  ``k``: ``actors[k] - actors[k+1]``, the actors who reached step ``k`` and no further (0 at the
-  last step).
+  ``k``: ``actors[k] - actors[k+1]`` (0 at the last step).
 * **time to convert** of step ``k > 1``, in seconds: over the actors counted at step ``k``, the
-  time from the event filling step ``k - 1`` to the event filling step ``k`` in the actor's
-  *deciding attempt*: the earliest (by its step-1 event, in the order above) of the actor's
-  attempts that reach its furthest step. ``median`` is the middle value (the mean of the two
-  middle values for an even count), ``average`` the mean; both null when no actor reached step
-  ``k``; step 1 has none.
+  time between the rows filling steps ``k - 1`` and ``k`` (unordered: the attempt's (k-1)-th and
+  k-th rows in time) in the actor's *deciding attempt*: the earliest (by its first row, in the
+  order above) of its attempts reaching its furthest step. ``median`` (the mean of the two
+  middle values for an even count) and ``average``; null when no actor reached step ``k``.
+* **breakdown**: a field of the request's model (rows of other models have no value); each
+  actor's value comes from its deciding attempt: its first row (``first_touch``), its last row
+  in the actor's order (``last_touch``), the row filling ``breakdownStep`` (``step``; null when
+  not reached); with ``all_events`` the funnel runs per value over the rows having it. Values
+  rank by actors at step 1 (ties by the value, null last); beyond ``breakdownLimit`` they merge
+  into Other, where an actor counts once, by its best deciding attempt there.
 
-The engine does it in one query: per actor, the sorted array of (time in microseconds, event id
-text, bitmask of matching steps); one row per attempt (``arrayJoin`` over the positions of step-1
-events); the position of each next step with ``arrayFirstIndex`` under the rules above; per actor
-the furthest step and the deciding attempt's time differences (``argMax`` on (furthest step,
--position)); then counts, sums and exact medians per step. Only functions of ClickHouse 23.8.
+The engine does it in one query: per actor, the sorted array of (time in microseconds, row text,
+bitmask of matching steps and exclusions[, value]) over the UNION ALL of the sources' scans;
+one row per attempt (``arrayJoin`` over the starting positions); each step's position with
+``arrayFirstIndex``, one subquery level per step; per actor the furthest step and the deciding
+attempt's figures (``argMin`` on (-furthest, time, text)); then counts, sums and exact medians
+per step (and per breakdown class, ranked with window functions). Only functions of ClickHouse
+23.8.
 
 No text from the request reaches the SQL: identifiers come from the catalog, values (dates, the
-window, event names, filter values) are bound parameters; the SQL depends only on the request's
-shape (the number of steps, which steps have an event name, the filters' structure).
+window, event names, filter values, the breakdown limit) are bound parameters; the SQL depends
+only on the request's shape (steps and sources, which have event names, the filters' structure,
+the order, exclusion spans, the breakdown's attribution and step).
 """
 
 from __future__ import annotations
@@ -60,6 +73,7 @@ from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.errors import AnalyticsError, ErrorKind, validation_error
 from service.insights.date_range import date_range, inclusive_date_to
 from service.insights.funnel_request import FunnelRequest, FunnelStep
+from service.insights.funnel_sources import FunnelSource, StepOrigin, same_actors, step_origin
 from service.insights.trend_results import OTHER
 from service.query.compiler import (
     CompiledQuery,
@@ -176,82 +190,51 @@ def compile_funnel(
     if not tenant:
         raise AnalyticsError(ErrorKind.UNAUTHORIZED, "no tenant in the token", "NO_TENANT")
     model = resolve_model(catalog, request.model)
-    roles = model.events
-    if roles is None:
-        raise validation_error(
-            "model",
-            f"model: {model.qualified_name} is not an event model; a funnel's steps are events",
-            "NOT_AN_EVENT_MODEL",
-        )
     time_zone = parse_time_zone(request.time_zone)
     checked = _check(request, model)
-    steps = request.steps
+    step_origins, exclusion_origins = _origins(request, catalog, model)
     start, end = date_range(request.date_from, inclusive_date_to(request.date_to), now, time_zone)
-
-    request_filters, step_filters, exclusion_filters = _parsed_filters(request, model, time_zone)
-    used = _used_fields(model, [request_filters, *step_filters, *exclusion_filters])
-    breakdown = checked.breakdown
-    if breakdown is not None and breakdown not in used:
-        used.append(breakdown)
-    step_names = {
-        name for parsed in (*step_filters, *exclusion_filters) for name in mentioned_fields(parsed)
-    }
+    request_filters, step_filters, exclusion_filters = _parsed_filters(
+        request, model, step_origins, exclusion_origins, time_zone
+    )
+    sources: dict[tuple[str, str, str], FunnelSource] = {}
+    for index, origin in enumerate(step_origins):
+        sources.setdefault(origin.key, FunnelSource(origin)).steps.append(index)
+    for index, origin in enumerate(exclusion_origins):
+        sources.setdefault(origin.key, FunnelSource(origin)).exclusions.append(index)
 
     builder = ParameterBuilder()
     tenant_placeholder = builder.bind("String", encode_text_parameter(tenant))
-    where = where_conditions(
-        request.filters, model, builder, tenant_placeholder, time_zone, guard_fields=step_names
-    )
-    timestamp = column_sql(model.fields[roles.timestamp], model, builder.bind)
-    actor_spec = model.fields[roles.actor]
-    actor = column_sql(actor_spec, model, builder.bind)
-    # After the guards, before the filters: the range is what the sorting key can skip on.
-    where[2:2] = [
-        f"{timestamp} >= {_instant(builder, start)}",
-        f"{timestamp} < {_instant(builder, end)}",
-    ]
-    if actor_spec.nullable:
-        where.append(f"{actor} IS NOT NULL")
-    conditions = [
-        _match_condition(step.event, step_filters[index], roles.event, model, builder, time_zone)
-        for index, step in enumerate(steps)
-    ]
-    exclusions = [
-        _match_condition(
-            item.event, exclusion_filters[index], roles.event, model, builder, time_zone
+    bounds = (_instant(builder, start), _instant(builder, end))
+    scans: list[str] = []
+    joined: dict[str, Model] = {}
+    for source in sources.values():
+        scan = _Scan(
+            request,
+            source,
+            source.origin.model.qualified_name == model.qualified_name,
+            checked,
+            [request_filters, step_filters, exclusion_filters],
         )
-        for index, item in enumerate(request.exclusions)
-    ]
-    if checked.order != "strict":
-        # A strict funnel reads every event of the range: any of them breaks a sequence.
-        where.append("(" + " OR ".join(f"({c})" for c in (*conditions, *exclusions)) + ")")
-    mask = " + ".join(
-        [
-            *(f"if({c}, {1 << i}, 0)" for i, c in enumerate(conditions)),
-            *(f"if({c}, {1 << (_EXCLUSION_BIT + i)}, 0)" for i, c in enumerate(exclusions)),
-        ]
-    )
-    event_id = column_sql(model.fields[roles.event_id], model, builder.bind)
-    micros = f"toUnixTimestamp64Micro({timestamp})"
-    if model.fields[roles.timestamp].nullable:
-        micros = f"assumeNotNull({micros})"
-    table = from_clause(catalog, model, used, tenant_placeholder, guard_fields=step_names)
-    value = ""
-    if breakdown is not None:
-        value, _ = group_expression(breakdown, model, builder)
-    element = f"tuple({micros}, toString({event_id}), toUInt64({mask})"
-    keys, group = f"{actor} AS a0", "a0"
+        sql, used = scan.sql(catalog, builder, tenant_placeholder, bounds, time_zone)
+        scans.append(sql)
+        if not scan.on_request_model:
+            joined.setdefault(source.origin.model.qualified_name, source.origin.model)
+        for related in related_models(source.origin.model, used):
+            joined.setdefault(related.qualified_name, related)
+    breakdown = checked.breakdown
+    keys, group, element = "a0", "a0", "tuple(t0, i0, m0"
     if breakdown is not None and checked.attribution == "all_events":
-        keys, group = f"{keys}, {value} AS b0", "a0, b0"
+        keys, group = "a0, v0 AS b0", "a0, b0"
     elif breakdown is not None:
-        element += f", {value}"
-    # Identifiers from the catalog, values bound: nothing of the request's text is in the SQL.
+        element += ", v0"
+    rows = scans[0] if len(scans) == 1 else " UNION ALL ".join(f"({scan})" for scan in scans)
     per_actor = (
-        f"SELECT {keys}, arraySort(groupArray({element}))) AS e0 "  # noqa: S608
-        f"FROM {table} WHERE {' AND '.join(where)} GROUP BY {group}"
+        f"SELECT {keys}, arraySort(groupArray({element}))) AS e0 "  # noqa: S608 (aliases only)
+        f"FROM ({rows}) GROUP BY {group}"
     )
     shape = _Shape(
-        steps=len(steps),
+        steps=len(request.steps),
         order=checked.order,
         exclusions=checked.spans,
         attribution=checked.attribution,
@@ -269,11 +252,119 @@ def compile_funnel(
         model,
         limit=0,
         tenant=tenant,
-        joined=related_models(model, used),
+        joined=tuple(m for name, m in joined.items() if name != model.qualified_name),
     )
     return FunnelPlan(
         model, checked.labels, checked.window, start, end, time_zone, compiled, breakdown
     )
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """The rows of one source: (a0 actor, t0 micros, i0 id text, m0 step mask[, v0 value])."""
+
+    request: FunnelRequest
+    source: FunnelSource
+    on_request_model: bool
+    checked: _Checked
+    parsed: Sequence[Sequence[Any]]
+    """The request's filters, each step's, each exclusion's (as _parsed_filters returns)."""
+
+    def sql(
+        self,
+        catalog: Catalog,
+        builder: ParameterBuilder,
+        tenant: str,
+        bounds: tuple[str, str],
+        time_zone: str,
+    ) -> tuple[str, list[FieldSpec]]:
+        """The scan's SELECT, its tenant condition first, and the fields it reads."""
+        origin = self.source.origin
+        model = origin.model
+        request_filters, step_filters, exclusion_filters = self.parsed
+        own = [step_filters[i] for i in self.source.steps]
+        own += [exclusion_filters[i] for i in self.source.exclusions]
+        # The request's filters apply to the steps on its own model only.
+        shared = request_filters if self.on_request_model else []
+        used = _used_fields(model, [shared, *own])
+        breakdown = self.checked.breakdown if self.on_request_model else None
+        if breakdown is not None and breakdown not in used:
+            used.append(breakdown)
+        guarded = {name for parsed in own for name in mentioned_fields(list(parsed))}
+        filters = self.request.filters if self.on_request_model else {}
+        where = where_conditions(filters, model, builder, tenant, time_zone, guard_fields=guarded)
+        date_spec = model.fields[origin.date_field]
+        dated = column_sql(date_spec, model, builder.bind)
+        # After the guards, before the filters: the range is what the sorting key can skip on.
+        where[2:2] = [f"{dated} >= {bounds[0]}", f"{dated} < {bounds[1]}"]
+        actor_spec = model.fields[origin.actor_field]
+        actor = column_sql(actor_spec, model, builder.bind)
+        if actor_spec.nullable:
+            where.append(f"{actor} IS NOT NULL")
+        event_column = model.events.event if model.events is not None else ""
+        conditions = [
+            (
+                1 << index,
+                _match_condition(
+                    self.request.steps[index].event,
+                    step_filters[index],
+                    event_column,
+                    model,
+                    builder,
+                    time_zone,
+                ),
+            )
+            for index in self.source.steps
+        ]
+        conditions += [
+            (
+                1 << (_EXCLUSION_BIT + index),
+                _match_condition(
+                    self.request.exclusions[index].event,
+                    exclusion_filters[index],
+                    event_column,
+                    model,
+                    builder,
+                    time_zone,
+                ),
+            )
+            for index in self.source.exclusions
+        ]
+        if self.checked.order != "strict":
+            # A strict funnel reads every row of its sources: any of them breaks a sequence.
+            where.append("(" + " OR ".join(f"({c or 1})" for _, c in conditions) + ")")
+        mask = " + ".join(f"if({c or 1}, {bit}, 0)" for bit, c in conditions)
+        micros = f"toUnixTimestamp64Micro({dated})"
+        if date_spec.nullable:
+            micros = f"assumeNotNull({micros})"
+        columns = [
+            f"{actor} AS a0",
+            f"{micros} AS t0",
+            f"{self._id(model, builder)} AS i0",
+            f"toUInt64({mask}) AS m0",
+        ]
+        if self.checked.breakdown is not None:
+            value = "NULL"
+            if breakdown is not None:
+                value = f"toNullable({group_expression(breakdown, model, builder)[0]})"
+            columns.append(f"{value} AS v0")
+        table = from_clause(catalog, model, used, tenant, guard_fields=guarded)
+        # Identifiers from the catalog, values bound: nothing of the request's text is in it.
+        select = f"SELECT {', '.join(columns)} FROM {table} WHERE {' AND '.join(where)}"  # noqa: S608
+        return select, used
+
+    def _id(self, model: Model, builder: ParameterBuilder) -> str:
+        """A row's text among the actor's events: an event's id; else source and key."""
+        origin = self.source.origin
+        roles = model.events
+        if origin.is_event_source and roles is not None:
+            return f"toString({column_sql(model.fields[roles.event_id], model, builder.bind)})"
+        key = ", ".join(f"t.`{name}`" for name in model.primary_key)
+        key = key if len(model.primary_key) == 1 else f"tuple({key})"
+        prefix = builder.bind(
+            "String", encode_text_parameter(f"{model.qualified_name}.{origin.date_field}/")
+        )
+        return f"concat({prefix}, toString({key}))"
 
 
 def parse_window(text: str) -> dt.timedelta:
@@ -353,10 +444,10 @@ def _steps(plan: FunnelPlan, row: dict[str, Any]) -> tuple[FunnelStepResult, ...
 
 def _label(index: int, step: FunnelStep) -> str:
     source = f"steps[{index}]"
-    if not step.event and not step.filters:
+    if not step.event and not step.filters and not step.model:
         raise validation_error(
             source,
-            f"{source}: a step needs an event name, filters, or both",
+            f"{source}: a step needs an event name, filters, or a model of its own",
             "EMPTY_STEP",
         )
     if len(step.label) > MAX_LABEL_CHARS:
@@ -367,7 +458,11 @@ def _label(index: int, step: FunnelStep) -> str:
 
 
 def _parsed_filters(
-    request: FunnelRequest, model: Model, time_zone: str
+    request: FunnelRequest,
+    model: Model,
+    step_origins: Sequence[StepOrigin],
+    exclusion_origins: Sequence[StepOrigin],
+    time_zone: str,
 ) -> tuple[list[Filter], list[list[Filter]], list[list[Filter]]]:
     """The request's, each step's and each exclusion's filters, checked in the request's order."""
     request_filters = parse_filters(request.filters)
@@ -381,9 +476,32 @@ def _parsed_filters(
     ]
     # Compiled once here so that each field is resolved (and named in errors) as written.
     scratch = ParameterBuilder()
-    for parsed in (request_filters, *step_filters, *exclusion_filters):
-        filter_conditions(parsed, model, scratch, time_zone)
+    filter_conditions(request_filters, model, scratch, time_zone)
+    for parsed, origin in (
+        *zip(step_filters, step_origins, strict=True),
+        *zip(exclusion_filters, exclusion_origins, strict=True),
+    ):
+        filter_conditions(parsed, origin.model, scratch, time_zone)
     return request_filters, step_filters, exclusion_filters
+
+
+def _origins(
+    request: FunnelRequest, catalog: Catalog, model: Model
+) -> tuple[list[StepOrigin], list[StepOrigin]]:
+    """Each step's and each exclusion's origin, every one with the first step's actors."""
+    steps = [
+        step_origin(catalog, model, s.model, s.date_field, s.actor, s.event, f"steps[{index}]")
+        for index, s in enumerate(request.steps)
+    ]
+    exclusions = [
+        step_origin(catalog, model, x.model, x.date_field, x.actor, x.event, f"exclusions[{index}]")
+        for index, x in enumerate(request.exclusions)
+    ]
+    for index, origin in enumerate(steps[1:], 1):
+        same_actors(steps[0], origin, f"steps[{index}]")
+    for index, origin in enumerate(exclusions):
+        same_actors(steps[0], origin, f"exclusions[{index}]")
+    return steps, exclusions
 
 
 def _check(request: FunnelRequest, model: Model) -> _Checked:
@@ -443,10 +561,10 @@ def _exclusion_spans(request: FunnelRequest, order: str) -> tuple[tuple[int, int
     spans = []
     for index, item in enumerate(request.exclusions):
         source = f"exclusions[{index}]"
-        if not item.event and not item.filters:
+        if not item.event and not item.filters and not item.model:
             raise validation_error(
                 source,
-                f"{source}: an exclusion needs an event name, filters, or both",
+                f"{source}: an exclusion needs an event name, filters, or a model of its own",
                 "EMPTY_STEP",
             )
         first = item.from_step or 1

@@ -257,3 +257,23 @@ async def test_rest_funnel_breakdowns_and_options(
     assert status == 200, document
     # Actor 1's only attempt has `activated` between signing up and paying: it counts nowhere.
     assert [s["actors"] for s in document["steps"]] == [2, 1, 0], document
+
+
+async def test_a_step_on_another_model_needs_its_read_permission(
+    server: RunningServer, settings: Settings
+) -> None:
+    body = {
+        **REQUEST,
+        "steps": [
+            STEPS[0],
+            {"model": "crm.deals", "dateField": "created_at", "actor": "contact"},
+        ],
+    }
+    status, _, problem = await _post(server, settings, "product", body, "product.events.read")
+    assert (status, problem["code"]) == (403, "PERMISSION_DENIED"), problem
+    assert "crm.deals" in problem["detail"], problem
+    status, _, document = await _post(
+        server, settings, "product", body, "product.events.read", "crm.deals.read"
+    )
+    assert status == 200, document
+    assert [s["actors"] for s in document["steps"]] == [3, 0], document

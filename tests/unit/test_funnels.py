@@ -73,7 +73,7 @@ def refusal(catalog: Catalog, request: FunnelRequest) -> tuple[str, str]:
         ({"filters": {"nope": "eq.1"}}, "filters.nope", "UNKNOWN_FIELD"),
         ({"steps": (TWO[0], FunnelStep("x", label="l" * 201))}, "steps[1].label", ""),
         ({"date_from": "tomorrow"}, "dateFrom", "INVALID_DATE"),
-        ({"model": "crm.deals"}, "model", "NOT_AN_EVENT_MODEL"),
+        ({"model": "crm.deals"}, "steps[0].event", "NOT_AN_EVENT_MODEL"),
         ({"order": "sorted"}, "order", "INVALID_ORDER"),
         (
             {"order": "unordered", "exclusions": (FunnelExclusion("x"),)},

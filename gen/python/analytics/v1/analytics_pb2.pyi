@@ -265,7 +265,7 @@ class TrendResponse(_message.Message):
     def __init__(self, buckets: _Optional[_Iterable[str]] = ..., compare_buckets: _Optional[_Iterable[str]] = ..., lines: _Optional[_Iterable[_Union[TrendLine, _Mapping]]] = ..., meta: _Optional[_Union[QueryMeta, _Mapping]] = ...) -> None: ...
 
 class FunnelStep(_message.Message):
-    __slots__ = ("event", "filters", "label")
+    __slots__ = ("event", "filters", "label", "model", "date_field", "actor")
     class FiltersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -276,10 +276,16 @@ class FunnelStep(_message.Message):
     EVENT_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DATE_FIELD_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
     event: str
     filters: _containers.ScalarMap[str, str]
     label: str
-    def __init__(self, event: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., label: _Optional[str] = ...) -> None: ...
+    model: str
+    date_field: str
+    actor: str
+    def __init__(self, event: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., label: _Optional[str] = ..., model: _Optional[str] = ..., date_field: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class FunnelRequest(_message.Message):
     __slots__ = ("model", "steps", "date_from", "date_to", "time_zone", "window", "filters", "order", "exclusions", "breakdown", "breakdown_limit", "breakdown_attribution", "breakdown_step")
@@ -319,7 +325,7 @@ class FunnelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[FunnelStep, _Mapping]]] = ..., date_from: _Optional[str] = ..., date_to: _Optional[str] = ..., time_zone: _Optional[str] = ..., window: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., order: _Optional[str] = ..., exclusions: _Optional[_Iterable[_Union[FunnelExclusion, _Mapping]]] = ..., breakdown: _Optional[str] = ..., breakdown_limit: _Optional[int] = ..., breakdown_attribution: _Optional[str] = ..., breakdown_step: _Optional[int] = ...) -> None: ...
 
 class FunnelExclusion(_message.Message):
-    __slots__ = ("event", "filters", "from_step", "to_step")
+    __slots__ = ("event", "filters", "from_step", "to_step", "model", "date_field", "actor")
     class FiltersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -331,11 +337,17 @@ class FunnelExclusion(_message.Message):
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     FROM_STEP_FIELD_NUMBER: _ClassVar[int]
     TO_STEP_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DATE_FIELD_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
     event: str
     filters: _containers.ScalarMap[str, str]
     from_step: int
     to_step: int
-    def __init__(self, event: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., from_step: _Optional[int] = ..., to_step: _Optional[int] = ...) -> None: ...
+    model: str
+    date_field: str
+    actor: str
+    def __init__(self, event: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., from_step: _Optional[int] = ..., to_step: _Optional[int] = ..., model: _Optional[str] = ..., date_field: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class FunnelStepResult(_message.Message):
     __slots__ = ("label", "actors", "conversion_from_first", "conversion_from_previous", "drop_off", "median_seconds", "average_seconds")

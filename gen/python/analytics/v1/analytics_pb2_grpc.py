@@ -85,7 +85,8 @@ class AnalyticsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Funnel(self, request, context):
-        """Funnel counts the actors reaching each of ordered steps within a window (README "Funnels").
+        """Funnel counts the actors reaching each of a funnel's steps within a window (README
+        "Funnels").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
