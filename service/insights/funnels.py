@@ -444,10 +444,10 @@ def _steps(plan: FunnelPlan, row: dict[str, Any]) -> tuple[FunnelStepResult, ...
 
 def _label(index: int, step: FunnelStep) -> str:
     source = f"steps[{index}]"
-    if not step.event and not step.filters and not step.model:
+    if not (step.event or step.filters or step.model or step.date_field):
         raise validation_error(
             source,
-            f"{source}: a step needs an event name, filters, or a model of its own",
+            f"{source}: a step needs an event name, filters, a model or a date field",
             "EMPTY_STEP",
         )
     if len(step.label) > MAX_LABEL_CHARS:
@@ -561,10 +561,10 @@ def _exclusion_spans(request: FunnelRequest, order: str) -> tuple[tuple[int, int
     spans = []
     for index, item in enumerate(request.exclusions):
         source = f"exclusions[{index}]"
-        if not item.event and not item.filters and not item.model:
+        if not (item.event or item.filters or item.model or item.date_field):
             raise validation_error(
                 source,
-                f"{source}: an exclusion needs an event name, filters, or a model of its own",
+                f"{source}: an exclusion needs an event name, filters, a model or a date field",
                 "EMPTY_STEP",
             )
         first = item.from_step or 1
