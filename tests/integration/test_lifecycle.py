@@ -19,11 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
+from service.auth import Principal
 from service.backends.embedded import EmbeddedBackend
 from service.catalog import Catalog, Model
-from service.errors import AnalyticsError
+from service.errors import AnalyticsError, ErrorKind
 from service.insights.lifecycle import LifecycleAnswer, assemble_lifecycle, compile_lifecycle
 from service.insights.lifecycle_request import LifecycleRequest
+from service.insights.lifecycle_service import LifecycleService
 from service.schema import all_ddl
 from tests.actor_events import ANCHORS, HOSTILE, history, write
 from tests.conftest import catalog_in_database, unique_database
@@ -176,3 +178,25 @@ async def test_statuses_by_hand(histories: Histories) -> None:
         "dormant": [-1, 0, -1, -2],  # actor 4 (active the day before the range), 1, then 2 and 3
     }
     assert lines_of(answer) == reference_lifecycle(request, rows, tenant, now, histories.model)[1]
+
+
+async def test_the_runner_answers_and_checks_every_read(histories: Histories) -> None:
+    """LifecycleService: an answer for a reader of the model; a filter on a related model needs
+    that model's read permission too."""
+    now = dt.datetime(2026, 3, 10, tzinfo=dt.UTC)
+    service = LifecycleService(
+        histories.catalog, histories.backend, timeout_seconds=60, clock=lambda: now
+    )
+    reader = Principal("tester", "nobody-here", frozenset({"product.events.read"}))
+    request = LifecycleRequest(model="events", date_from="2026-03-01", date_to="2026-03-02")
+    outcome = await service.run(reader, request, remaining=None, rpc="Lifecycle")
+    assert outcome.answer.buckets == ("2026-03-01T00:00:00Z", "2026-03-02T00:00:00Z")
+    assert all(line.values == (0, 0) for line in outcome.answer.lines)
+    with pytest.raises(AnalyticsError) as caught:
+        await service.run(
+            reader,
+            LifecycleRequest(**{**vars(request), "filters": {"contact.country": "eq.DE"}}),
+            remaining=None,
+            rpc="Lifecycle",
+        )
+    assert caught.value.kind is ErrorKind.FORBIDDEN

@@ -22,12 +22,14 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
+from service.auth import Principal
 from service.backends.embedded import EmbeddedBackend
 from service.catalog import Catalog, Model
-from service.errors import AnalyticsError
+from service.errors import AnalyticsError, ErrorKind
 from service.insights.date_range import parse_date_bound
 from service.insights.retention import RetentionAnswer, assemble_retention, compile_retention
 from service.insights.retention_request import RetentionEvent, RetentionRequest
+from service.insights.retention_service import RetentionService
 from service.schema import all_ddl
 from tests.actor_events import ANCHORS, HOSTILE, history, write
 from tests.conftest import catalog_in_database, unique_database
@@ -232,3 +234,52 @@ async def test_a_cohort_table_by_hand(histories: Histories) -> None:
             RetentionRequest(**{**vars(request), "retention_type": kind}), rows, tenant, now, model
         )
         assert_same(answer, expected, kind)
+
+
+async def test_the_runner_answers_with_meta_and_checks_every_read(histories: Histories) -> None:
+    """RetentionService: the answer of the by-hand data with meta; a related model's read
+    permission is required when a filter or the breakdown reaches it."""
+    now = dt.datetime(2026, 3, 4, 18, tzinfo=dt.UTC)
+    service = RetentionService(
+        histories.catalog, histories.backend, timeout_seconds=60, clock=lambda: now
+    )
+    reader = Principal("tester", "runner", frozenset({"product.events.read"}))
+    base: dict[str, Any] = {
+        "tenant_id": "runner",
+        "platform": None,
+        "country": None,
+        "plan": None,
+        "revenue": None,
+        "properties_keys": [],
+        "properties_values": [],
+        "_version": 1,
+        "_is_deleted": 0,
+        "event": "signed_up",
+    }
+    rows = [
+        base
+        | {
+            "contact_id": actor,
+            "timestamp": dt.datetime(2026, 3, day, 9, tzinfo=dt.UTC),
+            "event_id": str(uuid.UUID(int=1000 + index)),
+        }
+        for index, (actor, day) in enumerate([(1, 2), (1, 3), (2, 3)])
+    ]
+    await write(histories.backend, histories.catalog, histories.model, rows)
+    request = RetentionRequest(
+        model="events", target=RetentionEvent("signed_up"), intervals=2, date_to="2026-03-03"
+    )
+    outcome = await service.run(reader, request, remaining=None, rpc="Retention")
+    assert [(c.start, c.size, c.counts) for c in outcome.answer.tables[0].cohorts] == [
+        ("2026-03-02T00:00:00Z", 1, (1, 1)),
+        ("2026-03-03T00:00:00Z", 1, (1, None)),
+    ]
+    assert outcome.stats.rows_scanned >= 3
+    with pytest.raises(AnalyticsError) as caught:
+        await service.run(
+            reader,
+            RetentionRequest(**{**vars(request), "breakdown": "contact.status"}),
+            remaining=None,
+            rpc="Retention",
+        )
+    assert caught.value.kind is ErrorKind.FORBIDDEN
