@@ -15,7 +15,7 @@ import datetime as dt
 import statistics
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -61,6 +61,8 @@ class ReferenceBreakdown:
     value: Any
     is_other: bool
     steps: list[ReferenceStep]
+    furthest: dict[Any, int] = field(default_factory=dict)
+    """Each counted actor's furthest step (without a breakdown)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,14 @@ class _Attempt:
     by_step: dict[int, Row]
     reached: int
     gaps: list[float]
+
+
+def reference_actors(
+    request: FunnelRequest, rows: Iterable[Row], tenant: str, now: dt.datetime, model: Model
+) -> dict[Any, int]:
+    """Each actor the funnel counts, with its furthest step."""
+    (only,) = reference_breakdowns(request, rows, tenant, now, model)
+    return only.furthest
 
 
 def reference_funnel(
@@ -263,7 +273,8 @@ def reference_breakdowns(
         actors.append((actor, furthest, deciding.gaps, attributed, decision))
 
     if not request.breakdown:
-        return [ReferenceBreakdown(None, False, _steps(request, actors))]
+        reach = {actor: reached for actor, reached, _, _, _ in actors}
+        return [ReferenceBreakdown(None, False, _steps(request, actors), reach)]
     sizes: dict[Any, int] = {}
     shown: dict[Any, Any] = {}
     for _, _, _, attributed, _ in actors:

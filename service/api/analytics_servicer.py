@@ -18,7 +18,7 @@ from service.query_service import QueryService, StreamMeta
 
 
 class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
-    """Query (unary), StreamQuery (columnar chunks, then meta once), Trend and Funnel."""
+    """Query (unary), StreamQuery (columnar chunks, then meta once), Trend and the funnels."""
 
     def __init__(
         self,
@@ -47,6 +47,36 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         except AnalyticsError as error:
             await abort_with_error(context, error)
         return convert.funnel_response(outcome.answer, outcome.stats, outcome.last_sync_at)
+
+    async def FunnelActors(  # noqa: N802
+        self, request: analytics_pb2.FunnelActorsRequest, context: Context
+    ) -> AsyncIterator[analytics_pb2.FunnelActorsResponse]:
+        """Stream the actors at a funnel's step in chunks; a cancelled call stops the query."""
+        chunk_rows = min(request.chunk_rows or self._default_chunk_rows, 65536)
+        meta: list[StreamMeta] = []
+        batches = self._funnels.actors(
+            current_principal.get(),
+            convert.funnel_actors_request(request),
+            remaining=context.time_remaining(),
+            rpc="FunnelActors",
+            meta_sink=meta,
+        )
+        try:
+            # aclosing: a cancelled call must close the engine stream now, not at GC time.
+            async with aclosing(batches):
+                async for columns, batch in batches:
+                    for offset in range(0, batch.num_rows, chunk_rows):
+                        response = analytics_pb2.FunnelActorsResponse()
+                        convert.column_chunk(
+                            columns, batch.slice(offset, chunk_rows), into=response.chunk
+                        )
+                        yield response
+        except AnalyticsError as error:
+            await abort_with_error(context, error)
+        final = meta[0]
+        yield analytics_pb2.FunnelActorsResponse(
+            meta=convert.query_meta(final.columns, final.stats, final.last_sync_at)
+        )
 
     async def Trend(  # noqa: N802
         self, request: analytics_pb2.TrendRequest, context: Context

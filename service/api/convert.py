@@ -19,7 +19,12 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from analytics.v1 import analytics_pb2
 from service.backends.base import QueryStats
-from service.insights.funnel_request import FunnelExclusion, FunnelRequest, FunnelStep
+from service.insights.funnel_request import (
+    FunnelActorsRequest,
+    FunnelExclusion,
+    FunnelRequest,
+    FunnelStep,
+)
 from service.insights.funnels import FunnelAnswer, FunnelStepResult
 from service.insights.trend_request import TrendRequest, TrendSeries
 from service.insights.trend_results import TrendAnswer
@@ -343,6 +348,17 @@ def funnel_request(message: analytics_pb2.FunnelRequest) -> FunnelRequest:
         breakdown_limit=message.breakdown_limit,
         breakdown_attribution=message.breakdown_attribution,
         breakdown_step=message.breakdown_step,
+    )
+
+
+def funnel_actors_request(message: analytics_pb2.FunnelActorsRequest) -> FunnelActorsRequest:
+    """The domain request of a FunnelActors message."""
+    return FunnelActorsRequest(
+        funnel=funnel_request(message.funnel),
+        step=message.step,
+        status=message.status,
+        limit=message.limit,
+        offset=message.offset,
     )
 
 

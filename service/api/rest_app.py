@@ -19,8 +19,10 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
+import pyarrow as pa
 import structlog
 from aiohttp import web
 from google.protobuf import json_format
@@ -49,7 +51,7 @@ from service.insights.funnel_service import FunnelService
 from service.insights.trend_request import TrendRequest
 from service.insights.trend_service import TrendService
 from service.query.request import QueryRequest
-from service.query_service import QueryService, audit_failure
+from service.query_service import QueryService, StreamMeta, audit_failure
 
 if TYPE_CHECKING:
     from google._upb._message import FieldDescriptor as UpbFieldDescriptor
@@ -63,6 +65,11 @@ TRENDS_PATH = "/v1/data/{module}/trends"
 TRENDS_RPC = "POST " + TRENDS_PATH
 FUNNELS_PATH = "/v1/data/{module}/funnels"
 FUNNELS_RPC = "POST " + FUNNELS_PATH
+FUNNEL_ACTORS_PATH = "/v1/data/{module}/funnels/actors"
+FUNNEL_ACTORS_RPC = "POST " + FUNNEL_ACTORS_PATH
+REST_ACTORS_DEFAULT_LIMIT = 10_000
+"""Actors a REST FunnelActors answer holds without a limit (one JSON document; gRPC streams)."""
+REST_ACTORS_MAX_LIMIT = 100_000
 EVENTS_PATH = "/v1/events/{module}/{model}"
 EVENTS_RPC = "POST " + EVENTS_PATH
 METRICS_PATH = "/metrics"
@@ -105,6 +112,7 @@ class RestServer:
             self._app.router.add_post(TRENDS_PATH, self._trend)
         if funnels is not None:
             self._app.router.add_post(FUNNELS_PATH, self._funnel)
+            self._app.router.add_post(FUNNEL_ACTORS_PATH, self._funnel_actors)
         if ingestion is not None:
             self._app.router.add_post(EVENTS_PATH, self._events)
             self._app.router.add_get(METRICS_PATH, self._metrics)
@@ -233,6 +241,49 @@ class RestServer:
         outcome = await funnels.run(principal, domain, remaining=None, rpc=FUNNELS_RPC)
         response = convert.funnel_response(outcome.answer, outcome.stats, outcome.last_sync_at)
         return web.json_response(convert.funnel_json(response))
+
+    async def _funnel_actors(self, request: web.Request) -> web.Response:
+        funnels = self._funnels
+        if funnels is None:
+            raise web.HTTPNotFound
+        started = time.perf_counter()
+        principal = self._authenticate(request, started)
+        structlog.contextvars.bind_contextvars(rpc=FUNNEL_ACTORS_RPC)
+        message = analytics_pb2.FunnelActorsRequest()
+        try:
+            parse_body(request.content_type, await request.read(), message)
+            domain = convert.funnel_actors_request(message)
+            if domain.limit > REST_ACTORS_MAX_LIMIT:
+                raise validation_error(
+                    "limit",
+                    f"limit: at most {REST_ACTORS_MAX_LIMIT} actors in one REST answer; page "
+                    "with offset, or stream them with the gRPC FunnelActors",
+                    "INVALID_VALUE",
+                )
+            model = scoped_model(domain.funnel.model, request.match_info["module"], funnels.catalog)
+        except AnalyticsError as error:
+            audit_failure(principal, message.funnel.model[:200], FUNNEL_ACTORS_RPC, started, error)
+            raise
+        domain = dataclasses.replace(
+            domain,
+            funnel=dataclasses.replace(domain.funnel, model=model),
+            limit=domain.limit or REST_ACTORS_DEFAULT_LIMIT,
+        )
+        meta: list[StreamMeta] = []
+        batches = []
+        stream = funnels.actors(
+            principal, domain, remaining=None, rpc=FUNNEL_ACTORS_RPC, meta_sink=meta
+        )
+        async with aclosing(stream):
+            async for _, batch in stream:
+                batches.append(batch)
+        final = meta[0]
+        table = pa.Table.from_batches(batches) if batches else None
+        response = analytics_pb2.QueryResponse(
+            data=convert.struct_rows(final.columns, table) if table is not None else [],
+            meta=convert.query_meta(final.columns, final.stats, final.last_sync_at),
+        )
+        return web.json_response(convert.response_json(response))
 
     async def _insight_request(
         self,

@@ -66,3 +66,19 @@ class FunnelRequest:
     breakdown_limit: int = 0
     breakdown_attribution: str = ""
     breakdown_step: int = 0
+
+
+@dataclass(frozen=True)
+class FunnelActorsRequest:
+    """The actors of ``funnel`` at step ``step`` (1 is the first).
+
+    ``status``: ``reached`` (when empty: the actors counted at the step) or ``dropped`` (those
+    whose furthest step it is). ``limit`` (0: all) and ``offset`` page the actors, ordered by
+    actor.
+    """
+
+    funnel: FunnelRequest
+    step: int = 0
+    status: str = ""
+    limit: int = 0
+    offset: int = 0

@@ -1,7 +1,8 @@
-"""FunnelService: the thin runner of funnels, whatever the transport.
+"""FunnelService: the thin runner of funnels and of their actor lists, whatever the transport.
 
-authorise (``{module}.{model}.read``, and each related model's) -> compile (pure) -> run the
-one query within the time budget, freshness beside it -> assemble (pure) -> audit.
+authorise (``{module}.{model}.read``, and each step's and related model's) -> compile (pure) ->
+run the one query within the time budget, freshness beside it -> assemble (pure) -> audit.
+``actors`` streams the engine's batches as they come, as ``QueryService.stream`` does.
 """
 
 from __future__ import annotations
@@ -9,16 +10,26 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
+import pyarrow as pa
+
+from service import audit
 from service.auth import Principal
 from service.backends.base import QueryStats
 from service.errors import AnalyticsError
-from service.insights.funnel_request import FunnelRequest
-from service.insights.funnels import FunnelAnswer, assemble_funnel, compile_funnel
+from service.insights.funnel_request import FunnelActorsRequest, FunnelRequest
+from service.insights.funnels import (
+    FunnelAnswer,
+    assemble_funnel,
+    compile_funnel,
+    compile_funnel_actors,
+)
 from service.insights.insight_runner import InsightRunner
-from service.query_service import audit_failure, authorise_reads, caller_stats
-from service.sync_status import with_freshness
+from service.query.compiler import OutputColumn
+from service.query_service import StreamMeta, audit_failure, authorise_reads, caller_stats
+from service.sync_status import oldest_sync, with_freshness
 
 
 @dataclass(frozen=True)
@@ -61,3 +72,52 @@ class FunnelService(InsightRunner):
             principal, model_name, rpc, started, len(answer.steps), result.stats.rows_scanned
         )
         return FunnelOutcome(answer, caller_stats(result.stats), last_sync)
+
+    async def actors(
+        self,
+        principal: Principal,
+        request: FunnelActorsRequest,
+        *,
+        remaining: float | None,
+        rpc: str,
+        meta_sink: list[StreamMeta],
+    ) -> AsyncGenerator[tuple[tuple[OutputColumn, ...], pa.RecordBatch]]:
+        """Yield the actors' record batches as the engine produces them; meta after the last.
+
+        Leaving the iteration early (client cancel, deadline) closes the engine's stream.
+        """
+        started = time.perf_counter()
+        model_name = request.funnel.model[:200]
+        rows = 0
+        stats = QueryStats()
+        outcome = "cancelled"
+        try:
+            model_name = self._readable_model(principal, request.funnel.model).qualified_name
+            compiled = compile_funnel_actors(request, self.catalog, principal.tenant, self._clock())
+            authorise_reads(principal, compiled.joined)
+            async with self.backend.stream(
+                compiled, timeout_seconds=self._budget(remaining), query_id=uuid.uuid4().hex
+            ) as stream:
+                async for batch in stream:
+                    rows += batch.num_rows
+                    yield compiled.columns, batch
+                stats = stream.stats
+            last_sync = await oldest_sync(self.backend, self.catalog.database, compiled.tables)
+            meta_sink.append(StreamMeta(compiled.columns, caller_stats(stats), last_sync))
+            outcome = "ok"
+        except AnalyticsError as error:
+            outcome = "failed"
+            audit_failure(principal, model_name, rpc, started, error, rows=rows)
+            raise
+        finally:
+            if outcome != "failed":
+                audit.record_query(
+                    tenant=principal.tenant,
+                    subject=principal.subject,
+                    model=model_name,
+                    rpc=rpc,
+                    outcome=outcome,
+                    duration_ms=(time.perf_counter() - started) * 1000,
+                    rows=rows,
+                    rows_scanned=stats.rows_scanned,
+                )

@@ -72,7 +72,7 @@ import pyarrow as pa
 from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.errors import AnalyticsError, ErrorKind, validation_error
 from service.insights.date_range import date_range, inclusive_date_to
-from service.insights.funnel_request import FunnelRequest, FunnelStep
+from service.insights.funnel_request import FunnelActorsRequest, FunnelRequest, FunnelStep
 from service.insights.funnel_sources import FunnelSource, StepOrigin, same_actors, step_origin
 from service.insights.trend_results import OTHER
 from service.query.compiler import (
@@ -101,6 +101,7 @@ _MICROS = 1_000_000
 
 
 ORDERS = ("ordered", "strict", "unordered")
+ACTOR_STATUSES = ("reached", "dropped")
 ATTRIBUTIONS = ("first_touch", "last_touch", "all_events", "step")
 MAX_EXCLUSIONS = 10
 DEFAULT_BREAKDOWN_LIMIT = 25
@@ -187,6 +188,111 @@ def compile_funnel(
 
     Raises AnalyticsError: NOT_FOUND for an unknown model, VALIDATION naming the request field.
     """
+    prepared = _prepare(request, catalog, tenant, now)
+    breakdown = prepared.checked.breakdown
+    sql, columns = _outputs(
+        _funnel_sql(prepared.per_actor, prepared.shape, breakdown),
+        prepared.shape,
+        breakdown,
+        prepared.model,
+        prepared.builder,
+    )
+    checked = prepared.checked
+    return FunnelPlan(
+        prepared.model,
+        checked.labels,
+        checked.window,
+        prepared.start,
+        prepared.end,
+        prepared.time_zone,
+        prepared.compiled(sql, columns, tenant),
+        breakdown,
+    )
+
+
+def compile_funnel_actors(
+    request: FunnelActorsRequest, catalog: Catalog, tenant: str, now: dt.datetime
+) -> CompiledQuery:
+    """The actors at a step of ``request.funnel`` (or dropped off there), ordered by actor.
+
+    Columns: ``actor`` and ``furthestStep`` (the step the actor counts at). Raises
+    AnalyticsError as compile_funnel does, and on ``step``, ``status``, ``limit`` and a
+    breakdown (the actors of a funnel are listed whole).
+    """
+    funnel = request.funnel
+    if funnel.breakdown:
+        raise validation_error(
+            "funnel.breakdown",
+            "funnel.breakdown: the actors are listed for the whole funnel; leave it out",
+            "INVALID_BREAKDOWN",
+        )
+    if not 1 <= request.step <= len(funnel.steps):
+        raise validation_error(
+            "step", f"step: a step number from 1 to {max(len(funnel.steps), 1)}", "INVALID_VALUE"
+        )
+    status = request.status or ACTOR_STATUSES[0]
+    if status not in ACTOR_STATUSES:
+        raise validation_error(
+            "status",
+            f"status: {request.status[:40]!r} is not one of {', '.join(ACTOR_STATUSES)}",
+            "INVALID_VALUE",
+        )
+    if request.limit < 0 or request.offset < 0:
+        raise validation_error("limit", "limit: and offset are at least 0", "INVALID_VALUE")
+    prepared = _prepare(funnel, catalog, tenant, now)
+    builder = prepared.builder
+    attempts = _attempts_sql(prepared.per_actor, prepared.shape)
+    step = builder.bind("UInt8", str(request.step))
+    condition = f"f1 >= {step}" if status == "reached" else f"f1 = {step}"
+    actor_type = group_expression(prepared.actor_spec, prepared.actor_model, ParameterBuilder())[1]
+    rendered = render_value("a0", actor_type, prepared.actor_spec, builder)
+    page = ""
+    if request.limit:
+        page = f" LIMIT {builder.bind('UInt64', str(request.limit))}"
+    if request.offset:
+        page += f" OFFSET {builder.bind('UInt64', str(request.offset))}"
+    # Aliases and placeholders only.
+    sql = (
+        f"SELECT {rendered} AS c0, f1 AS c1 FROM (SELECT a0, max(s0) AS f1 "  # noqa: S608
+        f"FROM ({attempts}) GROUP BY a0 HAVING {condition}) ORDER BY a0{page}"
+    )
+    columns = (
+        OutputColumn("actor", "c0", actor_type),
+        OutputColumn("furthestStep", "c1", "int"),
+    )
+    return prepared.compiled(sql, columns, tenant)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A validated funnel up to its per-actor arrays (``per_actor``), the parameters bound."""
+
+    model: Model
+    checked: _Checked
+    builder: ParameterBuilder
+    per_actor: str
+    shape: _Shape
+    joined: tuple[Model, ...]
+    start: dt.datetime
+    end: dt.datetime
+    time_zone: str
+    actor_model: Model
+    actor_spec: FieldSpec
+
+    def compiled(self, sql: str, columns: tuple[OutputColumn, ...], tenant: str) -> CompiledQuery:
+        """``sql`` over the per-actor arrays as a query a backend runs."""
+        return CompiledQuery(
+            sql,
+            self.builder.parameters,
+            columns,
+            self.model,
+            limit=0,
+            tenant=tenant,
+            joined=self.joined,
+        )
+
+
+def _prepare(request: FunnelRequest, catalog: Catalog, tenant: str, now: dt.datetime) -> _Prepared:
     if not tenant:
         raise AnalyticsError(ErrorKind.UNAUTHORIZED, "no tenant in the token", "NO_TENANT")
     model = resolve_model(catalog, request.model)
@@ -222,11 +328,10 @@ def compile_funnel(
             joined.setdefault(source.origin.model.qualified_name, source.origin.model)
         for related in related_models(source.origin.model, used):
             joined.setdefault(related.qualified_name, related)
-    breakdown = checked.breakdown
     keys, group, element = "a0", "a0", "tuple(t0, i0, m0"
-    if breakdown is not None and checked.attribution == "all_events":
+    if checked.breakdown is not None and checked.attribution == "all_events":
         keys, group = "a0, v0 AS b0", "a0, b0"
-    elif breakdown is not None:
+    elif checked.breakdown is not None:
         element += ", v0"
     rows = scans[0] if len(scans) == 1 else " UNION ALL ".join(f"({scan})" for scan in scans)
     per_actor = (
@@ -242,20 +347,19 @@ def compile_funnel(
         window=builder.bind("Int64", str(_whole_micros(checked.window))),
         limit=builder.bind("UInt64", str(checked.limit)),
     )
-    sql, columns = _outputs(
-        _funnel_sql(per_actor, shape, breakdown), shape, breakdown, model, builder
-    )
-    compiled = CompiledQuery(
-        sql,
-        builder.parameters,
-        columns,
+    first = step_origins[0]
+    return _Prepared(
         model,
-        limit=0,
-        tenant=tenant,
-        joined=tuple(m for name, m in joined.items() if name != model.qualified_name),
-    )
-    return FunnelPlan(
-        model, checked.labels, checked.window, start, end, time_zone, compiled, breakdown
+        checked,
+        builder,
+        per_actor,
+        shape,
+        tuple(m for name, m in joined.items() if name != model.qualified_name),
+        start,
+        end,
+        time_zone,
+        first.model,
+        first.model.fields[first.actor_field],
     )
 
 

@@ -277,3 +277,53 @@ async def test_a_step_on_another_model_needs_its_read_permission(
     )
     assert status == 200, document
     assert [s["actors"] for s in document["steps"]] == [3, 0], document
+
+
+async def test_grpc_funnel_actors_stream_the_tenants_actors(
+    server: RunningServer, settings: Settings
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+        metadata = (("authorization", f"Bearer {_token(settings, 'product.events.read')}"),)
+        funnel = json_format.ParseDict(REQUEST, analytics_pb2.FunnelRequest())
+
+        async def actors(**options: Any) -> tuple[list[tuple[int, int]], list[str]]:
+            request = analytics_pb2.FunnelActorsRequest(funnel=funnel, chunk_rows=1, **options)
+            found: list[tuple[int, int]] = []
+            metas = []
+            async for message in stub.FunnelActors(request, metadata=metadata):
+                if message.HasField("meta"):
+                    metas.append([c.name for c in message.meta.columns])
+                    continue
+                columns = message.chunk.columns
+                assert message.chunk.row_count == 1
+                found.append((columns[0].int64_values.values[0], columns[1].int64_values.values[0]))
+            return found, metas[0]
+
+        # Actor 1 goes all the way, actor 2 stops at step 2, actor 3 at step 1 (README).
+        assert await actors(step=2) == ([(1, 3), (2, 2)], ["actor", "furthestStep"])
+        assert (await actors(step=1, status="dropped"))[0] == [(3, 1)]
+        assert (await actors(step=1, limit=1, offset=1))[0] == [(2, 2)]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await actors(step=4)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert error_details(caught.value)[1] == ["step"]
+
+
+async def test_rest_funnel_actors_answer_rows(server: RunningServer, settings: Settings) -> None:
+    url = f"http://127.0.0.1:{server.rest_port}/v1/data/product/funnels/actors"
+    headers = {"Authorization": f"Bearer {_token(settings, 'product.events.read')}"}
+    body = {"funnel": {**REQUEST, "model": "events"}, "step": 2, "status": "dropped"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json=body, headers=headers) as reply:
+            document = await reply.json()
+            assert reply.status == 200, document
+        assert document["data"] == [{"actor": 2, "furthestStep": 2}], document
+        for bad, field in (
+            ({**body, "status": "left"}, "status"),
+            ({**body, "limit": 100_001}, "limit"),
+            ({**body, "funnel": {**REQUEST, "breakdown": "platform"}}, "funnel.breakdown"),
+        ):
+            async with http.post(url, json=bad, headers=headers) as reply:
+                problem = await reply.json(content_type=None)
+                assert (reply.status, problem["field"]) == (400, field), problem

@@ -27,23 +27,31 @@ from hypothesis import strategies as st
 
 from service.backends.embedded import EmbeddedBackend
 from service.catalog import Catalog, Model
-from service.insights.funnel_request import FunnelExclusion, FunnelRequest, FunnelStep
+from service.insights.funnel_request import (
+    FunnelActorsRequest,
+    FunnelExclusion,
+    FunnelRequest,
+    FunnelStep,
+)
 from service.insights.funnels import (
     ATTRIBUTIONS,
     FunnelAnswer,
     FunnelStepResult,
     assemble_funnel,
     compile_funnel,
+    compile_funnel_actors,
 )
 from service.schema import all_ddl
 from tests.conftest import catalog_in_database, unique_database
 from tests.funnel_reference import (
     ReferenceBreakdown,
     ReferenceStep,
+    reference_actors,
     reference_breakdowns,
     reference_funnel,
     window_of,
 )
+from tests.sql_shape import assert_tenant_first as assert_query_tenant_first
 from tests.sql_shape import event_arrow
 from tests.unit.test_funnels import assert_tenant_first
 
@@ -291,6 +299,26 @@ async def test_random_journeys_equal_the_reference(journeys: Journeys, case: Any
     else:
         expected = reference_funnel(request, rows, tenant, NOW, journeys.model)
         assert_same(answer.steps, expected, request)
+        # The actors at a step (or dropped off there), as the reference counts them.
+        furthest = reference_actors(request, rows, tenant, NOW, journeys.model)
+        step = len(request.steps) // 2 + 1
+        for status in ("reached", "dropped"):
+            compiled = compile_funnel_actors(
+                FunnelActorsRequest(request, step, status), journeys.catalog, tenant, NOW
+            )
+            assert_query_tenant_first(compiled, tenant)
+            result = await journeys.backend.execute(
+                compiled, timeout_seconds=60, query_id=uuid.uuid4().hex
+            )
+            got = list(
+                zip(result.table["c0"].to_pylist(), result.table["c1"].to_pylist(), strict=True)
+            )
+            want = sorted(
+                (actor, reached)
+                for actor, reached in furthest.items()
+                if (reached >= step if status == "reached" else reached == step)
+            )
+            assert got == want, (status, step)
 
 
 async def test_the_window_bound_ties_and_repeated_steps_by_hand(journeys: Journeys) -> None:

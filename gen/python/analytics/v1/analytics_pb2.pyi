@@ -324,6 +324,30 @@ class FunnelRequest(_message.Message):
     breakdown_step: int
     def __init__(self, model: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[FunnelStep, _Mapping]]] = ..., date_from: _Optional[str] = ..., date_to: _Optional[str] = ..., time_zone: _Optional[str] = ..., window: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., order: _Optional[str] = ..., exclusions: _Optional[_Iterable[_Union[FunnelExclusion, _Mapping]]] = ..., breakdown: _Optional[str] = ..., breakdown_limit: _Optional[int] = ..., breakdown_attribution: _Optional[str] = ..., breakdown_step: _Optional[int] = ...) -> None: ...
 
+class FunnelActorsRequest(_message.Message):
+    __slots__ = ("funnel", "step", "status", "chunk_rows", "limit", "offset")
+    FUNNEL_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_ROWS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    funnel: FunnelRequest
+    step: int
+    status: str
+    chunk_rows: int
+    limit: int
+    offset: int
+    def __init__(self, funnel: _Optional[_Union[FunnelRequest, _Mapping]] = ..., step: _Optional[int] = ..., status: _Optional[str] = ..., chunk_rows: _Optional[int] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class FunnelActorsResponse(_message.Message):
+    __slots__ = ("chunk", "meta")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    chunk: ColumnChunk
+    meta: QueryMeta
+    def __init__(self, chunk: _Optional[_Union[ColumnChunk, _Mapping]] = ..., meta: _Optional[_Union[QueryMeta, _Mapping]] = ...) -> None: ...
+
 class FunnelExclusion(_message.Message):
     __slots__ = ("event", "filters", "from_step", "to_step", "model", "date_field", "actor")
     class FiltersEntry(_message.Message):

@@ -56,6 +56,11 @@ class AnalyticsServiceStub:
                 request_serializer=analytics_dot_v1_dot_analytics__pb2.FunnelRequest.SerializeToString,
                 response_deserializer=analytics_dot_v1_dot_analytics__pb2.FunnelResponse.FromString,
                 _registered_method=True)
+        self.FunnelActors = channel.unary_stream(
+                '/analytics.v1.AnalyticsService/FunnelActors',
+                request_serializer=analytics_dot_v1_dot_analytics__pb2.FunnelActorsRequest.SerializeToString,
+                response_deserializer=analytics_dot_v1_dot_analytics__pb2.FunnelActorsResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -92,6 +97,14 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FunnelActors(self, request, context):
+        """FunnelActors streams the actors at a funnel's step, or dropped off there, ordered by actor:
+        chunks of (actor, furthestStep) as StreamQuery sends rows, then the meta once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +127,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.Funnel,
                     request_deserializer=analytics_dot_v1_dot_analytics__pb2.FunnelRequest.FromString,
                     response_serializer=analytics_dot_v1_dot_analytics__pb2.FunnelResponse.SerializeToString,
+            ),
+            'FunnelActors': grpc.unary_stream_rpc_method_handler(
+                    servicer.FunnelActors,
+                    request_deserializer=analytics_dot_v1_dot_analytics__pb2.FunnelActorsRequest.FromString,
+                    response_serializer=analytics_dot_v1_dot_analytics__pb2.FunnelActorsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +244,33 @@ class AnalyticsService:
             '/analytics.v1.AnalyticsService/Funnel',
             analytics_dot_v1_dot_analytics__pb2.FunnelRequest.SerializeToString,
             analytics_dot_v1_dot_analytics__pb2.FunnelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FunnelActors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/analytics.v1.AnalyticsService/FunnelActors',
+            analytics_dot_v1_dot_analytics__pb2.FunnelActorsRequest.SerializeToString,
+            analytics_dot_v1_dot_analytics__pb2.FunnelActorsResponse.FromString,
             options,
             channel_credentials,
             insecure,
