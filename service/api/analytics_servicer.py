@@ -12,33 +12,30 @@ from service.api import convert
 from service.api.interceptors import Context, current_principal
 from service.api.status import abort_with_error
 from service.errors import AnalyticsError
-from service.insights.funnel_service import FunnelService
-from service.insights.trend_service import TrendService
+from service.insights.insight_services import InsightServices
 from service.query_service import QueryService, StreamMeta
 
 
 class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
-    """Query (unary), StreamQuery (columnar chunks, then meta once), Trend and the funnels."""
+    """Query (unary), StreamQuery (columnar chunks, then meta once) and the insights."""
 
     def __init__(
         self,
         queries: QueryService,
         default_chunk_rows: int,
-        trends: TrendService,
-        funnels: FunnelService,
+        insights: InsightServices,
     ) -> None:
         """Serve through the services; chunks default to ``default_chunk_rows``."""
         self._queries = queries
         self._default_chunk_rows = default_chunk_rows
-        self._trends = trends
-        self._funnels = funnels
+        self._insights = insights
 
     async def Funnel(  # noqa: N802
         self, request: analytics_pb2.FunnelRequest, context: Context
     ) -> analytics_pb2.FunnelResponse:
         """Count the actors through a funnel's steps."""
         try:
-            outcome = await self._funnels.run(
+            outcome = await self._insights.funnels.run(
                 current_principal.get(),
                 convert.funnel_request(request),
                 remaining=context.time_remaining(),
@@ -54,7 +51,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         """Stream the actors at a funnel's step in chunks; a cancelled call stops the query."""
         chunk_rows = min(request.chunk_rows or self._default_chunk_rows, 65536)
         meta: list[StreamMeta] = []
-        batches = self._funnels.actors(
+        batches = self._insights.funnels.actors(
             current_principal.get(),
             convert.funnel_actors_request(request),
             remaining=context.time_remaining(),
@@ -78,12 +75,44 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             meta=convert.query_meta(final.columns, final.stats, final.last_sync_at)
         )
 
+    async def Retention(  # noqa: N802
+        self, request: analytics_pb2.RetentionRequest, context: Context
+    ) -> analytics_pb2.RetentionResponse:
+        """Answer a retention cohort table."""
+        try:
+            outcome = await self._insights.retention.run(
+                current_principal.get(),
+                convert.retention_request(request),
+                remaining=context.time_remaining(),
+                rpc="Retention",
+            )
+        except AnalyticsError as error:
+            await abort_with_error(context, error)
+        return convert.retention_response(
+            outcome.answer, outcome.stats, outcome.last_sync_at, breakdown=bool(request.breakdown)
+        )
+
+    async def Lifecycle(  # noqa: N802
+        self, request: analytics_pb2.LifecycleRequest, context: Context
+    ) -> analytics_pb2.LifecycleResponse:
+        """Count new, returning, resurrecting and dormant actors per period."""
+        try:
+            outcome = await self._insights.lifecycle.run(
+                current_principal.get(),
+                convert.lifecycle_request(request),
+                remaining=context.time_remaining(),
+                rpc="Lifecycle",
+            )
+        except AnalyticsError as error:
+            await abort_with_error(context, error)
+        return convert.lifecycle_response(outcome.answer, outcome.stats, outcome.last_sync_at)
+
     async def Trend(  # noqa: N802
         self, request: analytics_pb2.TrendRequest, context: Context
     ) -> analytics_pb2.TrendResponse:
         """Compute a trend's zero-filled series."""
         try:
-            outcome = await self._trends.run(
+            outcome = await self._insights.trends.run(
                 current_principal.get(),
                 convert.trend_request(request),
                 remaining=context.time_remaining(),

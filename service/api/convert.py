@@ -26,6 +26,10 @@ from service.insights.funnel_request import (
     FunnelStep,
 )
 from service.insights.funnels import FunnelAnswer, FunnelStepResult
+from service.insights.lifecycle import LifecycleAnswer
+from service.insights.lifecycle_request import LifecycleRequest
+from service.insights.retention import RetentionAnswer
+from service.insights.retention_request import RetentionEvent, RetentionRequest
 from service.insights.trend_request import TrendRequest, TrendSeries
 from service.insights.trend_results import TrendAnswer
 from service.query.compiler import OutputColumn
@@ -445,3 +449,115 @@ def _protobuf_value(value: Any) -> struct_pb2.Value:
     else:
         out.string_value = str(value)
     return out
+
+
+def retention_request(message: analytics_pb2.RetentionRequest) -> RetentionRequest:
+    """The domain request of a Retention message."""
+    return RetentionRequest(
+        model=message.model,
+        target=RetentionEvent(message.target.event, dict(message.target.filters)),
+        returning=RetentionEvent(message.returning.event, dict(message.returning.filters)),
+        period=message.period,
+        intervals=message.intervals,
+        retention_type=message.retention_type,
+        date_from=message.date_from,
+        date_to=message.date_to,
+        time_zone=message.time_zone,
+        week_start=message.week_start,
+        filters=dict(message.filters),
+        breakdown=message.breakdown,
+        breakdown_limit=message.breakdown_limit,
+    )
+
+
+def retention_response(
+    answer: RetentionAnswer,
+    stats: QueryStats,
+    last_sync_at: dt.datetime | None,
+    *,
+    breakdown: bool,
+) -> analytics_pb2.RetentionResponse:
+    """The Retention response message (a breakdown value on each table with a breakdown)."""
+    response = analytics_pb2.RetentionResponse(
+        period=answer.period,
+        intervals=answer.intervals,
+        retention_type=answer.retention_type,
+        meta=query_meta((), stats, last_sync_at),
+    )
+    for table in answer.tables:
+        out = response.tables.add(is_other=table.is_other)
+        if breakdown:
+            out.breakdown_value.CopyFrom(_protobuf_value(_breakdown_json(table.breakdown_value)))
+        for cohort in table.cohorts:
+            row = out.cohorts.add(start=cohort.start, size=cohort.size)
+            row.counts.extend(list(cohort.counts))
+            row.percentages.extend(list(cohort.percentages))
+    return response
+
+
+def retention_json(response: analytics_pb2.RetentionResponse) -> dict[str, Any]:
+    """The Retention response's JSON form (counts as integers, absent intervals as null)."""
+    tables = []
+    for table in response.tables:
+        item: dict[str, Any] = {}
+        if table.HasField("breakdown_value"):
+            item["breakdownValue"] = _plain_number(_value(table.breakdown_value))
+            item["isOther"] = table.is_other
+        item["cohorts"] = [
+            {
+                "start": cohort.start,
+                "size": int(cohort.size),
+                "counts": [_plain_number(_value(v)) for v in cohort.counts.values],
+                "percentages": [_value(v) for v in cohort.percentages.values],
+            }
+            for cohort in table.cohorts
+        ]
+        tables.append(item)
+    return {
+        "period": response.period,
+        "intervals": response.intervals,
+        "retentionType": response.retention_type,
+        "tables": tables,
+        "meta": _insight_meta_json(response.meta),
+    }
+
+
+def lifecycle_request(message: analytics_pb2.LifecycleRequest) -> LifecycleRequest:
+    """The domain request of a Lifecycle message."""
+    return LifecycleRequest(
+        model=message.model,
+        event=message.event,
+        filters=dict(message.filters),
+        period=message.period,
+        date_from=message.date_from,
+        date_to=message.date_to,
+        time_zone=message.time_zone,
+        week_start=message.week_start,
+    )
+
+
+def lifecycle_response(
+    answer: LifecycleAnswer, stats: QueryStats, last_sync_at: dt.datetime | None
+) -> analytics_pb2.LifecycleResponse:
+    """The Lifecycle response message."""
+    response = analytics_pb2.LifecycleResponse(
+        period=answer.period,
+        buckets=list(answer.buckets),
+        meta=query_meta((), stats, last_sync_at),
+    )
+    for line in answer.lines:
+        response.lines.add(status=line.status, values=list(line.values))
+    return response
+
+
+def lifecycle_json(response: analytics_pb2.LifecycleResponse) -> dict[str, Any]:
+    """The Lifecycle response's JSON form."""
+    return {
+        "period": response.period,
+        "buckets": list(response.buckets),
+        "lines": [
+            {"status": line.status, "values": [int(v) for v in line.values]}
+            for line in response.lines
+        ],
+        "meta": _insight_meta_json(response.meta),
+    }

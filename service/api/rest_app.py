@@ -47,9 +47,10 @@ from service.events.ingestion import EventIngestion, all_rejected, audit_ingest
 from service.events.json_events import BodyError, read_body
 from service.events.validation import EventError, RawEvent, Rejection
 from service.insights.funnel_request import FunnelRequest
-from service.insights.funnel_service import FunnelService
+from service.insights.insight_services import InsightServices
+from service.insights.lifecycle_request import LifecycleRequest
+from service.insights.retention_request import RetentionRequest
 from service.insights.trend_request import TrendRequest
-from service.insights.trend_service import TrendService
 from service.query.request import QueryRequest
 from service.query_service import QueryService, StreamMeta, audit_failure
 
@@ -65,6 +66,10 @@ TRENDS_PATH = "/v1/data/{module}/trends"
 TRENDS_RPC = "POST " + TRENDS_PATH
 FUNNELS_PATH = "/v1/data/{module}/funnels"
 FUNNELS_RPC = "POST " + FUNNELS_PATH
+RETENTION_PATH = "/v1/data/{module}/retention"
+RETENTION_RPC = "POST " + RETENTION_PATH
+LIFECYCLE_PATH = "/v1/data/{module}/lifecycle"
+LIFECYCLE_RPC = "POST " + LIFECYCLE_PATH
 FUNNEL_ACTORS_PATH = "/v1/data/{module}/funnels/actors"
 FUNNEL_ACTORS_RPC = "POST " + FUNNEL_ACTORS_PATH
 REST_ACTORS_DEFAULT_LIMIT = 10_000
@@ -76,9 +81,13 @@ METRICS_PATH = "/metrics"
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _InsightMessage = TypeVar(
-    "_InsightMessage", analytics_pb2.TrendRequest, analytics_pb2.FunnelRequest
+    "_InsightMessage",
+    analytics_pb2.TrendRequest,
+    analytics_pb2.FunnelRequest,
+    analytics_pb2.RetentionRequest,
+    analytics_pb2.LifecycleRequest,
 )
-_Insight = TypeVar("_Insight", TrendRequest, FunnelRequest)
+_Insight = TypeVar("_Insight", TrendRequest, FunnelRequest, RetentionRequest, LifecycleRequest)
 
 
 class RestServer:
@@ -91,8 +100,7 @@ class RestServer:
         *,
         max_body_bytes: int,
         ingestion: EventIngestion | None = None,
-        trends: TrendService | None = None,
-        funnels: FunnelService | None = None,
+        insights: InsightServices | None = None,
     ) -> None:
         """Serve ``queries`` to callers ``verifier`` accepts; bodies up to ``max_body_bytes``.
 
@@ -102,17 +110,17 @@ class RestServer:
         self._queries = queries
         self._verifier = verifier
         self._ingestion = ingestion
-        self._trends = trends
-        self._funnels = funnels
+        self._insights = insights
         self._openapi = openapi_document(queries.catalog)
         self._app = web.Application(middlewares=[self._problems], client_max_size=max_body_bytes)
         self._app.router.add_post(QUERY_PATH, self._query)
         self._app.router.add_get(OPENAPI_PATH, self._openapi_json)
-        if trends is not None:
+        if insights is not None:
             self._app.router.add_post(TRENDS_PATH, self._trend)
-        if funnels is not None:
             self._app.router.add_post(FUNNELS_PATH, self._funnel)
             self._app.router.add_post(FUNNEL_ACTORS_PATH, self._funnel_actors)
+            self._app.router.add_post(RETENTION_PATH, self._retention)
+            self._app.router.add_post(LIFECYCLE_PATH, self._lifecycle)
         if ingestion is not None:
             self._app.router.add_post(EVENTS_PATH, self._events)
             self._app.router.add_get(METRICS_PATH, self._metrics)
@@ -217,9 +225,7 @@ class RestServer:
         return web.json_response(convert.response_json(response))
 
     async def _trend(self, request: web.Request) -> web.Response:
-        trends = self._trends
-        if trends is None:
-            raise web.HTTPNotFound
+        trends = self._services().trends
         message = analytics_pb2.TrendRequest()
         principal, domain = await self._insight_request(
             request, message, TRENDS_RPC, convert.trend_request, trends.catalog
@@ -231,9 +237,7 @@ class RestServer:
         return web.json_response(convert.trend_json(response))
 
     async def _funnel(self, request: web.Request) -> web.Response:
-        funnels = self._funnels
-        if funnels is None:
-            raise web.HTTPNotFound
+        funnels = self._services().funnels
         message = analytics_pb2.FunnelRequest()
         principal, domain = await self._insight_request(
             request, message, FUNNELS_RPC, convert.funnel_request, funnels.catalog
@@ -243,9 +247,7 @@ class RestServer:
         return web.json_response(convert.funnel_json(response))
 
     async def _funnel_actors(self, request: web.Request) -> web.Response:
-        funnels = self._funnels
-        if funnels is None:
-            raise web.HTTPNotFound
+        funnels = self._services().funnels
         started = time.perf_counter()
         principal = self._authenticate(request, started)
         structlog.contextvars.bind_contextvars(rpc=FUNNEL_ACTORS_RPC)
@@ -284,6 +286,33 @@ class RestServer:
             meta=convert.query_meta(final.columns, final.stats, final.last_sync_at),
         )
         return web.json_response(convert.response_json(response))
+
+    async def _retention(self, request: web.Request) -> web.Response:
+        retention = self._services().retention
+        message = analytics_pb2.RetentionRequest()
+        principal, domain = await self._insight_request(
+            request, message, RETENTION_RPC, convert.retention_request, retention.catalog
+        )
+        outcome = await retention.run(principal, domain, remaining=None, rpc=RETENTION_RPC)
+        response = convert.retention_response(
+            outcome.answer, outcome.stats, outcome.last_sync_at, breakdown=bool(message.breakdown)
+        )
+        return web.json_response(convert.retention_json(response))
+
+    async def _lifecycle(self, request: web.Request) -> web.Response:
+        lifecycle = self._services().lifecycle
+        message = analytics_pb2.LifecycleRequest()
+        principal, domain = await self._insight_request(
+            request, message, LIFECYCLE_RPC, convert.lifecycle_request, lifecycle.catalog
+        )
+        outcome = await lifecycle.run(principal, domain, remaining=None, rpc=LIFECYCLE_RPC)
+        response = convert.lifecycle_response(outcome.answer, outcome.stats, outcome.last_sync_at)
+        return web.json_response(convert.lifecycle_json(response))
+
+    def _services(self) -> InsightServices:
+        if self._insights is None:
+            raise web.HTTPNotFound
+        return self._insights
 
     async def _insight_request(
         self,

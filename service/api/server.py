@@ -41,8 +41,7 @@ from service.events.ingestion import EventIngestion
 from service.events.sink import EventSink
 from service.events.topic_consumer import EventTopicConsumer, start_topic_consumer
 from service.events.validation import EventLimits
-from service.insights.funnel_service import FunnelService
-from service.insights.trend_service import TrendService
+from service.insights.insight_services import InsightServices
 from service.query.compiler import QueryLimits
 from service.query_service import QueryService
 from service.settings import Settings
@@ -164,10 +163,11 @@ async def start_server(
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    trends = TrendService(catalog, backend, timeout_seconds=settings.query_timeout_seconds)
-    funnels = FunnelService(catalog, backend, timeout_seconds=settings.query_timeout_seconds)
+    insights = InsightServices.build(
+        catalog, backend, timeout_seconds=settings.query_timeout_seconds
+    )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
-        AnalyticsServicer(queries, settings.stream_chunk_rows, trends, funnels), server
+        AnalyticsServicer(queries, settings.stream_chunk_rows, insights), server
     )
     events_pb2_grpc.add_EventServiceServicer_to_server(
         EventServicer(ingestion, window_events=max(settings.event_buffer_events // 8, 1)), server
@@ -213,8 +213,7 @@ async def start_server(
             verifier,
             max_body_bytes=settings.max_message_bytes,
             ingestion=ingestion,
-            trends=trends,
-            funnels=funnels,
+            insights=insights,
         )
         try:
             rest_port = await rest.start(settings.host, settings.rest_port)

@@ -410,3 +410,138 @@ class FunnelBreakdown(_message.Message):
     is_other: bool
     steps: _containers.RepeatedCompositeFieldContainer[FunnelStepResult]
     def __init__(self, value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., is_other: _Optional[bool] = ..., steps: _Optional[_Iterable[_Union[FunnelStepResult, _Mapping]]] = ...) -> None: ...
+
+class RetentionEvent(_message.Message):
+    __slots__ = ("event", "filters")
+    class FiltersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    event: str
+    filters: _containers.ScalarMap[str, str]
+    def __init__(self, event: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class RetentionRequest(_message.Message):
+    __slots__ = ("model", "target", "returning", "period", "intervals", "retention_type", "date_from", "date_to", "time_zone", "week_start", "filters", "breakdown", "breakdown_limit")
+    class FiltersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    RETURNING_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    INTERVALS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATE_FROM_FIELD_NUMBER: _ClassVar[int]
+    DATE_TO_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    WEEK_START_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    BREAKDOWN_FIELD_NUMBER: _ClassVar[int]
+    BREAKDOWN_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    target: RetentionEvent
+    returning: RetentionEvent
+    period: str
+    intervals: int
+    retention_type: str
+    date_from: str
+    date_to: str
+    time_zone: str
+    week_start: str
+    filters: _containers.ScalarMap[str, str]
+    breakdown: str
+    breakdown_limit: int
+    def __init__(self, model: _Optional[str] = ..., target: _Optional[_Union[RetentionEvent, _Mapping]] = ..., returning: _Optional[_Union[RetentionEvent, _Mapping]] = ..., period: _Optional[str] = ..., intervals: _Optional[int] = ..., retention_type: _Optional[str] = ..., date_from: _Optional[str] = ..., date_to: _Optional[str] = ..., time_zone: _Optional[str] = ..., week_start: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., breakdown: _Optional[str] = ..., breakdown_limit: _Optional[int] = ...) -> None: ...
+
+class RetentionCohort(_message.Message):
+    __slots__ = ("start", "size", "counts", "percentages")
+    START_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    PERCENTAGES_FIELD_NUMBER: _ClassVar[int]
+    start: str
+    size: int
+    counts: _struct_pb2.ListValue
+    percentages: _struct_pb2.ListValue
+    def __init__(self, start: _Optional[str] = ..., size: _Optional[int] = ..., counts: _Optional[_Union[_struct_pb2.ListValue, _Mapping]] = ..., percentages: _Optional[_Union[_struct_pb2.ListValue, _Mapping]] = ...) -> None: ...
+
+class RetentionTable(_message.Message):
+    __slots__ = ("breakdown_value", "is_other", "cohorts")
+    BREAKDOWN_VALUE_FIELD_NUMBER: _ClassVar[int]
+    IS_OTHER_FIELD_NUMBER: _ClassVar[int]
+    COHORTS_FIELD_NUMBER: _ClassVar[int]
+    breakdown_value: _struct_pb2.Value
+    is_other: bool
+    cohorts: _containers.RepeatedCompositeFieldContainer[RetentionCohort]
+    def __init__(self, breakdown_value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., is_other: _Optional[bool] = ..., cohorts: _Optional[_Iterable[_Union[RetentionCohort, _Mapping]]] = ...) -> None: ...
+
+class RetentionResponse(_message.Message):
+    __slots__ = ("period", "intervals", "retention_type", "tables", "meta")
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    INTERVALS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    period: str
+    intervals: int
+    retention_type: str
+    tables: _containers.RepeatedCompositeFieldContainer[RetentionTable]
+    meta: QueryMeta
+    def __init__(self, period: _Optional[str] = ..., intervals: _Optional[int] = ..., retention_type: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[RetentionTable, _Mapping]]] = ..., meta: _Optional[_Union[QueryMeta, _Mapping]] = ...) -> None: ...
+
+class LifecycleRequest(_message.Message):
+    __slots__ = ("model", "event", "filters", "period", "date_from", "date_to", "time_zone", "week_start")
+    class FiltersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    DATE_FROM_FIELD_NUMBER: _ClassVar[int]
+    DATE_TO_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    WEEK_START_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    event: str
+    filters: _containers.ScalarMap[str, str]
+    period: str
+    date_from: str
+    date_to: str
+    time_zone: str
+    week_start: str
+    def __init__(self, model: _Optional[str] = ..., event: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., period: _Optional[str] = ..., date_from: _Optional[str] = ..., date_to: _Optional[str] = ..., time_zone: _Optional[str] = ..., week_start: _Optional[str] = ...) -> None: ...
+
+class LifecycleLine(_message.Message):
+    __slots__ = ("status", "values")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    values: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, status: _Optional[str] = ..., values: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class LifecycleResponse(_message.Message):
+    __slots__ = ("period", "buckets", "lines", "meta")
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    period: str
+    buckets: _containers.RepeatedScalarFieldContainer[str]
+    lines: _containers.RepeatedCompositeFieldContainer[LifecycleLine]
+    meta: QueryMeta
+    def __init__(self, period: _Optional[str] = ..., buckets: _Optional[_Iterable[str]] = ..., lines: _Optional[_Iterable[_Union[LifecycleLine, _Mapping]]] = ..., meta: _Optional[_Union[QueryMeta, _Mapping]] = ...) -> None: ...

@@ -61,6 +61,16 @@ class AnalyticsServiceStub:
                 request_serializer=analytics_dot_v1_dot_analytics__pb2.FunnelActorsRequest.SerializeToString,
                 response_deserializer=analytics_dot_v1_dot_analytics__pb2.FunnelActorsResponse.FromString,
                 _registered_method=True)
+        self.Retention = channel.unary_unary(
+                '/analytics.v1.AnalyticsService/Retention',
+                request_serializer=analytics_dot_v1_dot_analytics__pb2.RetentionRequest.SerializeToString,
+                response_deserializer=analytics_dot_v1_dot_analytics__pb2.RetentionResponse.FromString,
+                _registered_method=True)
+        self.Lifecycle = channel.unary_unary(
+                '/analytics.v1.AnalyticsService/Lifecycle',
+                request_serializer=analytics_dot_v1_dot_analytics__pb2.LifecycleRequest.SerializeToString,
+                response_deserializer=analytics_dot_v1_dot_analytics__pb2.LifecycleResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -105,6 +115,21 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Retention(self, request, context):
+        """Retention answers the cohort table of a target and a returning event (README "Retention").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Lifecycle(self, request, context):
+        """Lifecycle counts new, returning, resurrecting and dormant actors per period (README
+        "Lifecycle").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +157,16 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.FunnelActors,
                     request_deserializer=analytics_dot_v1_dot_analytics__pb2.FunnelActorsRequest.FromString,
                     response_serializer=analytics_dot_v1_dot_analytics__pb2.FunnelActorsResponse.SerializeToString,
+            ),
+            'Retention': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retention,
+                    request_deserializer=analytics_dot_v1_dot_analytics__pb2.RetentionRequest.FromString,
+                    response_serializer=analytics_dot_v1_dot_analytics__pb2.RetentionResponse.SerializeToString,
+            ),
+            'Lifecycle': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lifecycle,
+                    request_deserializer=analytics_dot_v1_dot_analytics__pb2.LifecycleRequest.FromString,
+                    response_serializer=analytics_dot_v1_dot_analytics__pb2.LifecycleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +306,60 @@ class AnalyticsService:
             '/analytics.v1.AnalyticsService/FunnelActors',
             analytics_dot_v1_dot_analytics__pb2.FunnelActorsRequest.SerializeToString,
             analytics_dot_v1_dot_analytics__pb2.FunnelActorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/analytics.v1.AnalyticsService/Retention',
+            analytics_dot_v1_dot_analytics__pb2.RetentionRequest.SerializeToString,
+            analytics_dot_v1_dot_analytics__pb2.RetentionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lifecycle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/analytics.v1.AnalyticsService/Lifecycle',
+            analytics_dot_v1_dot_analytics__pb2.LifecycleRequest.SerializeToString,
+            analytics_dot_v1_dot_analytics__pb2.LifecycleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,43 @@
+"""InsightServices: the runners of every insight, built together on one catalog and engine.
+
+The transports (gRPC servicer, REST app) take this one object rather than a parameter per
+insight, so that an insight added later is one field here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.backends.base import AnalyticsBackend
+from service.catalog import Catalog
+from service.insights.funnel_service import FunnelService
+from service.insights.lifecycle_service import LifecycleService
+from service.insights.retention_service import RetentionService
+from service.insights.trend_service import TrendService
+
+
+@dataclass(frozen=True)
+class InsightServices:
+    """Trends, funnels, retention and lifecycle."""
+
+    trends: TrendService
+    funnels: FunnelService
+    retention: RetentionService
+    lifecycle: LifecycleService
+
+    @classmethod
+    def build(
+        cls, catalog: Catalog, backend: AnalyticsBackend, *, timeout_seconds: float
+    ) -> InsightServices:
+        """Every runner on ``backend``, with the query time budget from settings."""
+        return cls(
+            TrendService(catalog, backend, timeout_seconds=timeout_seconds),
+            FunnelService(catalog, backend, timeout_seconds=timeout_seconds),
+            RetentionService(catalog, backend, timeout_seconds=timeout_seconds),
+            LifecycleService(catalog, backend, timeout_seconds=timeout_seconds),
+        )
+
+    @property
+    def catalog(self) -> Catalog:
+        """The catalog every runner reads."""
+        return self.trends.catalog
