@@ -183,6 +183,23 @@ async def test_grpc_funnel_errors_name_the_field(server: RunningServer, settings
             "exclusions[0].fromStep",
         ),
         ({**REQUEST, "order": "any"}, grpc.StatusCode.INVALID_ARGUMENT, "order"),
+        ({**REQUEST, "window": "400d"}, grpc.StatusCode.INVALID_ARGUMENT, "window"),
+        ({**REQUEST, "steps": STEPS * 7}, grpc.StatusCode.INVALID_ARGUMENT, "steps"),
+        (
+            {**REQUEST, "steps": [STEPS[0], {"model": "crm.nothing"}]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "steps[1].model",
+        ),
+        (
+            {**REQUEST, "steps": [STEPS[0], {"model": "crm.deals", "dateField": "created_at"}]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "steps[1].actor",
+        ),
+        (
+            {**REQUEST, "steps": [STEPS[0], {"model": "crm.deals", "actor": "contact"}]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "steps[1].dateField",
+        ),
     ]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
@@ -225,6 +242,24 @@ async def test_rest_funnel_answers_json_and_problem_documents(
     )
     assert (status, content_type) == (400, "application/problem+json"), problem
     assert problem["field"] == "window"
+    for body, field in (
+        ({**REQUEST, "steps": STEPS[:1]}, "steps"),
+        ({**REQUEST, "window": "0d"}, "window"),
+        ({**REQUEST, "steps": [STEPS[0], {"model": "crm.nothing"}]}, "steps[1].model"),
+        (
+            {**REQUEST, "steps": [STEPS[0], {"model": "crm.deals", "dateField": "created_at"}]},
+            "steps[1].actor",
+        ),
+        ({**REQUEST, "exclusions": [{"event": "x", "toStep": 4}]}, "exclusions[0].fromStep"),
+    ):
+        status, content_type, problem = await _post(
+            server, settings, "product", body, "product.events.read"
+        )
+        assert (status, content_type, problem["field"]) == (
+            400,
+            "application/problem+json",
+            field,
+        ), problem
     status, _, problem = await _post(
         server, settings, "product", {**REQUEST, "model": "nothing"}, "product.events.read"
     )
