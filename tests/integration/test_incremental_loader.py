@@ -9,6 +9,7 @@ live replica rows (``FINAL``, not deleted) must equal the source rows column by 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import time
@@ -31,8 +32,11 @@ from service.auth import mint_token
 from service.backends.embedded import EmbeddedBackend
 from service.catalog import Catalog, Model
 from service.errors import AnalyticsError
+from service.insights.funnel_request import FunnelRequest, FunnelStep
+from service.insights.funnels import assemble_funnel, compile_funnel
 from service.settings import Settings
 from tests.conftest import catalog_in_database, unique_database
+from tests.funnel_reference import reference_breakdowns
 from tests.integration.conftest import comparable, loader_source_ddl
 from tests.served import start_serve
 
@@ -432,3 +436,87 @@ async def _until_served(check: Callable[[], Awaitable[None]]) -> None:
             await asyncio.sleep(0.1)
         else:
             return
+
+
+async def test_a_cross_model_funnel_on_loaded_rows_equals_the_reference(source: Source) -> None:
+    """Contact created -> deal created -> deal won, on rows the loader replicated from PostgreSQL.
+
+    Some deals are won, some soft-deleted, one contact is hard-deleted after the first load
+    (the reconcile pass tombstones it); the funnel on the replica equals the reference
+    evaluator's answer on PostgreSQL's own rows.
+    """
+    pool = source.pool
+    start = dt.datetime(2026, 3, 2, 9, tzinfo=dt.UTC)
+    hour = dt.timedelta(hours=1)
+    # The source's keys are unique across tenants; the other tenant's rows tell the same story.
+    for tenant, offset in (("acme", 0), ("globex", 1000)):
+        await pool.executemany(
+            "INSERT INTO contacts (tenant_id, id, email, status, country, lead_source, "
+            "lifetime_value, score, is_subscribed, created_at, updated_at) "
+            "VALUES ($1, $2, 'c@example.com', 'active', 'DE', NULL, 1.00, NULL, true, $3, now())",
+            [(tenant, offset + key, start + key * hour) for key in range(1, 21)],
+        )
+        await pool.executemany(
+            "INSERT INTO deals (tenant_id, id, contact_id, owner_id, title, stage, amount, "
+            "currency, probability, created_at, closed_at, expected_close_date, updated_at) "
+            "VALUES ($1, $2, $3, 1, 'd', $4, 1.00, 'EUR', 0.5, $5, $6, NULL, now())",
+            [
+                (
+                    tenant,
+                    offset + key,
+                    offset + key % 20 + 1,
+                    "closed_won" if key % 3 == 0 else "lead",
+                    start + (key % 20 + 1 + key % 5) * hour,
+                    start + (key % 20 + 3 + key % 7) * hour if key % 3 == 0 else None,
+                )
+                for key in range(1, 41)
+            ],
+        )
+    await pool.execute("UPDATE deals SET deleted_at = now() WHERE id % 8 = 0")
+    loader = source.loader()
+    await loader.start()
+    try:
+        await loader.poll_once()
+        await pool.execute("DELETE FROM contacts WHERE id = 4")
+        await loader.reconcile_once()
+        await source.assert_equal()
+    finally:
+        await loader.close()
+    request = FunnelRequest(
+        model="crm.contacts",
+        steps=(
+            FunnelStep(date_field="created_at"),
+            FunnelStep(model="crm.deals", date_field="created_at", actor="contact"),
+            FunnelStep(
+                model="crm.deals",
+                date_field="closed_at",
+                actor="contact",
+                filters={"stage": "eq.closed_won"},
+            ),
+        ),
+        date_from="2026-03-01",
+        date_to="2026-03-31",
+        window="12h",
+    )
+    now = dt.datetime(2026, 4, 1, tzinfo=dt.UTC)
+    plan = compile_funnel(request, source.catalog, "acme", now)
+    result = await source.backend.execute(
+        plan.compiled, timeout_seconds=60, query_id=uuid.uuid4().hex
+    )
+    answer = assemble_funnel(plan, result.table)
+    tables = {}
+    for name in ("crm.contacts", "crm.deals"):
+        model = source.model(name)
+        records = await pool.fetch(
+            f"SELECT {', '.join([model.tenant_column, *model.fields])} FROM {model.source}"
+        )
+        tables[name] = [dict(record) | {"_version": 1, "_is_deleted": 0} for record in records]
+    contacts = tables.pop("crm.contacts")
+    (expected,) = reference_breakdowns(
+        request, contacts, "acme", now, source.model("crm.contacts"), source.catalog, tables
+    )
+    assert [(s.actors, s.median_seconds) for s in answer.steps] == [
+        (s.actors, s.median_seconds) for s in expected.steps
+    ]
+    assert answer.steps[0].actors == 19  # contact 4 is gone
+    assert answer.steps[2].actors > 0
