@@ -57,3 +57,10 @@ def record_unauthenticated(rpc: str, error: AnalyticsError, started: float) -> N
         reason=error.reason,
         duration_ms=(time.perf_counter() - started) * 1000,
     )
+
+
+def record_change(*, tenant: str, subject: str, action: str, name: str) -> None:
+    """Log the audit record of a change to a tenant's own configuration (a segment saved)."""
+    _audit.info(
+        "audit", audit=True, tenant=tenant, subject=subject, action=action, name=name, outcome="ok"
+    )

@@ -198,11 +198,39 @@ class Model:
 
 
 @dataclass(frozen=True)
+class ActorSegment:
+    """A tenant's named actor set, resolved against the catalog (``service.segments``).
+
+    ``behavioral``: the actors (``actor_field``) of ``model``'s events of ``event`` (any when
+    empty) passing ``filters``, at least ``min_count`` of them in the last ``window_seconds``.
+    ``properties``: the keys (``actor_field``) of ``model``'s live rows passing ``filters``.
+    ``actors`` names the model the actor values are keys of.
+    """
+
+    name: str
+    kind: str
+    model: Model
+    actor_field: str
+    actors: str
+    filters: Mapping[str, str]
+    event: str = ""
+    min_count: int = 0
+    window_seconds: int = 0
+
+
+@dataclass(frozen=True)
 class Catalog:
     """Every model, by module and name."""
 
     database: str
     models: Mapping[tuple[str, str], Model]
+    segments: Mapping[str, ActorSegment] = dataclasses.field(default_factory=dict)
+    """The segments of the tenant a request is compiled for: set per request by the runner
+    (``with_segments``), empty in the catalog the service loads."""
+
+    def with_segments(self, segments: Mapping[str, ActorSegment]) -> Catalog:
+        """This catalog as one tenant sees it, with that tenant's segments."""
+        return dataclasses.replace(self, segments=dict(segments))
 
     def find(self, reference: str) -> list[Model]:
         """Models matching ``module.model`` or a bare model name (several if it is ambiguous)."""

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -29,6 +30,9 @@ from service.query.compiler import (
 )
 from service.query.request import QueryRequest
 from service.sync_status import oldest_sync, with_freshness
+
+if TYPE_CHECKING:
+    from service.segments.segment_service import SegmentService
 
 #: Rows per granule of the replica tables (ClickHouse's ``index_granularity``, left at its
 #: default by ``service.schema``): the unit ``meta.rowsScanned`` is reported in.
@@ -65,24 +69,32 @@ class QueryService:
         limits: QueryLimits,
         stream_limits: QueryLimits,
         timeout_seconds: float,
+        segments: SegmentService | None = None,
     ) -> None:
-        """Wire the catalog, the engine and the limits from settings."""
+        """Wire the catalog, the engine and the limits from settings.
+
+        ``segments``: where the tenants' segments are read when a request names one.
+        """
         self.catalog = catalog
         self.backend = backend
         self._limits = limits
         self._stream_limits = stream_limits
         self._timeout = timeout_seconds
+        self._segments = segments
 
     def _budget(self, remaining: float | None) -> float:
         if remaining is None:
             return self._timeout
         return max(min(self._timeout, remaining), 0.001)
 
-    def _authorise_and_compile(
+    async def _authorise_and_compile(
         self, principal: Principal, request: QueryRequest, limits: QueryLimits
     ) -> CompiledQuery:
         authorise_reads(principal, [resolve_model(self.catalog, request.model)])
-        compiled = compile_query(request, self.catalog, principal.tenant, limits)
+        catalog = self.catalog
+        if self._segments is not None:
+            catalog = await self._segments.catalog_for(principal.tenant, request.filters)
+        compiled = compile_query(request, catalog, principal.tenant, limits)
         authorise_reads(principal, compiled.joined)
         return compiled
 
@@ -93,7 +105,7 @@ class QueryService:
         started = time.perf_counter()
         model_name = request.model[:200]
         try:
-            compiled = self._authorise_and_compile(principal, request, self._limits)
+            compiled = await self._authorise_and_compile(principal, request, self._limits)
             model_name = compiled.model.qualified_name
             result, last_sync = await with_freshness(
                 self.backend,
@@ -138,7 +150,7 @@ class QueryService:
         stats = QueryStats()
         outcome = "cancelled"
         try:
-            compiled = self._authorise_and_compile(principal, request, self._stream_limits)
+            compiled = await self._authorise_and_compile(principal, request, self._stream_limits)
             model_name = compiled.model.qualified_name
             async with self.backend.stream(
                 compiled, timeout_seconds=self._budget(remaining), query_id=uuid.uuid4().hex

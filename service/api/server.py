@@ -19,6 +19,8 @@ from analytics.v1 import (
     analytics_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
+    segments_pb2,
+    segments_pb2_grpc,
     sync_pb2,
     sync_pb2_grpc,
     tenant_pb2,
@@ -29,6 +31,7 @@ from service.api.event_servicer import EventServicer
 from service.api.health import IsolationReportingHealth
 from service.api.interceptors import AuthInterceptor
 from service.api.rest_app import RestServer
+from service.api.segment_servicer import SegmentServicer
 from service.api.sync_servicer import SyncServicer
 from service.api.tenant_servicer import TenantServicer
 from service.auth import TokenVerifier
@@ -44,6 +47,8 @@ from service.events.validation import EventLimits
 from service.insights.insight_services import InsightServices
 from service.query.compiler import QueryLimits
 from service.query_service import QueryService
+from service.segments.segment_service import SegmentService
+from service.segments.store import SegmentStore
 from service.settings import Settings
 from service.tenants import TenantProvisioner, engine_detail
 
@@ -52,6 +57,9 @@ ANALYTICS_SERVICE = analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"
 SYNC_SERVICE = sync_pb2.DESCRIPTOR.services_by_name["SyncService"].full_name
 EVENT_SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
 TENANT_SERVICE = tenant_pb2.DESCRIPTOR.services_by_name["TenantService"].full_name
+SEGMENT_SERVICE = segments_pb2.DESCRIPTOR.services_by_name["SegmentService"].full_name
+SERVED = (ANALYTICS_SERVICE, EVENT_SERVICE, SYNC_SERVICE, TENANT_SERVICE, SEGMENT_SERVICE)
+"""The services this server answers (health and reflection report them)."""
 
 
 @dataclass
@@ -126,6 +134,8 @@ async def start_server(
     catalog = catalog or load_catalog(settings.catalog_path)
     owns_backend = backend is None
     backend = backend or open_backend(settings)
+    segment_store = SegmentStore(catalog, backend)
+    segments = SegmentService(catalog, segment_store)
     queries = QueryService(
         catalog,
         backend,
@@ -134,6 +144,7 @@ async def start_server(
             settings.max_stream_limit, settings.max_stream_limit, settings.max_offset
         ),
         timeout_seconds=settings.query_timeout_seconds,
+        segments=segments,
     )
     verifier = TokenVerifier(settings)
     sink = EventSink(
@@ -149,22 +160,9 @@ async def start_server(
         max_request_events=settings.event_max_request_events,
         limits=EventLimits(max_future=dt.timedelta(seconds=settings.event_max_future_seconds)),
     )
-    server = grpc.aio.server(
-        interceptors=[AuthInterceptor(verifier)],
-        options=[
-            # With reuseport a second server on the same port would silently take traffic.
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.keepalive_time_ms", 60_000),
-            ("grpc.keepalive_timeout_ms", 20_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ],
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-    )
+    server = _grpc_server(settings, verifier)
     insights = InsightServices.build(
-        catalog, backend, timeout_seconds=settings.query_timeout_seconds
+        catalog, backend, timeout_seconds=settings.query_timeout_seconds, segments=segments
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
         AnalyticsServicer(queries, settings.stream_chunk_rows, insights), server
@@ -178,14 +176,12 @@ async def start_server(
     )
     provisioner = tenant_provisioner(settings, catalog, backend)
     tenant_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(provisioner), server)
+    segments_pb2_grpc.add_SegmentServiceServicer_to_server(SegmentServicer(segments), server)
     health_servicer = IsolationReportingHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
-            ANALYTICS_SERVICE,
-            EVENT_SERVICE,
-            SYNC_SERVICE,
-            TENANT_SERVICE,
+            *SERVED,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -201,6 +197,7 @@ async def start_server(
     health_servicer.isolation = engine_detail(backend)
     # A catalog that gained a table gets every tenant's grants and row policies re-applied.
     await provisioner.reconcile()
+    await segment_store.prepare()
     sink.start()
     # After the sink it writes to; it waits for Kafka by itself, never holding up the start.
     event_topic = start_topic_consumer(settings, ingestion)
@@ -223,15 +220,9 @@ async def start_server(
                 await event_topic.stop()
             await sink.close()
             raise
-    for service_name in ("", ANALYTICS_SERVICE, EVENT_SERVICE, SYNC_SERVICE, TENANT_SERVICE):
+    for service_name in ("", *SERVED):
         await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-    if settings.uses_development_secret:
-        log.warning(
-            "tokens are verified with the built-in development secret; "
-            "set ANALYTICS_JWT_SECRET or ANALYTICS_JWT_PUBLIC_KEY in production"
-        )
-    if not backend.enforces_row_policies:
-        log.warning("tenant isolation: " + engine_detail(backend), backend=backend.name)
+    _warn_about_setup(settings, backend)
     log.info(
         "serving",
         address=f"{settings.host}:{port}",
@@ -249,6 +240,34 @@ async def start_server(
         rest_port,
         sink,
         event_topic=event_topic,
+    )
+
+
+def _warn_about_setup(settings: Settings, backend: AnalyticsBackend) -> None:
+    """Say once at start what a production setup must not keep."""
+    if settings.uses_development_secret:
+        log.warning(
+            "tokens are verified with the built-in development secret; "
+            "set ANALYTICS_JWT_SECRET or ANALYTICS_JWT_PUBLIC_KEY in production"
+        )
+    if not backend.enforces_row_policies:
+        log.warning("tenant isolation: " + engine_detail(backend), backend=backend.name)
+
+
+def _grpc_server(settings: Settings, verifier: TokenVerifier) -> grpc.aio.Server:
+    return grpc.aio.server(
+        interceptors=[AuthInterceptor(verifier)],
+        options=[
+            # With reuseport a second server on the same port would silently take traffic.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
 
 

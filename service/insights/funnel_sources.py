@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from service.catalog import Catalog, FieldType, Model
 from service.errors import validation_error
+from service.query.actor_keys import actor_field
 
 ACTOR_MISMATCH = "ACTOR_MISMATCH"
 
@@ -96,8 +97,8 @@ def step_origin(  # noqa: PLR0917 (a step's every part, and where it sits in the
             f"{model.qualified_name}",
             "INVALID_DATE_FIELD",
         )
-    actor_field, actors = _actor(model, actor, source)
-    return StepOrigin(model, dated_by, actor_field, actors)
+    holder, actors = actor_field(model, actor, source)
+    return StepOrigin(model, dated_by, holder, actors)
 
 
 def same_actors(first: StepOrigin, other: StepOrigin, source: str) -> None:
@@ -112,38 +113,3 @@ def same_actors(first: StepOrigin, other: StepOrigin, source: str) -> None:
             f"to {first.actors}",
             ACTOR_MISMATCH,
         )
-
-
-def _actor(model: Model, actor: str, source: str) -> tuple[str, str]:
-    """(the field holding a row's actor, what its values are keys of)."""
-    roles = model.events
-    if actor in model.relations:
-        relation = model.relations[actor]
-        return relation.field, relation.target.qualified_name
-    if actor:
-        spec = model.fields.get(actor)
-        if spec is None or spec.property_key is not None:
-            raise validation_error(
-                f"{source}.actor",
-                f"{source}.actor: {actor[:100]!r} is neither a relation nor a field of "
-                f"{model.qualified_name}",
-                "UNKNOWN_FIELD",
-            )
-        name = actor
-    elif roles is not None:
-        name = roles.actor
-    elif len(model.primary_key) == 1:
-        name = model.primary_key[0]
-    else:
-        raise validation_error(
-            f"{source}.actor",
-            f"{source}.actor: {model.qualified_name} has a composite key; name the relation "
-            "or field holding the actor",
-            "REQUIRED",
-        )
-    for relation in model.relations.values():
-        if relation.field == name:
-            return name, relation.target.qualified_name
-    if model.primary_key == (name,) and roles is None:
-        return name, model.qualified_name
-    return name, f"{model.qualified_name}.{name}"

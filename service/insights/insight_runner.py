@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from service import audit
 from service.auth import Principal
@@ -16,6 +17,9 @@ from service.backends.base import AnalyticsBackend
 from service.catalog import Catalog, Model
 from service.query.compiler import resolve_model
 from service.query_service import authorise_reads
+
+if TYPE_CHECKING:
+    from service.segments.segment_service import SegmentService
 
 
 class InsightRunner:
@@ -28,12 +32,24 @@ class InsightRunner:
         *,
         timeout_seconds: float,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        segments: SegmentService | None = None,
     ) -> None:
-        """Run on ``backend`` with the query time budget from settings."""
+        """Run on ``backend`` with the query time budget from settings.
+
+        ``segments``: where the tenants' segments are read when a request names one (without
+        it, a request naming a segment is refused as naming an unknown one).
+        """
         self.catalog = catalog
         self.backend = backend
         self._timeout = timeout_seconds
         self._clock = clock
+        self._segments = segments
+
+    async def _catalog_for(self, tenant: str, *filter_maps: Mapping[str, str]) -> Catalog:
+        """The catalog a request of ``tenant`` compiles against (with its segments if named)."""
+        if self._segments is None:
+            return self.catalog
+        return await self._segments.catalog_for(tenant, *filter_maps)
 
     def _readable_model(self, principal: Principal, reference: str) -> Model:
         """The model ``reference`` names, if ``principal`` may read it."""

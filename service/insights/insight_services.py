@@ -14,6 +14,7 @@ from service.insights.funnel_service import FunnelService
 from service.insights.lifecycle_service import LifecycleService
 from service.insights.retention_service import RetentionService
 from service.insights.trend_service import TrendService
+from service.segments.segment_service import SegmentService
 
 
 @dataclass(frozen=True)
@@ -27,14 +28,19 @@ class InsightServices:
 
     @classmethod
     def build(
-        cls, catalog: Catalog, backend: AnalyticsBackend, *, timeout_seconds: float
+        cls,
+        catalog: Catalog,
+        backend: AnalyticsBackend,
+        *,
+        timeout_seconds: float,
+        segments: SegmentService | None = None,
     ) -> InsightServices:
         """Every runner on ``backend``, with the query time budget from settings."""
         return cls(
-            TrendService(catalog, backend, timeout_seconds=timeout_seconds),
-            FunnelService(catalog, backend, timeout_seconds=timeout_seconds),
-            RetentionService(catalog, backend, timeout_seconds=timeout_seconds),
-            LifecycleService(catalog, backend, timeout_seconds=timeout_seconds),
+            TrendService(catalog, backend, timeout_seconds=timeout_seconds, segments=segments),
+            FunnelService(catalog, backend, timeout_seconds=timeout_seconds, segments=segments),
+            RetentionService(catalog, backend, timeout_seconds=timeout_seconds, segments=segments),
+            LifecycleService(catalog, backend, timeout_seconds=timeout_seconds, segments=segments),
         )
 
     @property

@@ -43,7 +43,8 @@ class TrendService(InsightRunner):
         model_name = request.model[:200]
         try:
             model_name = self._readable_model(principal, request.model).qualified_name
-            plan = compile_trend(request, self.catalog, principal.tenant, self._clock())
+            catalog = await self._catalog_for(principal.tenant, request.filters)
+            plan = compile_trend(request, catalog, principal.tenant, self._clock())
             authorise_reads(principal, plan.queries[0].compiled.joined)
             budget = self._budget(remaining)
             results, last_sync = await with_freshness(

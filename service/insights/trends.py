@@ -26,6 +26,7 @@ filter values, property keys, bucket keys, limits) are bound parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import Sequence
@@ -58,8 +59,11 @@ from service.query.compiler import (
     group_expression,
     render_value,
     resolve_model,
+    segment_condition,
+    split_segment,
     sum_type,
     where_conditions,
+    with_model,
 )
 from service.query.field_paths import column_sql, resolve_field
 from service.query.filters import mentioned_fields, parse_filters
@@ -144,6 +148,8 @@ def compile_trend(
     if not tenant:
         raise AnalyticsError(ErrorKind.UNAUTHORIZED, "no tenant in the token", "NO_TENANT")
     model = resolve_model(catalog, request.model)
+    filters, segment = split_segment(request.filters)
+    request = dataclasses.replace(request, filters=filters)
     time_zone = parse_time_zone(request.time_zone)
     interval = request.interval or "day"
     if interval not in TREND_INTERVALS:
@@ -188,6 +194,7 @@ def compile_trend(
         series,
         tuple(used),
         filter_names,
+        segment,
     )
     periods = [current] if compare is None else [current, compare]
     queries = [
@@ -448,6 +455,8 @@ class _Context:
     fields: tuple[FieldSpec, ...]
     """Every field the request reads (related ones make the joins)."""
     filter_names: frozenset[str]
+    segment: str = ""
+    """The tenant's segment the request's filters name ("" for none)."""
 
     def _table(self, builder: ParameterBuilder) -> str:
         tenant = builder.bind("String", encode_text_parameter(self.tenant))
@@ -479,8 +488,19 @@ class _Context:
         ranges = [period] if isinstance(period, _Range) else list(period)
         # Parenthesised as a whole: the conditions are joined with AND, which binds tighter.
         where[2:2] = ["(" + " OR ".join(f"({self._within(builder, r)})" for r in ranges) + ")"]
+        if self.segment:
+            where.append(
+                segment_condition(self.catalog, self.model, self.segment, builder, tenant)[0]
+            )
         where.extend(conditions)
         return where
+
+    def _joined(self) -> tuple[Model, ...]:
+        """The other models the queries read: related ones, and the segment's."""
+        joined = related_models(self.model, self.fields)
+        if self.segment and self.segment in self.catalog.segments:
+            joined = with_model(joined, self.catalog.segments[self.segment].model, self.model)
+        return joined
 
     def _period_tag(self, builder: ParameterBuilder, periods: Sequence[_Range]) -> str:
         """SQL tagging a row with its period (0 current, 1 compare) for a two-period scan.
@@ -768,7 +788,7 @@ class _Context:
             # (and Query) leave the row out; indexOf finds a NULL breakdown value without it.
             settings=dict(BUCKET_SETTINGS),
             tenant=self.tenant,
-            joined=related_models(self.model, self.fields),
+            joined=self._joined(),
         )
 
 

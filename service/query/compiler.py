@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.errors import AnalyticsError, ErrorKind, not_found, validation_error
+from service.query.actor_keys import holder_of
 from service.query.field_paths import column_sql, resolve_field
 from service.query.filters import Condition, Filter, Junction, mentioned_fields, parse_filters
 from service.query.joins import from_clause, pushable_filters, related_models
@@ -54,6 +55,11 @@ class QueryLimits:
     default_limit: int = 1000
     max_limit: int = 10_000
     max_offset: int = 1_000_000
+
+
+SEGMENT_KEY = "segment"
+"""The filter key naming a tenant's segment (``split_segment``)."""
+SEGMENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,7 @@ def compile_query(
         columns.append(OutputColumn(key, alias, output_type))
         order_targets[key] = raw
 
-    source_sql, where, used = _source_and_where(
+    source_sql, where, joined = _source_and_where(
         request.filters,
         catalog,
         model,
@@ -210,26 +216,99 @@ def compile_query(
         limit,
         settings,
         tenant=tenant,
-        joined=related_models(model, used),
+        joined=joined,
     )
 
 
+def split_segment(filters: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """The filters without the ``segment`` entry, and the segment's name ("" without one).
+
+    ``"segment": "power_users"`` (or ``eq.power_users``) keeps the rows whose actor is in the
+    tenant's segment of that name (``segment_condition``).
+    """
+    if SEGMENT_KEY not in filters:
+        return dict(filters), ""
+    rest = {key: value for key, value in filters.items() if key != SEGMENT_KEY}
+    value = filters[SEGMENT_KEY]
+    name = value.removeprefix("eq.")
+    if not SEGMENT_NAME.fullmatch(name):
+        raise validation_error(
+            f"filters.{SEGMENT_KEY}",
+            f"filters.{SEGMENT_KEY}: {value[:80]!r} is not a segment name such as power_users "
+            "(or eq.<name>)",
+            "INVALID_FILTER",
+        )
+    return rest, name
+
+
+def segment_condition(
+    catalog: Catalog, model: Model, name: str, builder: ParameterBuilder, tenant: str
+) -> tuple[str, Model]:
+    """SQL keeping ``model``'s rows whose actor is in the tenant's segment ``name``.
+
+    Also the segment's model (its read permission and freshness count for the query). The
+    segment is read at query time from current data, in a subquery with its own tenant
+    condition first. Raises a validation error on ``filters.segment`` for an unknown segment or
+    a model holding none of the segment's actor keys.
+    """
+    source = f"filters.{SEGMENT_KEY}"
+    segment = catalog.segments.get(name)
+    if segment is None:
+        raise validation_error(
+            source,
+            f"{source}: the tenant has no segment {name!r} (SegmentService.CreateSegment)",
+            "UNKNOWN_SEGMENT",
+        )
+    holder = column_sql(model.fields[holder_of(model, segment.actors, source)], model, builder.bind)
+    members = segment.model
+    where = where_conditions(segment.filters, members, builder, tenant, "UTC")
+    actor = column_sql(members.fields[segment.actor_field], members, builder.bind)
+    tail = ""
+    roles = members.events
+    if segment.kind == "behavioral" and roles is not None:
+        timestamp = column_sql(members.fields[roles.timestamp], members, builder.bind)
+        seconds = builder.bind("Int64", str(segment.window_seconds))
+        # After the guards: the range is what the sorting key can skip on.
+        where[2:2] = [f"{timestamp} >= now64(6, 'UTC') - toIntervalSecond({seconds})"]
+        if segment.event:
+            event = builder.bind("String", encode_text_parameter(segment.event))
+            where.append(f"t.`{roles.event}` = {event}")
+        tail = (
+            f" GROUP BY {actor} HAVING count() >= {builder.bind('UInt64', str(segment.min_count))}"
+        )
+    used = [
+        resolve_field(members, item, "filters")
+        for item in sorted(mentioned_fields(parse_filters(segment.filters)))
+    ]
+    table = from_clause(catalog, members, used, tenant)
+    # Identifiers from the catalog, values bound.
+    members_sql = f"SELECT {actor} FROM {table} WHERE {' AND '.join(where)}{tail}"
+    return f"{holder} IN ({members_sql})", members
+
+
+def with_model(joined: Sequence[Model], extra: Model, model: Model) -> tuple[Model, ...]:
+    """``joined`` and ``extra`` (each model once, never ``model`` itself)."""
+    names = {m.qualified_name for m in joined} | {model.qualified_name}
+    return (*joined, *([extra] if extra.qualified_name not in names else []))
+
+
 def _source_and_where(  # noqa: PLR0917 (private, one call site)
-    filters: Mapping[str, str],
+    request_filters: Mapping[str, str],
     catalog: Catalog,
     model: Model,
     selected: list[FieldSpec],
     tenant: str,
     time_zone: str,
     builder: ParameterBuilder,
-) -> tuple[str, list[str], list[FieldSpec]]:
-    """The FROM clause (with its joins), the WHERE conditions, and every field the query reads.
+) -> tuple[str, list[str], tuple[Model, ...]]:
+    """The FROM clause (with its joins), the WHERE conditions, and every other model read.
 
     ``selected``: the group keys' and metrics' fields. Null-rejecting filters on related fields
     are evaluated inside the related subquery, its join then INNER (``service/query/joins.py``).
     Every filter is first checked as the request names it, in the request's order, so errors
-    are the same whether a filter moves or not.
+    are the same whether a filter moves or not. A segment filter becomes one condition last.
     """
+    filters, segment = split_segment(request_filters)
     parsed = parse_filters(filters)
     filter_conditions(parsed, model, ParameterBuilder(), time_zone)
     kept, pushed = pushable_filters(model, parsed)
@@ -245,7 +324,12 @@ def _source_and_where(  # noqa: PLR0917 (private, one call site)
     source = from_clause(
         catalog, model, joined, tenant, guard_fields=filter_names, pushed=pushed_sql
     )
-    return source, where, [*selected, *filtered.values()]
+    models = related_models(model, [*selected, *filtered.values()])
+    if segment:
+        condition, members = segment_condition(catalog, model, segment, builder, tenant)
+        where.append(condition)
+        models = with_model(models, members, model)
+    return source, where, models
 
 
 def where_conditions(

@@ -1,0 +1,1 @@
+"""Segments: named per-tenant actor sets, stored durably and evaluated at query time."""
