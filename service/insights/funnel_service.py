@@ -52,7 +52,8 @@ class FunnelService(InsightRunner):
         model_name = request.model[:200]
         try:
             model_name = self._readable_model(principal, request.model).qualified_name
-            plan = compile_funnel(request, self.catalog, principal.tenant, self._clock())
+            catalog = await self._catalog_for(principal.tenant, request.filters)
+            plan = compile_funnel(request, catalog, principal.tenant, self._clock())
             authorise_reads(principal, plan.compiled.joined)
             result, last_sync = await with_freshness(
                 self.backend,
@@ -93,7 +94,8 @@ class FunnelService(InsightRunner):
         outcome = "cancelled"
         try:
             model_name = self._readable_model(principal, request.funnel.model).qualified_name
-            compiled = compile_funnel_actors(request, self.catalog, principal.tenant, self._clock())
+            catalog = await self._catalog_for(principal.tenant, request.funnel.filters)
+            compiled = compile_funnel_actors(request, catalog, principal.tenant, self._clock())
             authorise_reads(principal, compiled.joined)
             async with self.backend.stream(
                 compiled, timeout_seconds=self._budget(remaining), query_id=uuid.uuid4().hex

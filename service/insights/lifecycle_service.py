@@ -41,7 +41,8 @@ class LifecycleService(InsightRunner):
         model_name = request.model[:200]
         try:
             model_name = self._readable_model(principal, request.model).qualified_name
-            plan = compile_lifecycle(request, self.catalog, principal.tenant, self._clock())
+            catalog = await self._catalog_for(principal.tenant, request.filters)
+            plan = compile_lifecycle(request, catalog, principal.tenant, self._clock())
             authorise_reads(principal, plan.compiled.joined)
             result, last_sync = await with_freshness(
                 self.backend,
