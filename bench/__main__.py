@@ -1,7 +1,7 @@
 """``python -m bench``: run the benchmarks, print one table of figures, save it.
 
 Usage: ``scripts/bench [--rows 1m,10m]
-[--only query,final,stream,ingest,fresh,events,trend,server,join,restart]
+[--only query,final,stream,ingest,fresh,events,trend,funnel,retention,server,join,restart]
 [--quick] [--sweep]``.
 See bench/README.md for the method behind each figure.
 """
@@ -26,6 +26,7 @@ from bench import (
     final_cost,
     freshness,
     ingestion,
+    insight_speed,
     join_speed,
     query_overhead,
     restart,
@@ -47,6 +48,8 @@ BENCHMARKS = (
     "fresh",
     "events",
     "trend",
+    "funnel",
+    "retention",
     "server",
     "join",
     "restart",
@@ -114,6 +117,8 @@ async def run(args: argparse.Namespace) -> list[Figure]:
                 warmup=1,
                 judge=not args.quick,
             )
+        # Second, for the same reason; its database is dropped afterwards too.
+        figures += await _insights(args, backend, work)
         if "join" in args.only:
             deals = 200_000 if args.quick else 10_000_000
             # A join over 10 m deals takes a few hundred ms: half the runs of the query figures.
@@ -166,6 +171,27 @@ async def run(args: argparse.Namespace) -> list[Figure]:
         if not args.keep_data:
             await asyncio.to_thread(shutil.rmtree, work, True)
     return figures
+
+
+async def _insights(args: argparse.Namespace, backend: EmbeddedBackend, work: Path) -> list[Figure]:
+    parts = [name for name in ("funnel", "retention") if name in args.only]
+    if not parts:
+        return []
+    actors, events = (
+        (20_000, 200_000) if args.quick else (insight_speed.ACTORS, insight_speed.EVENTS)
+    )
+    # A funnel over 10 m events takes about a second: a third of the query figures' runs.
+    repetitions = max(5, args.repetitions // 3)
+    _say(f"{', '.join(parts)}: {events:,} events of {actors:,} actors, {repetitions} runs")
+    return await insight_speed.measure(
+        backend,
+        work,
+        actors=actors,
+        events=events,
+        repetitions=repetitions,
+        parts=parts,
+        judge=not args.quick,
+    )
 
 
 async def _engine_benchmarks(

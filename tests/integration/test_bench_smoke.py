@@ -1,9 +1,10 @@
 """The benchmark scripts keep working: ``python -m bench`` at smoke scale on the embedded parts.
 
-Query overhead, FINAL cost and streaming on tiny datasets; event ingestion, trend and join speed at
-``--quick`` scale. Each in a subprocess (chDB opens one data directory per process, and the test
-session may hold another). No timing is asserted: only that every figure is produced and that
-the benchmark checked its answers exactly (it raises otherwise, which fails the run).
+Query overhead, FINAL cost and streaming on tiny datasets; event ingestion, trend, join, funnel
+and retention speed at ``--quick`` scale. Each in a subprocess (chDB opens one data directory per
+process, and the test session may hold another). No timing is asserted: only that every figure is
+produced and that the benchmark checked its answers exactly (it raises otherwise, which fails the
+run).
 """
 
 from __future__ import annotations
@@ -76,3 +77,19 @@ async def test_bench_join_runs_at_smoke_scale(tmp_path: Path) -> None:
     joins = [m for m in metrics if "Query join" in m]
     assert len(joins) == 3
     assert all("answers exact" in m and "200k deals" in m for m in joins)
+
+
+async def test_bench_funnel_and_retention_run_at_smoke_scale(tmp_path: Path) -> None:
+    metrics = await run_bench(tmp_path, "--only", "funnel,retention", "--repetitions", "2")
+    funnels = [m for m in metrics if m.startswith("Funnel 4 steps")]
+    assert [m.split(",")[0] for m in funnels] == [
+        "Funnel 4 steps ordered",
+        "Funnel 4 steps strict",
+        "Funnel 4 steps unordered",
+        "Funnel 4 steps ordered",
+    ]
+    assert all("answers exact" in m and "200k events, 20k actors" in m for m in funnels)
+    for insight in ("Retention weekly", "Lifecycle weekly"):
+        rows = [m for m in metrics if m.startswith(insight)]
+        assert len(rows) == 1
+        assert "answers exact" in rows[0]
