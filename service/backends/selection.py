@@ -8,7 +8,7 @@ restarted by its supervisor should be writing again within two seconds of its st
 from __future__ import annotations
 
 from service.backends.base import AnalyticsBackend
-from service.backends.http import HttpBackend, TenantLogin
+from service.backends.http.client import HttpBackend, TenantLogin
 from service.settings import Settings
 from service.tenants import derive_credentials, secret_bytes
 

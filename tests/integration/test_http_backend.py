@@ -34,7 +34,8 @@ from service.backends.dialect import (
     unescape_text,
 )
 from service.backends.embedded import EmbeddedBackend
-from service.backends.http import HttpBackend, encode_tsv
+from service.backends.http import HttpBackend
+from service.backends.http.insert_encoding import encode_tsv
 from service.catalog import Catalog, FieldType, Model, parse_catalog
 from service.catalog import FieldSpec as Spec
 from service.errors import AnalyticsError, ErrorKind

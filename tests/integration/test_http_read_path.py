@@ -35,13 +35,10 @@ import pytest
 from service.backends.base import AnalyticsBackend
 from service.backends.dialect import quote_string
 from service.backends.embedded import EmbeddedBackend
-from service.backends.http import (
-    ARROW_STREAM_SINCE,
-    HttpBackend,
-    JsonCompactDecoder,
-    conform_array,
-    json_column,
-)
+from service.backends.http import HttpBackend
+from service.backends.http.client import ARROW_STREAM_SINCE
+from service.backends.http.json_compact import JsonCompactDecoder, json_column
+from service.backends.http.results import conform_array
 from service.catalog import Catalog, load_catalog
 from service.demo.generator import (
     DELETED_COLUMN,

@@ -25,7 +25,8 @@ from analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from service.api.server import RunningServer, start_server
 from service.auth import mint_token
 from service.backends.embedded import EmbeddedBackend
-from service.backends.http import HttpBackend, redact_secrets
+from service.backends.http import HttpBackend
+from service.backends.http.engine_errors import redact_secrets
 from service.backends.selection import tenant_login
 from service.catalog import Catalog
 from service.errors import AnalyticsError
