@@ -59,6 +59,7 @@ from service.insights.periods import (
     period_key_sql,
     period_keys,
 )
+from service.insights.retention import FINAL_WITHIN_PARTITIONS
 from service.query.compiler import (
     CompiledQuery,
     OutputColumn,
@@ -186,7 +187,7 @@ def compile_lifecycle(
         ),
         model,
         limit=0,
-        settings=dict(BUCKET_SETTINGS),
+        settings={**BUCKET_SETTINGS, **FINAL_WITHIN_PARTITIONS},
         tenant=tenant,
         joined=related_models(model, used),
     )

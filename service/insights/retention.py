@@ -101,6 +101,13 @@ MAX_COHORTS = 1000
 DEFAULT_BREAKDOWN_LIMIT = 25
 MAX_BREAKDOWN_LIMIT = 1000
 OTHER = "Other"
+FINAL_WITHIN_PARTITIONS = {"do_not_merge_across_partitions_select_final": "1"}
+"""FINAL merges versions within each partition only. Safe for every table ``service.schema``
+creates: each partition key is a function of sort-key columns (an event table's month is in its
+key; a replica's id range or tenant bucket is of its key), so versions of a row never sit in two
+partitions. The engine does not decide it for event tables by itself (their partition key is an
+expression of the timestamp, not a key column): on 13 M events in 7 monthly partitions the FINAL
+scan of a retention took 0.32 s with it, 0.56 s without (bench/README.md, Funnel, retention)."""
 _MICROSECOND = dt.timedelta(microseconds=1)
 
 
@@ -329,7 +336,7 @@ def _compile(
         tuple(columns),
         model,
         limit=0,
-        settings=dict(BUCKET_SETTINGS),
+        settings={**BUCKET_SETTINGS, **FINAL_WITHIN_PARTITIONS},
         tenant=shape.tenant,
         joined=related_models(model, used),
     )
