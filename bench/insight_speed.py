@@ -9,7 +9,8 @@ funnels' median and average times to convert.
 
 A is the RPC from this process to the served process, the client's reading of the answer
 included. B is chDB in this process running hand-written SQL over the same rows (same tenant,
-same range, FINAL, as the service reads). A and B alternate (A then B, then B then A), after a
+same range, FINAL within partitions, as the service reads: ``FINAL_WITHIN_PARTITIONS`` in
+``service.insights.retention``). A and B alternate (A then B, then B then A), after a
 warm-up, so that a shared machine's noise hits both alike; ratios are of medians in one run.
 
 * Funnel: ``signed_up -> activated -> invited_teammate -> purchased`` over the whole 26 weeks,
@@ -88,6 +89,7 @@ SELECT level, count() AS actors FROM (
     GROUP BY contact_id
 )
 GROUP BY level
+SETTINGS do_not_merge_across_partitions_select_final = 1
 """
 """B of the funnels: actors per furthest level (the strict form reads every event)."""
 _STEP_EVENTS = "\n      AND event IN ({e1:String}, {e2:String}, {e3:String}, {e4:String})"
@@ -108,6 +110,7 @@ SELECT cohort, k, count() AS actors FROM (
 ARRAY JOIN arrayConcat([0], arrayFilter(x -> x >= 1 AND x < {{intervals:Int64}},
     arrayMap(w -> intDiv(dateDiff('day', cohort, w), 7), weeks))) AS k
 GROUP BY cohort, k
+SETTINGS do_not_merge_across_partitions_select_final = 1
 """
 """B of the retention: the cohort of each actor's first-ever sign-up, its session weeks."""
 
@@ -124,6 +127,7 @@ FROM (
 )
 ARRAY JOIN arrayFilter(p -> has(weeks, p) OR has(weeks, p - 7), {{weeks:Array(Date)}}) AS p
 GROUP BY week, status
+SETTINGS do_not_merge_across_partitions_select_final = 1
 """
 """B of the lifecycle: per actor its active weeks and first week, a status per week."""
 
