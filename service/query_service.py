@@ -19,6 +19,7 @@ import pyarrow as pa
 from service import audit
 from service.auth import Principal
 from service.backends.base import AnalyticsBackend, QueryStats
+from service.cache.execution import answer_queries, served
 from service.catalog import Catalog, Model
 from service.errors import AnalyticsError, forbidden
 from service.query.compiler import (
@@ -29,9 +30,10 @@ from service.query.compiler import (
     resolve_model,
 )
 from service.query.request import QueryRequest
-from service.sync_status import oldest_sync, with_freshness
+from service.sync_status import oldest_sync
 
 if TYPE_CHECKING:
+    from service.cache.result_cache import ResultCache
     from service.segments.segment_service import SegmentService
 
 #: Rows per granule of the replica tables (ClickHouse's ``index_granularity``, left at its
@@ -70,10 +72,12 @@ class QueryService:
         stream_limits: QueryLimits,
         timeout_seconds: float,
         segments: SegmentService | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
         """Wire the catalog, the engine and the limits from settings.
 
         ``segments``: where the tenants' segments are read when a request names one.
+        ``cache``: where ``run`` keeps and finds answers (``stream`` is never cached).
         """
         self.catalog = catalog
         self.backend = backend
@@ -81,6 +85,7 @@ class QueryService:
         self._stream_limits = stream_limits
         self._timeout = timeout_seconds
         self._segments = segments
+        self.cache = cache
 
     def _budget(self, remaining: float | None) -> float:
         if remaining is None:
@@ -107,17 +112,18 @@ class QueryService:
         try:
             compiled = await self._authorise_and_compile(principal, request, self._limits)
             model_name = compiled.model.qualified_name
-            result, last_sync = await with_freshness(
+            answered = await answer_queries(
                 self.backend,
                 self.catalog.database,
-                compiled.tables,
-                self.backend.execute(
-                    compiled, timeout_seconds=self._budget(remaining), query_id=uuid.uuid4().hex
-                ),
+                principal.tenant,
+                [compiled],
+                timeout_seconds=self._budget(remaining),
+                cache=self.cache,
             )
         except AnalyticsError as error:
             audit_failure(principal, model_name, rpc, started, error)
             raise
+        result = answered.results[0]
         audit.record_query(
             tenant=principal.tenant,
             subject=principal.subject,
@@ -126,9 +132,14 @@ class QueryService:
             outcome="ok",
             duration_ms=(time.perf_counter() - started) * 1000,
             rows=result.table.num_rows,
-            rows_scanned=result.stats.rows_scanned,
+            rows_scanned=answered.engine_rows_scanned,
         )
-        return QueryOutcome(compiled.columns, result.table, caller_stats(result.stats), last_sync)
+        return QueryOutcome(
+            compiled.columns,
+            result.table,
+            served(caller_stats(result.stats), answered.cache_hit),
+            answered.last_sync_at,
+        )
 
     async def stream(
         self,

@@ -198,6 +198,37 @@ class Settings(BaseSettings):
         pattern=KAFKA_TOPIC_PATTERN,
         description="Where events topic messages that cannot be written go, with the reason.",
     )
+    result_cache: bool = Field(
+        True,
+        description='Answer repeated queries from the result cache (README "Result cache"): '
+        "keyed by tenant, SQL and the position of every table read, so never stale.",
+    )
+    result_cache_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="Bytes of answers the in-process cache holds (least recently used dropped "
+        "first); not used when redis_url is set.",
+    )
+    result_cache_max_entry_bytes: int = Field(
+        8 * 1024 * 1024, ge=0, description="Answers larger than this are not cached."
+    )
+    result_cache_ttl_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="How long Redis keeps an answer (entries of tables that moved on are never "
+        "read again; this reclaims them).",
+    )
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis (redis://host:port/db) holding the result cache, shared by every "
+        "service process using it; unset: an in-process cache.",
+    )
+    redis_timeout_seconds: float = Field(
+        0.25,
+        gt=0,
+        description="Longest a Redis operation may take; past it (or on any Redis error) the "
+        "query is answered uncached.",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: readable on a terminal, JSON otherwise."
     )
@@ -211,9 +242,9 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("events_topic", mode="before")
+    @field_validator("events_topic", "redis_url", mode="before")
     @classmethod
-    def _events_topic_off(cls, value: object) -> object:
+    def _empty_is_off(cls, value: object) -> object:
         # As for rest_port: an environment variable cannot be None, an empty one means off.
         if isinstance(value, str) and not value.strip():
             return None
@@ -227,6 +258,10 @@ class Settings(BaseSettings):
             if self.events_topic == self.events_dead_letter_topic:
                 # Dead letters would be consumed again and dead-lettered again, forever.
                 raise ValueError("events_dead_letter_topic must differ from events_topic")
+        if self.redis_url is not None and not self.redis_url.get_secret_value().startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         if self.default_limit > self.max_limit:
             raise ValueError("default_limit must not exceed max_limit")
         if self.jwt_secret is None and self.jwt_public_key is None:

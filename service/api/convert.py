@@ -19,6 +19,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from analytics.v1 import analytics_pb2
 from service.backends.base import QueryStats
+from service.cache.execution import ServedStats
 from service.insights.funnel_request import (
     FunnelActorsRequest,
     FunnelExclusion,
@@ -67,10 +68,11 @@ def query_request(
 def query_meta(
     columns: Sequence[OutputColumn], stats: QueryStats, last_sync_at: dt.datetime | None
 ) -> analytics_pb2.QueryMeta:
-    """The meta message: freshness, the engine's figures, the column list."""
+    """The meta message: freshness, the engine's figures, the column list, cache hit or not."""
     meta = analytics_pb2.QueryMeta(
         rows_scanned=float(stats.rows_scanned),
         duration_ms=max(round(stats.elapsed_ms), 0),
+        cache_hit=isinstance(stats, ServedStats) and stats.cache_hit,
         columns=[analytics_pb2.ColumnInfo(name=c.key, type=c.type) for c in columns],
     )
     if last_sync_at is not None:
@@ -208,6 +210,7 @@ def response_json(response: analytics_pb2.QueryResponse) -> dict[str, Any]:
         "rowsScanned": int(response.meta.rows_scanned),
         "durationMs": response.meta.duration_ms,
         "columns": [{"name": c.name, "type": c.type} for c in response.meta.columns],
+        "cacheHit": response.meta.cache_hit,
     }
     return {"data": data, "meta": meta}
 
@@ -320,11 +323,12 @@ def trend_json(response: analytics_pb2.TrendResponse) -> dict[str, Any]:
 
 
 def _insight_meta_json(meta: analytics_pb2.QueryMeta) -> dict[str, Any]:
-    """An insight's meta as JSON (no columns): freshness and the engine's figures."""
+    """An insight's meta as JSON (no columns): freshness, the engine's figures, cache hit."""
     return {
         "lastSyncAt": meta.last_sync_at.ToJsonString() if meta.HasField("last_sync_at") else None,
         "rowsScanned": int(meta.rows_scanned),
         "durationMs": meta.duration_ms,
+        "cacheHit": meta.cache_hit,
     }
 
 

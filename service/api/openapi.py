@@ -86,7 +86,7 @@ _QUERY_RESPONSE = {
 _QUERY_META = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["lastSyncAt", "rowsScanned", "durationMs", "columns"],
+    "required": ["lastSyncAt", "rowsScanned", "durationMs", "columns", "cacheHit"],
     "properties": {
         "lastSyncAt": {
             "type": ["string", "null"],
@@ -95,6 +95,12 @@ _QUERY_META = {
         },
         "rowsScanned": {"type": "integer", "minimum": 0},
         "durationMs": {"type": "integer", "minimum": 0},
+        "cacheHit": {
+            "type": "boolean",
+            "description": "Whether the answer came from the result cache (always equal to a "
+            'fresh one: README "Result cache"); rowsScanned and durationMs are then those of the '
+            "run that computed it.",
+        },
         "columns": {
             "type": "array",
             "items": {

@@ -39,8 +39,10 @@ from service.backends.base import AnalyticsBackend
 from service.backends.http import HttpBackend
 from service.backends.selection import open_backend
 from service.backfill_jobs import BackfillLauncherFactory
+from service.cache import ResultCache, build_result_cache
 from service.catalog import Catalog, load_catalog
 from service.events.ingestion import EventIngestion
+from service.events.metrics import SinkMetrics
 from service.events.sink import EventSink
 from service.events.topic_consumer import EventTopicConsumer, start_topic_consumer
 from service.events.validation import EventLimits
@@ -75,6 +77,7 @@ class RunningServer:
     rest_port: int | None = None
     sink: EventSink | None = None
     event_topic: EventTopicConsumer | None = None
+    cache: ResultCache | None = None
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish, then release an engine it opened.
@@ -92,6 +95,8 @@ class RunningServer:
         if self.rest is not None:
             stopping.append(self.rest.stop(grace))
         await asyncio.gather(*stopping)
+        if self.cache is not None:
+            await self.cache.close()
         if self.owns_backend:
             await self.backend.close()
 
@@ -119,7 +124,7 @@ async def check_query_features(backend: AnalyticsBackend) -> None:
             )
 
 
-async def start_server(
+async def start_server(  # noqa: PLR0915 (the composition root: a statement per part wired)
     settings: Settings,
     *,
     catalog: Catalog | None = None,
@@ -136,6 +141,9 @@ async def start_server(
     backend = backend or open_backend(settings)
     segment_store = SegmentStore(catalog, backend)
     segments = SegmentService(catalog, segment_store)
+    # One registry for the process's metrics (served at GET /metrics): the sink's and the cache's.
+    sink_metrics = SinkMetrics()
+    cache = build_result_cache(settings, sink_metrics.registry)
     queries = QueryService(
         catalog,
         backend,
@@ -145,6 +153,7 @@ async def start_server(
         ),
         timeout_seconds=settings.query_timeout_seconds,
         segments=segments,
+        cache=cache,
     )
     verifier = TokenVerifier(settings)
     sink = EventSink(
@@ -153,6 +162,7 @@ async def start_server(
         flush_events=settings.event_flush_events,
         flush_seconds=settings.event_flush_milliseconds / 1000,
         capacity=settings.event_buffer_events,
+        metrics=sink_metrics,
     )
     ingestion = EventIngestion(
         catalog,
@@ -162,7 +172,11 @@ async def start_server(
     )
     server = _grpc_server(settings, verifier)
     insights = InsightServices.build(
-        catalog, backend, timeout_seconds=settings.query_timeout_seconds, segments=segments
+        catalog,
+        backend,
+        timeout_seconds=settings.query_timeout_seconds,
+        segments=segments,
+        cache=cache,
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
         AnalyticsServicer(queries, settings.stream_chunk_rows, insights), server
@@ -219,6 +233,8 @@ async def start_server(
             if event_topic is not None:
                 await event_topic.stop()
             await sink.close()
+            if cache is not None:
+                await cache.close()
             raise
     for service_name in ("", *SERVED):
         await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
@@ -240,6 +256,7 @@ async def start_server(
         rest_port,
         sink,
         event_topic=event_topic,
+        cache=cache,
     )
 
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 from service import audit
 from service.auth import Principal
 from service.backends.base import QueryStats
+from service.cache.execution import served
 from service.errors import AnalyticsError
 from service.insights.funnel_request import FunnelActorsRequest, FunnelRequest
 from service.insights.funnels import (
@@ -29,7 +30,7 @@ from service.insights.funnels import (
 from service.insights.insight_runner import InsightRunner
 from service.query.compiler import OutputColumn
 from service.query_service import StreamMeta, audit_failure, authorise_reads, caller_stats
-from service.sync_status import oldest_sync, with_freshness
+from service.sync_status import oldest_sync
 
 
 @dataclass(frozen=True)
@@ -55,24 +56,18 @@ class FunnelService(InsightRunner):
             catalog = await self._catalog_for(principal.tenant, request.filters)
             plan = compile_funnel(request, catalog, principal.tenant, self._clock())
             authorise_reads(principal, plan.compiled.joined)
-            result, last_sync = await with_freshness(
-                self.backend,
-                self.catalog.database,
-                plan.compiled.tables,
-                self.backend.execute(
-                    plan.compiled,
-                    timeout_seconds=self._budget(remaining),
-                    query_id=uuid.uuid4().hex,
-                ),
-            )
+            answered = await self._answer(principal, [plan.compiled], remaining)
         except AnalyticsError as error:
             audit_failure(principal, model_name, rpc, started, error)
             raise
+        result = answered.results[0]
         answer = assemble_funnel(plan, result.table)
         self._audit_ok(
-            principal, model_name, rpc, started, len(answer.steps), result.stats.rows_scanned
+            principal, model_name, rpc, started, len(answer.steps), answered.engine_rows_scanned
         )
-        return FunnelOutcome(answer, caller_stats(result.stats), last_sync)
+        return FunnelOutcome(
+            answer, served(caller_stats(result.stats), answered.cache_hit), answered.last_sync_at
+        )
 
     async def actors(
         self,

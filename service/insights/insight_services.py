@@ -7,6 +7,7 @@ insight, so that an insight added later is one field here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from service.backends.base import AnalyticsBackend
 from service.catalog import Catalog
@@ -15,6 +16,9 @@ from service.insights.lifecycle_service import LifecycleService
 from service.insights.retention_service import RetentionService
 from service.insights.trend_service import TrendService
 from service.segments.segment_service import SegmentService
+
+if TYPE_CHECKING:
+    from service.cache.result_cache import ResultCache
 
 
 @dataclass(frozen=True)
@@ -34,13 +38,25 @@ class InsightServices:
         *,
         timeout_seconds: float,
         segments: SegmentService | None = None,
+        cache: ResultCache | None = None,
     ) -> InsightServices:
-        """Every runner on ``backend``, with the query time budget from settings."""
+        """Every runner on ``backend``, with the query time budget from settings.
+
+        ``cache``: the result cache they share (none: every request runs on the engine).
+        """
         return cls(
-            TrendService(catalog, backend, timeout_seconds=timeout_seconds, segments=segments),
-            FunnelService(catalog, backend, timeout_seconds=timeout_seconds, segments=segments),
-            RetentionService(catalog, backend, timeout_seconds=timeout_seconds, segments=segments),
-            LifecycleService(catalog, backend, timeout_seconds=timeout_seconds, segments=segments),
+            TrendService(
+                catalog, backend, timeout_seconds=timeout_seconds, segments=segments, cache=cache
+            ),
+            FunnelService(
+                catalog, backend, timeout_seconds=timeout_seconds, segments=segments, cache=cache
+            ),
+            RetentionService(
+                catalog, backend, timeout_seconds=timeout_seconds, segments=segments, cache=cache
+            ),
+            LifecycleService(
+                catalog, backend, timeout_seconds=timeout_seconds, segments=segments, cache=cache
+            ),
         )
 
     @property

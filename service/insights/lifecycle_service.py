@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-import uuid
 from dataclasses import dataclass
 
 from service.auth import Principal
 from service.backends.base import QueryStats
+from service.cache.execution import served
 from service.errors import AnalyticsError
 from service.insights.insight_runner import InsightRunner
 from service.insights.lifecycle import LifecycleAnswer, assemble_lifecycle, compile_lifecycle
 from service.insights.lifecycle_request import LifecycleRequest
 from service.query_service import audit_failure, authorise_reads, caller_stats
-from service.sync_status import with_freshness
 
 
 @dataclass(frozen=True)
@@ -44,20 +43,14 @@ class LifecycleService(InsightRunner):
             catalog = await self._catalog_for(principal.tenant, request.filters)
             plan = compile_lifecycle(request, catalog, principal.tenant, self._clock())
             authorise_reads(principal, plan.compiled.joined)
-            result, last_sync = await with_freshness(
-                self.backend,
-                self.catalog.database,
-                plan.compiled.tables,
-                self.backend.execute(
-                    plan.compiled,
-                    timeout_seconds=self._budget(remaining),
-                    query_id=uuid.uuid4().hex,
-                ),
-            )
+            answered = await self._answer(principal, [plan.compiled], remaining)
         except AnalyticsError as error:
             audit_failure(principal, model_name, rpc, started, error)
             raise
+        result = answered.results[0]
         answer = assemble_lifecycle(plan, result.table)
         rows = len(answer.buckets) * len(answer.lines)
-        self._audit_ok(principal, model_name, rpc, started, rows, result.stats.rows_scanned)
-        return LifecycleOutcome(answer, caller_stats(result.stats), last_sync)
+        self._audit_ok(principal, model_name, rpc, started, rows, answered.engine_rows_scanned)
+        return LifecycleOutcome(
+            answer, served(caller_stats(result.stats), answered.cache_hit), answered.last_sync_at
+        )

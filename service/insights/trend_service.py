@@ -6,21 +6,19 @@ within the time budget -> freshness -> assemble (pure) -> audit.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
-import uuid
 from dataclasses import dataclass
 
 from service.auth import Principal
 from service.backends.base import QueryStats
+from service.cache.execution import served
 from service.errors import AnalyticsError
 from service.insights.insight_runner import InsightRunner
 from service.insights.trend_request import TrendRequest
 from service.insights.trend_results import TrendAnswer, assemble_trend
 from service.insights.trends import compile_trend
 from service.query_service import audit_failure, authorise_reads, caller_stats
-from service.sync_status import with_freshness
 
 
 @dataclass(frozen=True)
@@ -46,28 +44,20 @@ class TrendService(InsightRunner):
             catalog = await self._catalog_for(principal.tenant, request.filters)
             plan = compile_trend(request, catalog, principal.tenant, self._clock())
             authorise_reads(principal, plan.queries[0].compiled.joined)
-            budget = self._budget(remaining)
-            results, last_sync = await with_freshness(
-                self.backend,
-                self.catalog.database,
-                plan.queries[0].compiled.tables,
-                asyncio.gather(
-                    *(
-                        self.backend.execute(
-                            query.compiled, timeout_seconds=budget, query_id=uuid.uuid4().hex
-                        )
-                        for query in plan.queries
-                    )
-                ),
+            answered = await self._answer(
+                principal, [query.compiled for query in plan.queries], remaining
             )
         except AnalyticsError as error:
             audit_failure(principal, model_name, rpc, started, error)
             raise
+        results = answered.results
         answer = assemble_trend(plan, [result.table for result in results])
         stats = QueryStats(
             rows_scanned=sum(r.stats.rows_scanned for r in results),
             elapsed_ms=max((r.stats.elapsed_ms for r in results), default=0.0),
         )
         rows = sum(len(line.values) for line in answer.lines)
-        self._audit_ok(principal, model_name, rpc, started, rows, stats.rows_scanned)
-        return TrendOutcome(answer, caller_stats(stats), last_sync)
+        self._audit_ok(principal, model_name, rpc, started, rows, answered.engine_rows_scanned)
+        return TrendOutcome(
+            answer, served(caller_stats(stats), answered.cache_hit), answered.last_sync_at
+        )

@@ -236,7 +236,7 @@ async def test_rest_funnel_answers_json_and_problem_documents(
     )
     assert (status, content_type) == (200, "application/json"), document
     assert _same(document["steps"], EXPECTED_STEPS), document
-    assert set(document["meta"]) == {"lastSyncAt", "rowsScanned", "durationMs"}
+    assert set(document["meta"]) == {"lastSyncAt", "rowsScanned", "durationMs", "cacheHit"}
     status, content_type, problem = await _post(
         server, settings, "product", {**REQUEST, "window": "-1d"}, "product.events.read"
     )

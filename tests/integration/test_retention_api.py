@@ -215,7 +215,7 @@ async def test_rest_answers_json_and_problem_documents(
             document = await reply.json()
             assert reply.status == 200, document
         assert document["lines"] == EXPECTED_LINES
-        assert set(document["meta"]) == {"lastSyncAt", "rowsScanned", "durationMs"}
+        assert set(document["meta"]) == {"lastSyncAt", "rowsScanned", "durationMs", "cacheHit"}
         for path, bad, field in (
             ("retention", {**RETENTION, "period": "x"}, "period"),
             ("lifecycle", {**LIFECYCLE, "dateFrom": "soon"}, "dateFrom"),

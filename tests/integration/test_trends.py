@@ -1455,7 +1455,7 @@ async def test_rest_answers_json_and_problem_documents(
             "type": "float",
         },
     ]
-    assert set(document["meta"]) == {"lastSyncAt", "rowsScanned", "durationMs"}
+    assert set(document["meta"]) == {"lastSyncAt", "rowsScanned", "durationMs", "cacheHit"}
 
     status, content_type, problem = await _post_trend(
         server, rest_settings, "crm", {**body, "interval": "fortnight"}
