@@ -7,11 +7,12 @@ directory copied for ``analytics serve``. Every answer is first checked exactly 
 ground truth computed from the generated arrays (``bench.insight_truth``): counts, and the
 funnels' median and average times to convert.
 
-A is the RPC from this process to the served process, the client's reading of the answer
-included. B is chDB in this process running hand-written SQL over the same rows (same tenant,
-same range, FINAL within partitions, as the service reads: ``FINAL_WITHIN_PARTITIONS`` in
-``service.insights.retention``). A and B alternate (A then B, then B then A), after a
-warm-up, so that a shared machine's noise hits both alike; ratios are of medians in one run.
+A is the RPC from this process to the served process (result cache off: every call runs its
+query), the client's reading of the answer included. B is chDB in this process running
+hand-written SQL over the same rows (same tenant, same range, FINAL within partitions, as the
+service reads: ``FINAL_WITHIN_PARTITIONS`` in ``service.insights.retention``). A and B
+alternate (A then B, then B then A), after a warm-up, so that a shared machine's noise hits both
+alike; ratios are of medians in one run.
 
 * Funnel: ``signed_up -> activated -> invited_teammate -> purchased`` over the whole 26 weeks,
   14-day window. B: ``windowFunnel`` per actor, then actors per level (counts only: B computes
@@ -263,7 +264,13 @@ async def measure(
     loaded = await load(backend, catalog, actors=actors, events=events)
     served_dir = work / "insight_served"
     await asyncio.to_thread(copy_data, work / "raw", served_dir)
-    served = await ServedProcess.start(served_dir, catalog_path, work / "serve_insight.log")
+    # The engine's work is measured: repeated requests must not be answered from the cache.
+    served = await ServedProcess.start(
+        served_dir,
+        catalog_path,
+        work / "serve_insight.log",
+        extra_env={"ANALYTICS_RESULT_CACHE": "false"},
+    )
     engine = RawEngine(work / "raw")
     token = mint_token(
         Settings(), subject="bench", tenant=TENANT, permissions=["product.events.read"]
