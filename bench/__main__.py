@@ -1,7 +1,7 @@
 """``python -m bench``: run the benchmarks, print one table of figures, save it.
 
 Usage: ``scripts/bench [--rows 1m,10m]
-[--only query,final,stream,ingest,fresh,events,trend,funnel,retention,server,join,restart]
+[--only query,final,stream,ingest,fresh,events,trend,funnel,retention,server,join,restart,cache]
 [--quick] [--sweep]``.
 See bench/README.md for the method behind each figure.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 import structlog
 
 from bench import (
+    cache_speed,
     dataset,
     event_ingest,
     final_cost,
@@ -53,6 +54,7 @@ BENCHMARKS = (
     "server",
     "join",
     "restart",
+    "cache",
 )
 DEFAULT_WORK_DIR = PROJECT_ROOT / ".data" / "bench"
 DEFAULT_OUTPUT = PROJECT_ROOT / "bench" / "results" / "latest.md"
@@ -165,6 +167,7 @@ async def run(args: argparse.Namespace) -> list[Figure]:
                 sweep=args.sweep,
                 judge=not args.quick,
             )
+        figures += await _cache(args, backend, work)
         figures += trend
     finally:
         await backend.close()
@@ -191,6 +194,17 @@ async def _insights(args: argparse.Namespace, backend: EmbeddedBackend, work: Pa
         repetitions=repetitions,
         parts=parts,
         judge=not args.quick,
+    )
+
+
+async def _cache(args: argparse.Namespace, backend: EmbeddedBackend, work: Path) -> list[Figure]:
+    if "cache" not in args.only:
+        return []
+    events = 200_000 if args.quick else 10_000_000
+    refreshes = max(5, args.repetitions)
+    _say(f"result cache, {events:,} events, {refreshes} dashboard refreshes per side")
+    return await cache_speed.measure(
+        backend, work, events_count=events, refreshes=refreshes, judge=not args.quick
     )
 
 
