@@ -156,7 +156,7 @@ async def catalog_with_data(
 
 @pytest.fixture(scope="module")
 def served_settings() -> Settings:
-    return Settings(port=0, query_timeout_seconds=30)
+    return Settings(port=0, rest_port=None, query_timeout_seconds=30)
 
 
 @pytest_asyncio.fixture(scope="module")
