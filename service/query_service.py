@@ -10,7 +10,7 @@ import dataclasses
 import datetime as dt
 import time
 import uuid
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -141,7 +141,7 @@ class QueryService:
             answered.last_sync_at,
         )
 
-    async def stream(
+    def stream(
         self,
         principal: Principal,
         request: QueryRequest,
@@ -150,45 +150,70 @@ class QueryService:
         rpc: str,
         meta_sink: list[StreamMeta],
     ) -> AsyncGenerator[tuple[tuple[OutputColumn, ...], pa.RecordBatch]]:
-        """Yield the result's record batches as the engine produces them.
+        """Yield the result's record batches as the engine produces them (``stream_answer``)."""
+        return stream_answer(
+            self.backend,
+            self.catalog.database,
+            principal,
+            request.model,
+            lambda: self._authorise_and_compile(principal, request, self._stream_limits),
+            timeout_seconds=self._budget(remaining),
+            rpc=rpc,
+            meta_sink=meta_sink,
+        )
 
-        Leaving the iteration early (client cancel, deadline) closes the engine's stream. The
-        meta is appended to ``meta_sink`` after the last batch.
-        """
-        started = time.perf_counter()
-        model_name = request.model[:200]
-        rows = 0
-        stats = QueryStats()
-        outcome = "cancelled"
-        try:
-            compiled = await self._authorise_and_compile(principal, request, self._stream_limits)
-            model_name = compiled.model.qualified_name
-            async with self.backend.stream(
-                compiled, timeout_seconds=self._budget(remaining), query_id=uuid.uuid4().hex
-            ) as stream:
-                async for batch in stream:
-                    rows += batch.num_rows
-                    yield compiled.columns, batch
-                stats = stream.stats
-            last_sync = await oldest_sync(self.backend, self.catalog.database, compiled.tables)
-            meta_sink.append(StreamMeta(compiled.columns, caller_stats(stats), last_sync))
-            outcome = "ok"
-        except AnalyticsError as error:
-            outcome = "failed"
-            audit_failure(principal, model_name, rpc, started, error, rows=rows)
-            raise
-        finally:
-            if outcome != "failed":
-                audit.record_query(
-                    tenant=principal.tenant,
-                    subject=principal.subject,
-                    model=model_name,
-                    rpc=rpc,
-                    outcome=outcome,
-                    duration_ms=(time.perf_counter() - started) * 1000,
-                    rows=rows,
-                    rows_scanned=stats.rows_scanned,
-                )
+
+async def stream_answer(
+    backend: AnalyticsBackend,
+    database: str,
+    principal: Principal,
+    reference: str,
+    prepare: Callable[[], Awaitable[CompiledQuery]],
+    *,
+    timeout_seconds: float,
+    rpc: str,
+    meta_sink: list[StreamMeta],
+) -> AsyncGenerator[tuple[tuple[OutputColumn, ...], pa.RecordBatch]]:
+    """Yield the record batches of the query ``prepare`` authorises and compiles, as they come.
+
+    ``reference``: the model the request names (for the audit record of a refusal). Leaving the
+    iteration early (client cancel, deadline) closes the engine's stream. The meta is appended
+    to ``meta_sink`` after the last batch; one audit record either way.
+    """
+    started = time.perf_counter()
+    model_name = reference[:200]
+    rows = 0
+    stats = QueryStats()
+    outcome = "cancelled"
+    try:
+        compiled = await prepare()
+        model_name = compiled.model.qualified_name
+        async with backend.stream(
+            compiled, timeout_seconds=timeout_seconds, query_id=uuid.uuid4().hex
+        ) as stream:
+            async for batch in stream:
+                rows += batch.num_rows
+                yield compiled.columns, batch
+            stats = stream.stats
+        last_sync = await oldest_sync(backend, database, compiled.tables)
+        meta_sink.append(StreamMeta(compiled.columns, caller_stats(stats), last_sync))
+        outcome = "ok"
+    except AnalyticsError as error:
+        outcome = "failed"
+        audit_failure(principal, model_name, rpc, started, error, rows=rows)
+        raise
+    finally:
+        if outcome != "failed":
+            audit.record_query(
+                tenant=principal.tenant,
+                subject=principal.subject,
+                model=model_name,
+                rpc=rpc,
+                outcome=outcome,
+                duration_ms=(time.perf_counter() - started) * 1000,
+                rows=rows,
+                rows_scanned=stats.rows_scanned,
+            )
 
 
 def authorise_reads(principal: Principal, models: Iterable[Model]) -> None:

@@ -1,8 +1,10 @@
-"""InsightRunner: what every insight's runner shares (Trend, Funnel, and those to come).
+"""InsightRunner: what every insight's runner shares (Trend, Funnel, Retention, Lifecycle).
 
 The catalog, the engine, the query time budget and the clock that relative dates are read
-against; the model's read permission checked before compiling; the one execution path
-(``_answer``: the result cache, freshness); the success audit record.
+against, and one flow (``_run_insight``): the model's read permission checked before compiling,
+the tenant's segments read when named, compile (pure), the read permission of every other model
+the queries read, the one execution path (``_answer``: the result cache, freshness), assemble
+(pure), and the audit record, a failure's or the success's.
 """
 
 from __future__ import annotations
@@ -10,19 +12,50 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+import pyarrow as pa
 
 from service import audit
 from service.auth import Principal
-from service.backends.base import AnalyticsBackend
-from service.cache.execution import Answered, answer_queries
+from service.backends.base import AnalyticsBackend, QueryStats
+from service.cache.execution import Answered, answer_queries, served
 from service.catalog import Catalog, Model
+from service.errors import AnalyticsError
 from service.query.compiler import CompiledQuery, resolve_model
-from service.query_service import authorise_reads
+from service.query_service import audit_failure, authorise_reads, caller_stats
 
 if TYPE_CHECKING:
     from service.cache.result_cache import ResultCache
     from service.segments.segment_service import SegmentService
+
+
+Answer = TypeVar("Answer")
+Plan = TypeVar("Plan")
+
+
+class InsightRequest(Protocol):
+    """What the shared flow reads of any insight's request."""
+
+    @property
+    def model(self) -> str:
+        """The model the request names."""
+        ...
+
+    @property
+    def filters(self) -> Mapping[str, str]:
+        """The request's filters (where a segment is named)."""
+        ...
+
+
+@dataclass(frozen=True)
+class InsightOutcome(Generic[Answer]):
+    """An insight's answer with its meta."""
+
+    answer: Answer
+    stats: QueryStats
+    last_sync_at: dt.datetime | None
 
 
 class InsightRunner:
@@ -66,6 +99,50 @@ class InsightRunner:
     def _budget(self, remaining: float | None) -> float:
         """Seconds the engine may take: the settings' budget, or less if the call has less."""
         return self._timeout if remaining is None else max(min(self._timeout, remaining), 0.001)
+
+    async def _run_insight(
+        self,
+        principal: Principal,
+        request: InsightRequest,
+        *,
+        remaining: float | None,
+        rpc: str,
+        compile_plan: Callable[[Catalog, str, dt.datetime], Plan],
+        queries: Callable[[Plan], Sequence[CompiledQuery]],
+        assemble: Callable[[Plan, list[pa.Table]], Answer],
+        rows: Callable[[Answer], int],
+    ) -> InsightOutcome[Answer]:
+        """Answer ``request`` through the shared flow (module docstring).
+
+        Raises AnalyticsError for anything a caller must hear. ``compile_plan`` (catalog,
+        tenant, now) compiles the request; ``queries`` are the plan's queries (the first one's
+        joined models stand for all); ``assemble`` makes the answer of their result tables;
+        ``rows`` counts the answer's rows for the audit record.
+        """
+        started = time.perf_counter()
+        model_name = request.model[:200]
+        try:
+            model_name = self._readable_model(principal, request.model).qualified_name
+            catalog = await self._catalog_for(principal.tenant, request.filters)
+            plan = compile_plan(catalog, principal.tenant, self._clock())
+            compiled = queries(plan)
+            authorise_reads(principal, compiled[0].joined)
+            answered = await self._answer(principal, compiled, remaining)
+        except AnalyticsError as error:
+            audit_failure(principal, model_name, rpc, started, error)
+            raise
+        results = answered.results
+        answer = assemble(plan, [result.table for result in results])
+        stats = QueryStats(
+            rows_scanned=sum(r.stats.rows_scanned for r in results),
+            elapsed_ms=max((r.stats.elapsed_ms for r in results), default=0.0),
+        )
+        self._audit_ok(
+            principal, model_name, rpc, started, rows(answer), answered.engine_rows_scanned
+        )
+        return InsightOutcome(
+            answer, served(caller_stats(stats), answered.cache_hit), answered.last_sync_at
+        )
 
     async def _answer(
         self, principal: Principal, queries: Sequence[CompiledQuery], remaining: float | None
