@@ -250,12 +250,13 @@ async def measure(
     redis: LocalStack | None = None
     try:
         uncached, truth = await _uncached(served_dir, catalog_path, work, refreshes)
-        hits = await _warm(served_dir, catalog_path, work, refreshes, truth, "memory", {})
+        cached = {"ANALYTICS_RESULT_CACHE": "true"}
+        hits = await _warm(served_dir, catalog_path, work, refreshes, truth, "memory", cached)
         redis_hits: list[float] = []
         if shutil.which("redis-server") is not None:
             redis = LocalStack(make_stack_directory("bench-cache-"), ["redis"])
             await redis.astart()
-            env = {"ANALYTICS_REDIS_URL": redis.redis.url}
+            env = {**cached, "ANALYTICS_REDIS_URL": redis.redis.url}
             redis_hits = await _warm(served_dir, catalog_path, work, refreshes, truth, "redis", env)
         misses = await _misses(served_dir, catalog_path, work, refreshes, truth)
     finally:
@@ -356,7 +357,9 @@ async def _misses(
 ) -> list[float]:
     """Refreshes each after an ingested event: every answer a miss."""
     log = work / "serve_cache_misses.log"
-    served = await ServedProcess.start(served_dir, catalog_path, log)
+    served = await ServedProcess.start(
+        served_dir, catalog_path, log, {"ANALYTICS_RESULT_CACHE": "true"}
+    )
     try:
         _checked(await _refresh(served), truth, None, "misses fill")
         misses: list[float] = []

@@ -78,7 +78,10 @@ class ServedProcess:
     ) -> ServedProcess:
         """Start the server on a free port and wait until it serves.
 
-        ``extra_env`` adds settings (``ANALYTICS_REST_PORT=0`` opens the REST port as well).
+        ``extra_env`` adds settings (``ANALYTICS_REST_PORT=0`` opens the REST port as well). The
+        result cache is off unless ``extra_env`` turns it on: a benchmark repeats its requests,
+        and its figures are the engine's work, not cache hits (bench/cache_speed.py measures
+        those).
         """
         env = {
             **os.environ,
@@ -86,6 +89,7 @@ class ServedProcess:
             "ANALYTICS_DATA_DIR": str(data_dir),
             "ANALYTICS_CATALOG_PATH": str(catalog_path),
             "ANALYTICS_PORT": "0",
+            "ANALYTICS_RESULT_CACHE": "false",
             **(extra_env or {}),
         }
         env.pop("ANALYTICS_CLICKHOUSE_URL", None)
