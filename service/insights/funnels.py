@@ -61,6 +61,7 @@ the order, exclusion spans, the breakdown's attribution and step).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import re
@@ -85,6 +86,8 @@ from service.query.compiler import (
     group_expression,
     render_value,
     resolve_model,
+    segment_condition,
+    split_segment,
     where_conditions,
 )
 from service.query.field_paths import column_sql, resolve_field
@@ -299,6 +302,8 @@ def _prepare(request: FunnelRequest, catalog: Catalog, tenant: str, now: dt.date
     if not tenant:
         raise AnalyticsError(ErrorKind.UNAUTHORIZED, "no tenant in the token", "NO_TENANT")
     model = resolve_model(catalog, request.model)
+    plain, segment = split_segment(request.filters)
+    request = dataclasses.replace(request, filters=plain)
     time_zone = parse_time_zone(request.time_zone)
     checked = _check(request, model)
     step_origins, exclusion_origins = _origins(request, catalog, model)
@@ -326,9 +331,13 @@ def _prepare(request: FunnelRequest, catalog: Catalog, tenant: str, now: dt.date
             checked,
             [request_filters, step_filters, exclusion_filters],
             uuid_ids=uuid_ids,
+            segment=segment,
         )
         sql, used = scan.sql(catalog, builder, tenant_placeholder, bounds, time_zone)
         scans.append(sql)
+        if segment:
+            members = catalog.segments[segment].model
+            joined.setdefault(members.qualified_name, members)
         if not scan.on_request_model:
             joined.setdefault(source.origin.model.qualified_name, source.origin.model)
         for related in related_models(source.origin.model, used):
@@ -386,6 +395,8 @@ class _Scan:
     """The request's filters, each step's, each exclusion's (as _parsed_filters returns)."""
     uuid_ids: bool = False
     """Whether every source's rows are events with a non-null UUID id: i0 is then the UUID."""
+    segment: str = ""
+    """The tenant's segment the request's filters name: every scan keeps its actors only."""
 
     def sql(
         self,
@@ -418,6 +429,16 @@ class _Scan:
         actor = column_sql(actor_spec, model, builder.bind)
         if actor_spec.nullable:
             where.append(f"{actor} IS NOT NULL")
+        if self.segment:
+            kept, _ = segment_condition(
+                catalog,
+                model,
+                self.segment,
+                builder,
+                tenant,
+                actor=(origin.actor_field, origin.actors),
+            )
+            where.append(kept)
         event_column = model.events.event if model.events is not None else ""
         conditions = [
             (

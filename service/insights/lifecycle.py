@@ -38,6 +38,7 @@ request's shape.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 
@@ -66,7 +67,10 @@ from service.query.compiler import (
     ParameterBuilder,
     filter_conditions,
     resolve_model,
+    segment_condition,
+    split_segment,
     where_conditions,
+    with_model,
 )
 from service.query.field_paths import column_sql, resolve_field
 from service.query.filters import mentioned_fields, parse_filters
@@ -118,6 +122,8 @@ def compile_lifecycle(
     if not tenant:
         raise AnalyticsError(ErrorKind.UNAUTHORIZED, "no tenant in the token", "NO_TENANT")
     model = resolve_model(catalog, request.model)
+    plain, segment = split_segment(request.filters)
+    request = dataclasses.replace(request, filters=plain)
     roles = event_roles(model, "lifecycle")
     time_zone = parse_time_zone(request.time_zone)
     period = parse_period(request.period)
@@ -150,6 +156,11 @@ def compile_lifecycle(
         where.append(f"{actor} IS NOT NULL")
     if timestamp_spec.nullable:
         where.append(f"{timestamp} IS NOT NULL")
+    joined = related_models(model, used)
+    if segment:
+        kept, members = segment_condition(catalog, model, segment, builder, tenant_placeholder)
+        where.append(kept)
+        joined = with_model(joined, members, model)
     zone = builder.bind("String", time_zone)
     key = period_key_sql(timestamp, period, week_start, zone)
     table = from_clause(catalog, model, used, tenant_placeholder)
@@ -189,7 +200,7 @@ def compile_lifecycle(
         limit=0,
         settings={**BUCKET_SETTINGS, **FINAL_WITHIN_PARTITIONS},
         tenant=tenant,
-        joined=related_models(model, used),
+        joined=joined,
     )
     return LifecyclePlan(model, period, tuple(buckets), start, end, time_zone, compiled)
 

@@ -49,6 +49,7 @@ the request's shape.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,7 +87,10 @@ from service.query.compiler import (
     group_expression,
     render_value,
     resolve_model,
+    segment_condition,
+    split_segment,
     where_conditions,
+    with_model,
 )
 from service.query.field_paths import column_sql, resolve_field
 from service.query.filters import Filter, mentioned_fields, parse_filters
@@ -167,6 +171,8 @@ def compile_retention(
     if not tenant:
         raise AnalyticsError(ErrorKind.UNAUTHORIZED, "no tenant in the token", "NO_TENANT")
     model = resolve_model(catalog, request.model)
+    plain, segment = split_segment(request.filters)
+    request = dataclasses.replace(request, filters=plain)
     event_roles(model, "retention")
     time_zone = parse_time_zone(request.time_zone)
     period = parse_period(request.period)
@@ -210,6 +216,7 @@ def compile_retention(
         tuple(cohorts),
         period_end(cohorts[-1], period, time_zone, week_start),
         breakdown,
+        segment,
     )
     compiled = _compile(shape, request, filters, intervals, limit)
     return RetentionPlan(
@@ -248,6 +255,8 @@ class _Shape:
     cohorts: tuple[Bucket, ...]
     end: dt.datetime
     breakdown: FieldSpec | None
+    segment: str = ""
+    """The tenant's segment the request's filters name ("" for none)."""
 
 
 def _compile(
@@ -284,6 +293,7 @@ def _compile(
     where[2:2] = bounds
     nullable = ((actor_spec, actor), (timestamp_spec, timestamp))
     where += [*(f"{sql} IS NOT NULL" for spec, sql in nullable if spec.nullable), relevant]
+    joined = _segment_kept(shape, used, builder, tenant, where)
 
     zone = builder.bind("String", shape.time_zone)
     keys = period_keys(builder, shape.period, shape.cohorts)
@@ -338,8 +348,22 @@ def _compile(
         limit=0,
         settings={**BUCKET_SETTINGS, **FINAL_WITHIN_PARTITIONS},
         tenant=shape.tenant,
-        joined=related_models(model, used),
+        joined=joined,
     )
+
+
+def _segment_kept(
+    shape: _Shape, used: list[FieldSpec], builder: ParameterBuilder, tenant: str, where: list[str]
+) -> tuple[Model, ...]:
+    """The models read besides the event model; with a segment, its condition added to ``where``."""
+    joined = related_models(shape.model, used)
+    if shape.segment:
+        kept, members = segment_condition(
+            shape.catalog, shape.model, shape.segment, builder, tenant
+        )
+        where.append(kept)
+        joined = with_model(joined, members, shape.model)
+    return joined
 
 
 def assemble_retention(plan: RetentionPlan, table: pa.Table) -> RetentionAnswer:

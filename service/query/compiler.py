@@ -242,14 +242,22 @@ def split_segment(filters: Mapping[str, str]) -> tuple[dict[str, str], str]:
 
 
 def segment_condition(
-    catalog: Catalog, model: Model, name: str, builder: ParameterBuilder, tenant: str
+    catalog: Catalog,
+    model: Model,
+    name: str,
+    builder: ParameterBuilder,
+    tenant: str,
+    *,
+    actor: tuple[str, str] | None = None,
 ) -> tuple[str, Model]:
     """SQL keeping ``model``'s rows whose actor is in the tenant's segment ``name``.
 
     Also the segment's model (its read permission and freshness count for the query). The
     segment is read at query time from current data, in a subquery with its own tenant
-    condition first. Raises a validation error on ``filters.segment`` for an unknown segment or
-    a model holding none of the segment's actor keys.
+    condition first. ``actor``: (the field holding a row's actor, what its values are keys of)
+    when the caller has chosen it (a funnel step's); else the model's field holding the
+    segment's actor keys. Raises a validation error on ``filters.segment`` for an unknown
+    segment or a model holding none of the segment's actor keys.
     """
     source = f"filters.{SEGMENT_KEY}"
     segment = catalog.segments.get(name)
@@ -259,10 +267,21 @@ def segment_condition(
             f"{source}: the tenant has no segment {name!r} (SegmentService.CreateSegment)",
             "UNKNOWN_SEGMENT",
         )
-    holder = column_sql(model.fields[holder_of(model, segment.actors, source)], model, builder.bind)
+    if actor is None:
+        field_name = holder_of(model, segment.actors, source)
+    elif actor[1] == segment.actors:
+        field_name = actor[0]
+    else:
+        raise validation_error(
+            source,
+            f"{source}: the segment's actors are keys of {segment.actors}, the funnel's of "
+            f"{actor[1]}",
+            "ACTOR_MISMATCH",
+        )
+    holder = column_sql(model.fields[field_name], model, builder.bind)
     members = segment.model
     where = where_conditions(segment.filters, members, builder, tenant, "UTC")
-    actor = column_sql(members.fields[segment.actor_field], members, builder.bind)
+    member = column_sql(members.fields[segment.actor_field], members, builder.bind)
     tail = ""
     roles = members.events
     if segment.kind == "behavioral" and roles is not None:
@@ -274,7 +293,7 @@ def segment_condition(
             event = builder.bind("String", encode_text_parameter(segment.event))
             where.append(f"t.`{roles.event}` = {event}")
         tail = (
-            f" GROUP BY {actor} HAVING count() >= {builder.bind('UInt64', str(segment.min_count))}"
+            f" GROUP BY {member} HAVING count() >= {builder.bind('UInt64', str(segment.min_count))}"
         )
     used = [
         resolve_field(members, item, "filters")
@@ -282,7 +301,7 @@ def segment_condition(
     ]
     table = from_clause(catalog, members, used, tenant)
     # Identifiers from the catalog, values bound.
-    members_sql = f"SELECT {actor} FROM {table} WHERE {' AND '.join(where)}{tail}"
+    members_sql = f"SELECT {member} FROM {table} WHERE {' AND '.join(where)}{tail}"
     return f"{holder} IN ({members_sql})", members
 
 

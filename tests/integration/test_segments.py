@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -30,6 +31,12 @@ from service.auth import mint_token
 from service.backends.embedded import EmbeddedBackend
 from service.catalog import Catalog
 from service.errors import AnalyticsError
+from service.insights.funnel_request import FunnelRequest, FunnelStep
+from service.insights.funnels import assemble_funnel, compile_funnel
+from service.insights.lifecycle import assemble_lifecycle, compile_lifecycle
+from service.insights.lifecycle_request import LifecycleRequest
+from service.insights.retention import assemble_retention, compile_retention
+from service.insights.retention_request import RetentionEvent, RetentionRequest
 from service.query.compiler import compile_query
 from service.query.request import QueryRequest
 from service.schema import all_ddl
@@ -425,3 +432,84 @@ def test_a_segment_of_another_kind_of_actor_is_refused(catalog: Catalog) -> None
         compile_query(QueryRequest(model="product.events", filters={"segment": "big"}), seen, "t")
     assert caught.value.violations[0].field == "filters.segment"
     assert caught.value.reason == "ACTOR_MISMATCH"
+
+
+async def test_segments_filter_funnels_retention_and_lifecycle(
+    embedded_backend: EmbeddedBackend, catalog_with_data: Catalog
+) -> None:
+    """power_buyers keeps acme's actor 1 only, in every insight, across models too."""
+    definition = validate_segment(
+        SegmentDefinition.from_json(
+            json.dumps(
+                {
+                    "name": "power_buyers",
+                    "kind": "behavioral",
+                    "model": "product.events",
+                    "event": "purchased",
+                    "min_count": 2,
+                    "window": "30d",
+                }
+            )
+        ),
+        catalog_with_data,
+    )
+    seen = catalog_with_data.with_segments(
+        {"power_buyers": resolve_segment(definition, catalog_with_data)}
+    )
+    now = dt.datetime.now(dt.UTC)
+
+    async def run(compiled: Any) -> Any:
+        assert_tenant_first(compiled, ACME)
+        return (
+            await embedded_backend.execute(compiled, timeout_seconds=30, query_id="segment")
+        ).table
+
+    for filters, expected in (({}, [2, 1]), ({"segment": "power_buyers"}, [1, 1])):
+        funnel = FunnelRequest(
+            model="product.events",
+            steps=(FunnelStep("purchased"), FunnelStep("purchased")),
+            date_from="-7d",
+            filters=filters,
+        )
+        plan = compile_funnel(funnel, seen, ACME, now)
+        answer = assemble_funnel(plan, await run(plan.compiled))
+        assert [s.actors for s in answer.steps] == expected, filters
+    across = FunnelRequest(
+        model="crm.contacts",
+        steps=(
+            FunnelStep(date_field="created_at"),
+            FunnelStep("purchased", model="product.events"),
+        ),
+        date_from="-100d",
+        window="100d",
+        filters={"segment": "power_buyers"},
+    )
+    plan = compile_funnel(across, seen, ACME, now)
+    answer = assemble_funnel(plan, await run(plan.compiled))
+    assert [s.actors for s in answer.steps] == [1, 1]
+    assert "product.events" in {m.qualified_name for m in plan.compiled.joined}
+    for filters, expected_size in (({}, 2), ({"segment": "power_buyers"}, 1)):
+        retention = RetentionRequest(
+            model="product.events",
+            target=RetentionEvent("purchased"),
+            period="week",
+            intervals=2,
+            date_from="-60d",
+            filters=filters,
+        )
+        retention_plan = compile_retention(retention, seen, ACME, now)
+        table = assemble_retention(retention_plan, await run(retention_plan.compiled))
+        assert sum(c.size for c in table.tables[0].cohorts) == expected_size, filters
+        lifecycle = LifecycleRequest(
+            model="product.events",
+            event="purchased",
+            period="month",
+            date_from="-90d",
+            filters=filters,
+        )
+        lifecycle_plan = compile_lifecycle(lifecycle, seen, ACME, now)
+        lines = assemble_lifecycle(lifecycle_plan, await run(lifecycle_plan.compiled))
+        active = {line.status: sum(line.values) for line in lines.lines}
+        # Actors 1 and 2 first bought in the range (actor 2 41 days ago): new once each, and
+        # each actor's first purchase starts its cohort.
+        assert active["new"] == expected_size, filters
