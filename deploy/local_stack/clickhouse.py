@@ -44,7 +44,7 @@ class ClickHouseServer(Component):
 
     @property
     def http_url(self) -> str:
-        """Base URL of the HTTP interface (what ``aiochclient`` takes)."""
+        """Base URL of the HTTP interface."""
         return f"http://{self.host}:{self.http_port}"
 
     @property
