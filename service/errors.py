@@ -32,6 +32,19 @@ class FieldViolation:
     description: str
 
 
+@dataclass(frozen=True)
+class QuotaViolation:
+    """One limit a request went over (sent as a ``google.rpc.QuotaFailure`` violation).
+
+    ``subject``: whose quota (``tenant:<id>``); ``limit``: the limit's name
+    (``requests_per_second``, ``concurrent_queries``, ``rows_per_query``, ``seconds_per_query``).
+    """
+
+    subject: str
+    limit: str
+    description: str
+
+
 @dataclass
 class AnalyticsError(Exception):
     """An error a caller receives: the kind, a human message, a reason code and offending fields."""
@@ -43,6 +56,8 @@ class AnalyticsError(Exception):
     metadata: dict[str, str] = field(default_factory=dict)
     retry_after_seconds: float | None = None
     """When to try again, for errors that pass (a full buffer); sent as RetryInfo/Retry-After."""
+    quota_violations: list[QuotaViolation] = field(default_factory=list)
+    """The limits the request went over (a tenant's budget); sent as QuotaFailure."""
 
     def __str__(self) -> str:
         return self.message
@@ -106,12 +121,43 @@ def engine_unavailable(detail: str) -> AnalyticsError:
     )
 
 
-def resource_exhausted(message: str, reason: str, retry_after_seconds: float) -> AnalyticsError:
-    """The service is at a limit that passes; the caller should retry after the delay."""
+def resource_exhausted(
+    message: str,
+    reason: str,
+    retry_after_seconds: float | None,
+    quota: QuotaViolation | None = None,
+) -> AnalyticsError:
+    """The service is at a limit; the caller may retry after the delay (None: not as it is).
+
+    ``quota``: the tenant's limit that was hit (QuotaFailure), for budget refusals.
+    """
+    metadata = {}
+    if retry_after_seconds is not None:
+        metadata["retry_after_seconds"] = f"{retry_after_seconds:.3f}"
+    if quota is not None:
+        metadata["limit"] = quota.limit
     return AnalyticsError(
         ErrorKind.RESOURCE_EXHAUSTED,
         message,
         reason,
-        metadata={"retry_after_seconds": f"{retry_after_seconds:.3f}"},
+        metadata=metadata,
         retry_after_seconds=retry_after_seconds,
+        quota_violations=[quota] if quota is not None else [],
+    )
+
+
+#: ClickHouse's TOO_MANY_ROWS: ``max_rows_to_read`` with ``read_overflow_mode='throw'`` hit.
+ROWS_LIMIT_CODE = "158"
+
+
+def rows_limit_exceeded(detail: str) -> AnalyticsError:
+    """The engine stopped a query at its ``max_rows_to_read`` (the rows-scanned budget).
+
+    The budget layer (``service.budgets``) turns it into the tenant's ``rows_per_query`` refusal.
+    """
+    return AnalyticsError(
+        ErrorKind.RESOURCE_EXHAUSTED,
+        "the query read more rows than its budget allows",
+        "ENGINE_ROWS_LIMIT",
+        metadata={"engine_message": detail[:500]},
     )

@@ -19,6 +19,7 @@ import pyarrow as pa
 from service import audit
 from service.auth import Principal
 from service.backends.base import AnalyticsBackend, QueryStats
+from service.budgets import Budgets
 from service.cache.execution import answer_queries, served
 from service.catalog import Catalog, Model
 from service.errors import AnalyticsError, forbidden
@@ -73,11 +74,13 @@ class QueryService:
         timeout_seconds: float,
         segments: SegmentService | None = None,
         cache: ResultCache | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         """Wire the catalog, the engine and the limits from settings.
 
         ``segments``: where the tenants' segments are read when a request names one.
         ``cache``: where ``run`` keeps and finds answers (``stream`` is never cached).
+        ``budgets``: the tenants' budgets every request runs within (None: unlimited).
         """
         self.catalog = catalog
         self.backend = backend
@@ -86,6 +89,7 @@ class QueryService:
         self._timeout = timeout_seconds
         self._segments = segments
         self.cache = cache
+        self.budgets = budgets or Budgets.unlimited()
 
     def _budget(self, remaining: float | None) -> float:
         if remaining is None:
@@ -112,14 +116,20 @@ class QueryService:
         try:
             compiled = await self._authorise_and_compile(principal, request, self._limits)
             model_name = compiled.model.qualified_name
-            answered = await answer_queries(
-                self.backend,
-                self.catalog.database,
-                principal.tenant,
-                [compiled],
-                timeout_seconds=self._budget(remaining),
-                cache=self.cache,
-            )
+            async with self.budgets.admit(principal.tenant) as admission:
+                call_seconds = self._budget(remaining)
+                try:
+                    answered = await answer_queries(
+                        self.backend,
+                        self.catalog.database,
+                        principal.tenant,
+                        [admission.bound(compiled)],
+                        timeout_seconds=admission.timeout(call_seconds),
+                        cache=self.cache,
+                    )
+                except AnalyticsError as error:
+                    raise admission.translate(error, call_seconds) from None
+                admission.scanned(answered.engine_rows_scanned)
         except AnalyticsError as error:
             audit_failure(principal, model_name, rpc, started, error)
             raise
@@ -160,6 +170,7 @@ class QueryService:
             timeout_seconds=self._budget(remaining),
             rpc=rpc,
             meta_sink=meta_sink,
+            budgets=self.budgets,
         )
 
 
@@ -173,12 +184,14 @@ async def stream_answer(
     timeout_seconds: float,
     rpc: str,
     meta_sink: list[StreamMeta],
+    budgets: Budgets,
 ) -> AsyncGenerator[tuple[tuple[OutputColumn, ...], pa.RecordBatch]]:
     """Yield the record batches of the query ``prepare`` authorises and compiles, as they come.
 
     ``reference``: the model the request names (for the audit record of a refusal). Leaving the
     iteration early (client cancel, deadline) closes the engine's stream. The meta is appended
-    to ``meta_sink`` after the last batch; one audit record either way.
+    to ``meta_sink`` after the last batch; one audit record either way. The whole stream runs
+    within one admission of the tenant's ``budgets`` (one request, one running slot).
     """
     started = time.perf_counter()
     model_name = reference[:200]
@@ -188,13 +201,20 @@ async def stream_answer(
     try:
         compiled = await prepare()
         model_name = compiled.model.qualified_name
-        async with backend.stream(
-            compiled, timeout_seconds=timeout_seconds, query_id=uuid.uuid4().hex
-        ) as stream:
-            async for batch in stream:
-                rows += batch.num_rows
-                yield compiled.columns, batch
-            stats = stream.stats
+        async with budgets.admit(principal.tenant) as admission:
+            try:
+                async with backend.stream(
+                    admission.bound(compiled),
+                    timeout_seconds=admission.timeout(timeout_seconds),
+                    query_id=uuid.uuid4().hex,
+                ) as stream:
+                    async for batch in stream:
+                        rows += batch.num_rows
+                        yield compiled.columns, batch
+                    stats = stream.stats
+            except AnalyticsError as error:
+                raise admission.translate(error, timeout_seconds) from None
+            admission.scanned(stats.rows_scanned)
         last_sync = await oldest_sync(backend, database, compiled.tables)
         meta_sink.append(StreamMeta(compiled.columns, caller_stats(stats), last_sync))
         outcome = "ok"

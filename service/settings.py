@@ -220,14 +220,50 @@ class Settings(BaseSettings):
     )
     redis_url: SecretStr | None = Field(
         None,
-        description="Redis (redis://host:port/db) holding the result cache, shared by every "
-        "service process using it; unset: an in-process cache.",
+        description="Redis (redis://host:port/db) holding the result cache and the tenants' "
+        "budget counters, shared by every service process using it; unset: both in-process.",
     )
     redis_timeout_seconds: float = Field(
         0.25,
         gt=0,
         description="Longest a Redis operation may take; past it (or on any Redis error) the "
         "query is answered uncached.",
+    )
+    budget_requests_per_second: float = Field(
+        200.0,
+        ge=0,
+        description="Each tenant's sustained requests per second (token bucket refill; "
+        'README "Budgets"); 0: unlimited. Per tenant overrides: TenantService.SetTenantBudget.',
+    )
+    budget_burst: int = Field(
+        400,
+        ge=0,
+        description="Requests a tenant's bucket holds (a burst above the rate); 0: one "
+        "second's worth.",
+    )
+    budget_concurrent_queries: int = Field(
+        32,
+        ge=0,
+        description="Requests of one tenant running at once (across processes sharing "
+        "redis_url); 0: unlimited.",
+    )
+    budget_rows_per_query: int = Field(
+        5_000_000_000,
+        ge=0,
+        description="Rows one query of a tenant may read; the engine stops it past that "
+        "(max_rows_to_read, read_overflow_mode='throw'); 0: unlimited.",
+    )
+    budget_seconds_per_query: float = Field(
+        0.0,
+        ge=0,
+        description="Time one query of a tenant may run, when less than query_timeout_seconds "
+        "(the engine's max_execution_time; over it: RESOURCE_EXHAUSTED); 0: only "
+        "query_timeout_seconds applies.",
+    )
+    budget_override_refresh_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often a service process reads the tenants' budget overrides again.",
     )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: readable on a terminal, JSON otherwise."

@@ -46,7 +46,7 @@ import hmac
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -54,14 +54,17 @@ import structlog
 
 from service.backends.base import AnalyticsBackend
 from service.backends.dialect import MODERN, Dialect, backend_dialect, quote_string
+from service.budgets.limits import BudgetOverride
 from service.catalog import Catalog, Model
-from service.errors import AnalyticsError, ErrorKind, validation_error
+from service.errors import AnalyticsError, ErrorKind, not_found, validation_error
 from service.query.values import encode_text_parameter
 from service.schema import SYNC_STATE_TABLE, database_ddl
 
 log = structlog.get_logger(__name__)
 
 TENANTS_TABLE = "_tenants"
+#: The tenants' budget overrides (``service.budgets``), beside their records.
+TENANT_BUDGETS_TABLE = "_tenant_budgets"
 USER_PREFIX = "tenant_"
 #: The longest tenant id accepted, as for the token claim (``service.auth``).
 MAX_TENANT_ID_LENGTH = 128
@@ -270,6 +273,23 @@ def tenants_table_ddl(catalog: Catalog, *, dialect: Dialect = MODERN) -> str:
     )
 
 
+def tenant_budgets_table_ddl(catalog: Catalog, *, dialect: Dialect = MODERN) -> str:
+    """The tenants' budget overrides (JSON of ``BudgetOverride``; latest ``_version`` wins).
+
+    A table of its own rather than a column of ``_tenants``: the tenants tables already on
+    servers (18.16 included) need no migration.
+    """
+    return (
+        f"CREATE TABLE IF NOT EXISTS {_table(catalog, TENANT_BUDGETS_TABLE)} (\n"
+        "    `tenant_id` String,\n"
+        "    `budget` String COMMENT 'JSON: the limits the tenant has instead of the defaults',\n"
+        "    `_version` UInt64,\n"
+        "    `_is_deleted` UInt8\n"
+        f") ENGINE = {dialect.replacing_engine('_version', '_is_deleted')}\n"
+        "ORDER BY tenant_id"
+    )
+
+
 # --- records --------------------------------------------------------------------------------------
 
 
@@ -283,6 +303,8 @@ class TenantRecord:
     tables: tuple[str, ...]
     created_at: dt.datetime
     updated_at: dt.datetime
+    budget: BudgetOverride | None = None
+    """The tenant's budget override (None: the defaults of settings apply)."""
 
     def same_state(self, other: TenantRecord) -> bool:
         """Whether both describe the same provisioning (times aside)."""
@@ -429,6 +451,7 @@ class TenantProvisioner:
         dialect = await self._server_dialect()
         await self._backend.command(database_ddl(self._catalog))
         await self._backend.command(tenants_table_ddl(self._catalog, dialect=dialect))
+        await self._backend.command(tenant_budgets_table_ddl(self._catalog, dialect=dialect))
         self._schema_ready = True
 
     async def get(self, tenant_id: str) -> TenantRecord | None:
@@ -486,6 +509,8 @@ class TenantProvisioner:
             if existing is not None:
                 now = _now()
                 await self._write(existing, await self._next_version(tenant_id), now, deleted=True)
+                if existing.budget is not None:
+                    await self._write_budget(tenant_id, None)
         log.info(
             "tenant deprovisioned",
             tenant_id=tenant_id,
@@ -493,6 +518,49 @@ class TenantProvisioner:
             row_policies_enforced=self.enforces_row_policies,
         )
         return existing
+
+    async def budget_overrides(self) -> dict[str, BudgetOverride]:
+        """Every tenant's budget override (what ``service.budgets.Budgets`` reads)."""
+        await self.ensure_schema()
+        rows = await self._backend.query_rows(
+            f"SELECT tenant_id, budget FROM {_table(self._catalog, TENANT_BUDGETS_TABLE)} "  # noqa: S608
+            "FINAL WHERE _is_deleted = 0"
+        )
+        return {str(row["tenant_id"]): BudgetOverride.from_json(str(row["budget"])) for row in rows}
+
+    async def set_budget(self, tenant_id: str, budget: BudgetOverride | None) -> TenantRecord:
+        """Give the provisioned tenant ``budget`` instead of the defaults (None or empty: clear).
+
+        Raises NOT_FOUND when the tenant is not provisioned. Service processes apply it within
+        ``budget_override_refresh_seconds``.
+        """
+        validate_tenant_id(tenant_id)
+        async with self._lock:
+            await self.ensure_schema()
+            existing = await self.get(tenant_id)
+            if existing is None:
+                raise not_found(f"tenant {tenant_id!r} is not provisioned", tenant=tenant_id[:200])
+            kept = None if budget is None or budget.empty else budget
+            await self._write_budget(tenant_id, kept)
+        log.info("tenant budget set", tenant_id=tenant_id, budget=kept.to_json() if kept else None)
+        return replace(existing, budget=kept)
+
+    async def _write_budget(self, tenant_id: str, budget: BudgetOverride | None) -> None:
+        table = _table(self._catalog, TENANT_BUDGETS_TABLE)
+        rows = await self._backend.query_rows(
+            f"SELECT max(_version) AS v FROM {table} WHERE tenant_id = {{tenant:String}}",  # noqa: S608
+            {"tenant": encode_text_parameter(tenant_id)},
+        )
+        previous = int(rows[0]["v"] or 0) if rows else 0
+        data = pa.table(
+            {
+                "tenant_id": pa.array([tenant_id], pa.string()),
+                "budget": pa.array([budget.to_json() if budget else ""], pa.string()),
+                "_version": pa.array([max(time.time_ns() // 1000, previous + 1)], pa.uint64()),
+                "_is_deleted": pa.array([int(budget is None)], pa.uint8()),
+            }
+        )
+        await self._backend.insert_arrow(self._catalog.database, TENANT_BUDGETS_TABLE, data)
 
     async def reconcile(self, *, force: bool = False) -> list[TenantRecord]:
         """Re-apply every tenant whose recorded tables differ from the catalog's (all if ``force``).
@@ -601,7 +669,11 @@ class TenantProvisioner:
             f"WHERE _is_deleted = 0 {condition} ORDER BY tenant_id LIMIT {int(limit)}"
         )
         encoded = {name: encode_text_parameter(value) for name, value in parameters.items()}
-        return [_record(row) for row in await self._backend.query_rows(sql, encoded)]
+        records = [_record(row) for row in await self._backend.query_rows(sql, encoded)]
+        if not records:
+            return records
+        budgets = await self.budget_overrides()
+        return [replace(record, budget=budgets.get(record.tenant_id)) for record in records]
 
     async def _next_version(self, tenant_id: str) -> int:
         """Above every version written for the tenant, tombstones included; about now in µs."""
@@ -686,4 +758,5 @@ def record_json(record: TenantRecord, backend_name: str) -> dict[str, Any]:
         "createdAt": record.created_at.isoformat().replace("+00:00", "Z"),
         "updatedAt": record.updated_at.isoformat().replace("+00:00", "Z"),
         "enforcementDetail": enforcement_detail(record, backend_name),
+        **({"budget": record.budget.json_fields()} if record.budget is not None else {}),
     }

@@ -68,6 +68,11 @@ def problem_document(error: AnalyticsError, trace_id: str) -> dict[str, Any]:
         ]
     if error.metadata:
         document["metadata"] = dict(error.metadata)
+    if error.quota_violations:
+        document["quotaViolations"] = [
+            {"subject": v.subject, "limit": v.limit, "description": v.description}
+            for v in error.quota_violations
+        ]
     if error.retry_after_seconds is not None:
         document["retryAfterSeconds"] = round(error.retry_after_seconds, 3)
     return document

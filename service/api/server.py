@@ -39,6 +39,7 @@ from service.backends.base import AnalyticsBackend
 from service.backends.http import HttpBackend
 from service.backends.selection import open_backend
 from service.backfill_jobs import BackfillLauncherFactory
+from service.budgets import Budgets, build_budgets
 from service.cache import ResultCache, build_result_cache
 from service.catalog import Catalog, load_catalog
 from service.events.ingestion import EventIngestion
@@ -78,6 +79,7 @@ class RunningServer:
     sink: EventSink | None = None
     event_topic: EventTopicConsumer | None = None
     cache: ResultCache | None = None
+    budgets: Budgets | None = None
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish, then release an engine it opened.
@@ -97,6 +99,8 @@ class RunningServer:
         await asyncio.gather(*stopping)
         if self.cache is not None:
             await self.cache.close()
+        if self.budgets is not None:
+            await self.budgets.close()
         if self.owns_backend:
             await self.backend.close()
 
@@ -144,6 +148,9 @@ async def start_server(  # noqa: PLR0915 (the composition root: a statement per 
     # One registry for the process's metrics (served at GET /metrics): the sink's and the cache's.
     sink_metrics = SinkMetrics()
     cache = build_result_cache(settings, sink_metrics.registry)
+    provisioner = tenant_provisioner(settings, catalog, backend)
+    # Defaults from settings, overrides from the tenant records, counters in Redis if set.
+    budgets = build_budgets(settings, sink_metrics.registry, provisioner)
     queries = QueryService(
         catalog,
         backend,
@@ -154,6 +161,7 @@ async def start_server(  # noqa: PLR0915 (the composition root: a statement per 
         timeout_seconds=settings.query_timeout_seconds,
         segments=segments,
         cache=cache,
+        budgets=budgets,
     )
     verifier = TokenVerifier(settings)
     sink = EventSink(
@@ -177,6 +185,7 @@ async def start_server(  # noqa: PLR0915 (the composition root: a statement per 
         timeout_seconds=settings.query_timeout_seconds,
         segments=segments,
         cache=cache,
+        budgets=budgets,
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
         AnalyticsServicer(queries, settings.stream_chunk_rows, insights), server
@@ -188,8 +197,9 @@ async def start_server(  # noqa: PLR0915 (the composition root: a statement per 
     sync_pb2_grpc.add_SyncServiceServicer_to_server(
         SyncServicer(catalog, backend, launcher), server
     )
-    provisioner = tenant_provisioner(settings, catalog, backend)
-    tenant_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(provisioner), server)
+    tenant_pb2_grpc.add_TenantServiceServicer_to_server(
+        TenantServicer(provisioner, budgets), server
+    )
     segments_pb2_grpc.add_SegmentServiceServicer_to_server(SegmentServicer(segments), server)
     health_servicer = IsolationReportingHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -235,6 +245,7 @@ async def start_server(  # noqa: PLR0915 (the composition root: a statement per 
             await sink.close()
             if cache is not None:
                 await cache.close()
+            await budgets.close()
             raise
     for service_name in ("", *SERVED):
         await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
@@ -257,6 +268,7 @@ async def start_server(  # noqa: PLR0915 (the composition root: a statement per 
         sink,
         event_topic=event_topic,
         cache=cache,
+        budgets=budgets,
     )
 
 

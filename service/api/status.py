@@ -47,6 +47,16 @@ def error_status(error: AnalyticsError) -> grpc.Status:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(round(error.retry_after_seconds * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    if error.quota_violations:
+        failure = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=v.subject, description=f"{v.limit}: {v.description}"
+                )
+                for v in error.quota_violations
+            ]
+        )
+        details.append(_pack(failure))
     status = status_pb2.Status(code=_CODES[error.kind], message=error.message, details=details)
     return rpc_status.to_status(status)
 
@@ -62,7 +72,8 @@ async def abort_with_error(
 def _pack(
     message: error_details_pb2.ErrorInfo
     | error_details_pb2.BadRequest
-    | error_details_pb2.RetryInfo,
+    | error_details_pb2.RetryInfo
+    | error_details_pb2.QuotaFailure,
 ) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)

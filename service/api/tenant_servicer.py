@@ -18,6 +18,7 @@ from service import audit
 from service.api.interceptors import Context, current_principal
 from service.api.status import abort_with_error
 from service.auth import ADMIN_PERMISSION, Principal
+from service.budgets import BudgetLimits, BudgetOverride, Budgets
 from service.errors import AnalyticsError, forbidden, validation_error
 from service.tenants import (
     DEFAULT_PAGE_SIZE,
@@ -42,9 +43,36 @@ def require_admin(principal: Principal) -> None:
 class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
     """ProvisionTenant, DeprovisionTenant and ListTenants over a TenantProvisioner."""
 
-    def __init__(self, provisioner: TenantProvisioner) -> None:
-        """Serve ``provisioner``'s tenants."""
+    def __init__(self, provisioner: TenantProvisioner, budgets: Budgets | None = None) -> None:
+        """Serve ``provisioner``'s tenants; ``budgets``: where a new override takes effect."""
         self._provisioner = provisioner
+        self._budgets = budgets or Budgets.unlimited()
+
+    async def SetTenantBudget(  # noqa: N802 (the generated base class names it)
+        self, request: tenant_pb2.SetTenantBudgetRequest, context: Context
+    ) -> tenant_pb2.SetTenantBudgetResponse:
+        """Set or clear the tenant's budget override."""
+        started = time.perf_counter()
+        principal = current_principal.get()
+        try:
+            require_admin(principal)
+            tenant_id = validate_tenant_id(request.tenant_id, "tenantId")
+            override = budget_from_message(request.budget) if request.HasField("budget") else None
+            record = await self._provisioner.set_budget(tenant_id, override)
+        except AnalyticsError as error:
+            _audit(principal, "SetTenantBudget", started, error)
+            await abort_with_error(context, error)
+        _audit(principal, "SetTenantBudget", started)
+        # This process applies it at once; the others at their next read of the overrides.
+        self._budgets.forget_overrides()
+        effective = (
+            record.budget.apply(self._budgets.defaults)
+            if record.budget is not None
+            else self._budgets.defaults
+        )
+        return tenant_pb2.SetTenantBudgetResponse(
+            tenant=self._message(record), effective=limits_message(effective)
+        )
 
     async def ProvisionTenant(  # noqa: N802 (the generated base class names it)
         self, request: tenant_pb2.ProvisionTenantRequest, context: Context
@@ -119,7 +147,50 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         )
         message.created_at.CopyFrom(_timestamp(record.created_at))
         message.updated_at.CopyFrom(_timestamp(record.updated_at))
+        if record.budget is not None:
+            message.budget.CopyFrom(budget_message(record.budget))
         return message
+
+
+_BUDGET_FIELDS = (
+    "requests_per_second",
+    "burst",
+    "concurrent_queries",
+    "rows_per_query",
+    "seconds_per_query",
+)
+
+
+def budget_from_message(message: tenant_pb2.TenantBudget) -> BudgetOverride:
+    """The override a ``TenantBudget`` sets (its unset fields keep the defaults)."""
+    return BudgetOverride(
+        requests_per_second=message.requests_per_second
+        if message.HasField("requests_per_second")
+        else None,
+        burst=message.burst if message.HasField("burst") else None,
+        concurrent_queries=message.concurrent_queries
+        if message.HasField("concurrent_queries")
+        else None,
+        rows_per_query=message.rows_per_query if message.HasField("rows_per_query") else None,
+        seconds_per_query=message.seconds_per_query
+        if message.HasField("seconds_per_query")
+        else None,
+    )
+
+
+def budget_message(override: BudgetOverride) -> tenant_pb2.TenantBudget:
+    """``override`` as a ``TenantBudget`` (only the fields it sets)."""
+    message = tenant_pb2.TenantBudget()
+    for name in _BUDGET_FIELDS:
+        value = getattr(override, name)
+        if value is not None:
+            setattr(message, name, value)
+    return message
+
+
+def limits_message(limits: BudgetLimits) -> tenant_pb2.TenantBudget:
+    """Every limit of ``limits`` as a ``TenantBudget``."""
+    return tenant_pb2.TenantBudget(**{name: getattr(limits, name) for name in _BUDGET_FIELDS})
 
 
 def _audit(

@@ -27,7 +27,14 @@ from pyarrow import ipc
 
 from service.backends.base import QueryResult, QueryStats
 from service.backends.dialect import Dialect, parse_version
-from service.errors import AnalyticsError, ErrorKind, engine_unavailable, query_timeout
+from service.errors import (
+    ROWS_LIMIT_CODE,
+    AnalyticsError,
+    ErrorKind,
+    engine_unavailable,
+    query_timeout,
+    rows_limit_exceeded,
+)
 from service.query.compiler import CompiledQuery
 from service.schema import SYNC_STATE_TABLE
 
@@ -371,6 +378,8 @@ def _map_error(exc: Exception, timeout_seconds: float) -> AnalyticsError:
     code = match.group(1) if match else ""
     if code in _TIMEOUT_CODES:
         return query_timeout(timeout_seconds, message)
+    if code == ROWS_LIMIT_CODE:
+        return rows_limit_exceeded(message)
     if code in _MISSING_CODES:
         # Nothing has created the replica yet (no loader has run): not ready, rather than broken.
         return AnalyticsError(

@@ -69,4 +69,5 @@ class FunnelService(InsightRunner):
             timeout_seconds=self._budget(remaining),
             rpc=rpc,
             meta_sink=meta_sink,
+            budgets=self.budgets,
         )

@@ -20,6 +20,7 @@ import pyarrow as pa
 from service import audit
 from service.auth import Principal
 from service.backends.base import AnalyticsBackend, QueryStats
+from service.budgets import Budgets
 from service.cache.execution import Answered, answer_queries, served
 from service.catalog import Catalog, Model
 from service.errors import AnalyticsError
@@ -70,12 +71,14 @@ class InsightRunner:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         segments: SegmentService | None = None,
         cache: ResultCache | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         """Run on ``backend`` with the query time budget from settings.
 
         ``segments``: where the tenants' segments are read when a request names one (without
         it, a request naming a segment is refused as naming an unknown one). ``cache``: where
-        answers are kept and found (none: every request runs on the engine).
+        answers are kept and found (none: every request runs on the engine). ``budgets``:
+        the tenants' budgets every request runs within (None: unlimited).
         """
         self.catalog = catalog
         self.backend = backend
@@ -83,6 +86,7 @@ class InsightRunner:
         self._clock = clock
         self._segments = segments
         self.cache = cache
+        self.budgets = budgets or Budgets.unlimited()
 
     async def _catalog_for(self, tenant: str, *filter_maps: Mapping[str, str]) -> Catalog:
         """The catalog a request of ``tenant`` compiles against (with its segments if named)."""
@@ -147,15 +151,22 @@ class InsightRunner:
     async def _answer(
         self, principal: Principal, queries: Sequence[CompiledQuery], remaining: float | None
     ) -> Answered:
-        """Run ``queries`` within the budget, through the cache, with their ``lastSyncAt``."""
-        return await answer_queries(
-            self.backend,
-            self.catalog.database,
-            principal.tenant,
-            queries,
-            timeout_seconds=self._budget(remaining),
-            cache=self.cache,
-        )
+        """Run ``queries`` within the tenant's budget, through the cache, with ``lastSyncAt``."""
+        async with self.budgets.admit(principal.tenant) as admission:
+            call_seconds = self._budget(remaining)
+            try:
+                answered = await answer_queries(
+                    self.backend,
+                    self.catalog.database,
+                    principal.tenant,
+                    [admission.bound(query) for query in queries],
+                    timeout_seconds=admission.timeout(call_seconds),
+                    cache=self.cache,
+                )
+            except AnalyticsError as error:
+                raise admission.translate(error, call_seconds) from None
+            admission.scanned(answered.engine_rows_scanned)
+            return answered
 
     @staticmethod
     def _audit_ok(  # noqa: PLR0917 (one audit record's every field)

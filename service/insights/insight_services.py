@@ -18,6 +18,7 @@ from service.insights.trend_service import TrendService
 from service.segments.segment_service import SegmentService
 
 if TYPE_CHECKING:
+    from service.budgets import Budgets
     from service.cache.result_cache import ResultCache
 
 
@@ -39,23 +40,45 @@ class InsightServices:
         timeout_seconds: float,
         segments: SegmentService | None = None,
         cache: ResultCache | None = None,
+        budgets: Budgets | None = None,
     ) -> InsightServices:
         """Every runner on ``backend``, with the query time budget from settings.
 
         ``cache``: the result cache they share (none: every request runs on the engine).
+        ``budgets``: the tenants' budgets they share (none: unlimited).
         """
         return cls(
             TrendService(
-                catalog, backend, timeout_seconds=timeout_seconds, segments=segments, cache=cache
+                catalog,
+                backend,
+                timeout_seconds=timeout_seconds,
+                segments=segments,
+                cache=cache,
+                budgets=budgets,
             ),
             FunnelService(
-                catalog, backend, timeout_seconds=timeout_seconds, segments=segments, cache=cache
+                catalog,
+                backend,
+                timeout_seconds=timeout_seconds,
+                segments=segments,
+                cache=cache,
+                budgets=budgets,
             ),
             RetentionService(
-                catalog, backend, timeout_seconds=timeout_seconds, segments=segments, cache=cache
+                catalog,
+                backend,
+                timeout_seconds=timeout_seconds,
+                segments=segments,
+                cache=cache,
+                budgets=budgets,
             ),
             LifecycleService(
-                catalog, backend, timeout_seconds=timeout_seconds, segments=segments, cache=cache
+                catalog,
+                backend,
+                timeout_seconds=timeout_seconds,
+                segments=segments,
+                cache=cache,
+                budgets=budgets,
             ),
         )
 

@@ -16,7 +16,13 @@ import re
 import aiohttp
 import structlog
 
-from service.errors import AnalyticsError, ErrorKind, query_timeout
+from service.errors import (
+    ROWS_LIMIT_CODE,
+    AnalyticsError,
+    ErrorKind,
+    query_timeout,
+    rows_limit_exceeded,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +83,8 @@ def server_error(
         code = match.group(1) if match else ""
     if code in TIMEOUT_CODES:
         return query_timeout(timeout, message)
+    if code == ROWS_LIMIT_CODE:
+        return rows_limit_exceeded(message)
     return engine_error(message, code, query_id)
 
 

@@ -33,7 +33,7 @@ from service.backends.http.engine_errors import (
     code_of,
     engine_error,
 )
-from service.errors import query_timeout
+from service.errors import ROWS_LIMIT_CODE, query_timeout, rows_limit_exceeded
 
 # Rows and bytes of JSON text decoded into one record batch: small enough that the Python objects
 # of one decoded batch (about 100 bytes a value) stay around a megabyte.
@@ -131,6 +131,8 @@ class JsonCompactDecoder:
                 code = code_of(self._last)
                 if code in TIMEOUT_CODES:
                     raise query_timeout(self._timeout, message)
+                if code == ROWS_LIMIT_CODE:
+                    raise rows_limit_exceeded(message)
                 raise engine_error(message, code, "")
             raise ValueError(
                 f"the response ends early, in {self._phase} (last line {self._last[:200]!r})"

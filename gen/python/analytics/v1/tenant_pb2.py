@@ -25,27 +25,33 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61nalytics/v1/tenant.proto\x12\x0c\x61nalytics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x02\n\x06Tenant\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1b\n\tuser_name\x18\x02 \x01(\tR\x08userName\x12\x32\n\x15row_policies_enforced\x18\x03 \x01(\x08R\x13rowPoliciesEnforced\x12\x16\n\x06tables\x18\x04 \x03(\tR\x06tables\x12\x39\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12-\n\x12\x65nforcement_detail\x18\x07 \x01(\tR\x11\x65nforcementDetail\"5\n\x16ProvisionTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\"a\n\x17ProvisionTenantResponse\x12,\n\x06tenant\x18\x01 \x01(\x0b\x32\x14.analytics.v1.TenantR\x06tenant\x12\x18\n\x07\x63reated\x18\x02 \x01(\x08R\x07\x63reated\"7\n\x18\x44\x65provisionTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\"c\n\x19\x44\x65provisionTenantResponse\x12\x18\n\x07\x65xisted\x18\x01 \x01(\x08R\x07\x65xisted\x12,\n\x06tenant\x18\x02 \x01(\x0b\x32\x14.analytics.v1.TenantR\x06tenant\"P\n\x12ListTenantsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"\xd3\x01\n\x13ListTenantsResponse\x12.\n\x07tenants\x18\x01 \x03(\x0b\x32\x14.analytics.v1.TenantR\x07tenants\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12?\n\x1c\x65ngine_enforces_row_policies\x18\x03 \x01(\x08R\x19\x65ngineEnforcesRowPolicies\x12#\n\rengine_detail\x18\x04 \x01(\tR\x0c\x65ngineDetail2\xa9\x02\n\rTenantService\x12^\n\x0fProvisionTenant\x12$.analytics.v1.ProvisionTenantRequest\x1a%.analytics.v1.ProvisionTenantResponse\x12\x64\n\x11\x44\x65provisionTenant\x12&.analytics.v1.DeprovisionTenantRequest\x1a\'.analytics.v1.DeprovisionTenantResponse\x12R\n\x0bListTenants\x12 .analytics.v1.ListTenantsRequest\x1a!.analytics.v1.ListTenantsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61nalytics/v1/tenant.proto\x12\x0c\x61nalytics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x02\n\x0cTenantBudget\x12\x33\n\x13requests_per_second\x18\x01 \x01(\x01H\x00R\x11requestsPerSecond\x88\x01\x01\x12\x19\n\x05\x62urst\x18\x02 \x01(\x03H\x01R\x05\x62urst\x88\x01\x01\x12\x32\n\x12\x63oncurrent_queries\x18\x03 \x01(\x03H\x02R\x11\x63oncurrentQueries\x88\x01\x01\x12)\n\x0erows_per_query\x18\x04 \x01(\x03H\x03R\x0crowsPerQuery\x88\x01\x01\x12/\n\x11seconds_per_query\x18\x05 \x01(\x01H\x04R\x0fsecondsPerQuery\x88\x01\x01\x42\x16\n\x14_requests_per_secondB\x08\n\x06_burstB\x15\n\x13_concurrent_queriesB\x11\n\x0f_rows_per_queryB\x14\n\x12_seconds_per_query\"\xe7\x02\n\x06Tenant\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1b\n\tuser_name\x18\x02 \x01(\tR\x08userName\x12\x32\n\x15row_policies_enforced\x18\x03 \x01(\x08R\x13rowPoliciesEnforced\x12\x16\n\x06tables\x18\x04 \x03(\tR\x06tables\x12\x39\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12-\n\x12\x65nforcement_detail\x18\x07 \x01(\tR\x11\x65nforcementDetail\x12\x32\n\x06\x62udget\x18\x08 \x01(\x0b\x32\x1a.analytics.v1.TenantBudgetR\x06\x62udget\"i\n\x16SetTenantBudgetRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x32\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x1a.analytics.v1.TenantBudgetR\x06\x62udget\"\x81\x01\n\x17SetTenantBudgetResponse\x12,\n\x06tenant\x18\x01 \x01(\x0b\x32\x14.analytics.v1.TenantR\x06tenant\x12\x38\n\teffective\x18\x02 \x01(\x0b\x32\x1a.analytics.v1.TenantBudgetR\teffective\"5\n\x16ProvisionTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\"a\n\x17ProvisionTenantResponse\x12,\n\x06tenant\x18\x01 \x01(\x0b\x32\x14.analytics.v1.TenantR\x06tenant\x12\x18\n\x07\x63reated\x18\x02 \x01(\x08R\x07\x63reated\"7\n\x18\x44\x65provisionTenantRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\"c\n\x19\x44\x65provisionTenantResponse\x12\x18\n\x07\x65xisted\x18\x01 \x01(\x08R\x07\x65xisted\x12,\n\x06tenant\x18\x02 \x01(\x0b\x32\x14.analytics.v1.TenantR\x06tenant\"P\n\x12ListTenantsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"\xd3\x01\n\x13ListTenantsResponse\x12.\n\x07tenants\x18\x01 \x03(\x0b\x32\x14.analytics.v1.TenantR\x07tenants\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12?\n\x1c\x65ngine_enforces_row_policies\x18\x03 \x01(\x08R\x19\x65ngineEnforcesRowPolicies\x12#\n\rengine_detail\x18\x04 \x01(\tR\x0c\x65ngineDetail2\x89\x03\n\rTenantService\x12^\n\x0fProvisionTenant\x12$.analytics.v1.ProvisionTenantRequest\x1a%.analytics.v1.ProvisionTenantResponse\x12\x64\n\x11\x44\x65provisionTenant\x12&.analytics.v1.DeprovisionTenantRequest\x1a\'.analytics.v1.DeprovisionTenantResponse\x12R\n\x0bListTenants\x12 .analytics.v1.ListTenantsRequest\x1a!.analytics.v1.ListTenantsResponse\x12^\n\x0fSetTenantBudget\x12$.analytics.v1.SetTenantBudgetRequest\x1a%.analytics.v1.SetTenantBudgetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'analytics.v1.tenant_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TENANT']._serialized_start=77
-  _globals['_TENANT']._serialized_end=384
-  _globals['_PROVISIONTENANTREQUEST']._serialized_start=386
-  _globals['_PROVISIONTENANTREQUEST']._serialized_end=439
-  _globals['_PROVISIONTENANTRESPONSE']._serialized_start=441
-  _globals['_PROVISIONTENANTRESPONSE']._serialized_end=538
-  _globals['_DEPROVISIONTENANTREQUEST']._serialized_start=540
-  _globals['_DEPROVISIONTENANTREQUEST']._serialized_end=595
-  _globals['_DEPROVISIONTENANTRESPONSE']._serialized_start=597
-  _globals['_DEPROVISIONTENANTRESPONSE']._serialized_end=696
-  _globals['_LISTTENANTSREQUEST']._serialized_start=698
-  _globals['_LISTTENANTSREQUEST']._serialized_end=778
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=781
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=992
-  _globals['_TENANTSERVICE']._serialized_start=995
-  _globals['_TENANTSERVICE']._serialized_end=1292
+  _globals['_TENANTBUDGET']._serialized_start=77
+  _globals['_TENANTBUDGET']._serialized_end=413
+  _globals['_TENANT']._serialized_start=416
+  _globals['_TENANT']._serialized_end=775
+  _globals['_SETTENANTBUDGETREQUEST']._serialized_start=777
+  _globals['_SETTENANTBUDGETREQUEST']._serialized_end=882
+  _globals['_SETTENANTBUDGETRESPONSE']._serialized_start=885
+  _globals['_SETTENANTBUDGETRESPONSE']._serialized_end=1014
+  _globals['_PROVISIONTENANTREQUEST']._serialized_start=1016
+  _globals['_PROVISIONTENANTREQUEST']._serialized_end=1069
+  _globals['_PROVISIONTENANTRESPONSE']._serialized_start=1071
+  _globals['_PROVISIONTENANTRESPONSE']._serialized_end=1168
+  _globals['_DEPROVISIONTENANTREQUEST']._serialized_start=1170
+  _globals['_DEPROVISIONTENANTREQUEST']._serialized_end=1225
+  _globals['_DEPROVISIONTENANTRESPONSE']._serialized_start=1227
+  _globals['_DEPROVISIONTENANTRESPONSE']._serialized_end=1326
+  _globals['_LISTTENANTSREQUEST']._serialized_start=1328
+  _globals['_LISTTENANTSREQUEST']._serialized_end=1408
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=1411
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=1622
+  _globals['_TENANTSERVICE']._serialized_start=1625
+  _globals['_TENANTSERVICE']._serialized_end=2018
 # @@protoc_insertion_point(module_scope)

@@ -9,8 +9,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TenantBudget(_message.Message):
+    __slots__ = ("requests_per_second", "burst", "concurrent_queries", "rows_per_query", "seconds_per_query")
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PER_QUERY_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_PER_QUERY_FIELD_NUMBER: _ClassVar[int]
+    requests_per_second: float
+    burst: int
+    concurrent_queries: int
+    rows_per_query: int
+    seconds_per_query: float
+    def __init__(self, requests_per_second: _Optional[float] = ..., burst: _Optional[int] = ..., concurrent_queries: _Optional[int] = ..., rows_per_query: _Optional[int] = ..., seconds_per_query: _Optional[float] = ...) -> None: ...
+
 class Tenant(_message.Message):
-    __slots__ = ("tenant_id", "user_name", "row_policies_enforced", "tables", "created_at", "updated_at", "enforcement_detail")
+    __slots__ = ("tenant_id", "user_name", "row_policies_enforced", "tables", "created_at", "updated_at", "enforcement_detail", "budget")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     USER_NAME_FIELD_NUMBER: _ClassVar[int]
     ROW_POLICIES_ENFORCED_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +32,7 @@ class Tenant(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     ENFORCEMENT_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     user_name: str
     row_policies_enforced: bool
@@ -25,7 +40,24 @@ class Tenant(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     enforcement_detail: str
-    def __init__(self, tenant_id: _Optional[str] = ..., user_name: _Optional[str] = ..., row_policies_enforced: _Optional[bool] = ..., tables: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., enforcement_detail: _Optional[str] = ...) -> None: ...
+    budget: TenantBudget
+    def __init__(self, tenant_id: _Optional[str] = ..., user_name: _Optional[str] = ..., row_policies_enforced: _Optional[bool] = ..., tables: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., enforcement_detail: _Optional[str] = ..., budget: _Optional[_Union[TenantBudget, _Mapping]] = ...) -> None: ...
+
+class SetTenantBudgetRequest(_message.Message):
+    __slots__ = ("tenant_id", "budget")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    budget: TenantBudget
+    def __init__(self, tenant_id: _Optional[str] = ..., budget: _Optional[_Union[TenantBudget, _Mapping]] = ...) -> None: ...
+
+class SetTenantBudgetResponse(_message.Message):
+    __slots__ = ("tenant", "effective")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_FIELD_NUMBER: _ClassVar[int]
+    tenant: Tenant
+    effective: TenantBudget
+    def __init__(self, tenant: _Optional[_Union[Tenant, _Mapping]] = ..., effective: _Optional[_Union[TenantBudget, _Mapping]] = ...) -> None: ...
 
 class ProvisionTenantRequest(_message.Message):
     __slots__ = ("tenant_id",)

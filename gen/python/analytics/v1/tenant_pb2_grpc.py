@@ -54,6 +54,11 @@ class TenantServiceStub:
                 request_serializer=analytics_dot_v1_dot_tenant__pb2.ListTenantsRequest.SerializeToString,
                 response_deserializer=analytics_dot_v1_dot_tenant__pb2.ListTenantsResponse.FromString,
                 _registered_method=True)
+        self.SetTenantBudget = channel.unary_unary(
+                '/analytics.v1.TenantService/SetTenantBudget',
+                request_serializer=analytics_dot_v1_dot_tenant__pb2.SetTenantBudgetRequest.SerializeToString,
+                response_deserializer=analytics_dot_v1_dot_tenant__pb2.SetTenantBudgetResponse.FromString,
+                _registered_method=True)
 
 
 class TenantServiceServicer:
@@ -86,6 +91,15 @@ class TenantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTenantBudget(self, request, context):
+        """SetTenantBudget gives a provisioned tenant its own budget limits instead of the service's
+        defaults (settings `budget_*`), or clears them. Every service process applies it within
+        `budget_override_refresh_seconds`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TenantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -103,6 +117,11 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     servicer.ListTenants,
                     request_deserializer=analytics_dot_v1_dot_tenant__pb2.ListTenantsRequest.FromString,
                     response_serializer=analytics_dot_v1_dot_tenant__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'SetTenantBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTenantBudget,
+                    request_deserializer=analytics_dot_v1_dot_tenant__pb2.SetTenantBudgetRequest.FromString,
+                    response_serializer=analytics_dot_v1_dot_tenant__pb2.SetTenantBudgetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -191,6 +210,33 @@ class TenantService:
             '/analytics.v1.TenantService/ListTenants',
             analytics_dot_v1_dot_tenant__pb2.ListTenantsRequest.SerializeToString,
             analytics_dot_v1_dot_tenant__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTenantBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/analytics.v1.TenantService/SetTenantBudget',
+            analytics_dot_v1_dot_tenant__pb2.SetTenantBudgetRequest.SerializeToString,
+            analytics_dot_v1_dot_tenant__pb2.SetTenantBudgetResponse.FromString,
             options,
             channel_credentials,
             insecure,
