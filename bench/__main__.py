@@ -1,7 +1,8 @@
 """``python -m bench``: run the benchmarks, print one table of figures, save it.
 
 Usage: ``scripts/bench [--rows 1m,10m]
-[--only query,final,stream,ingest,fresh,events,trend,funnel,retention,server,join,restart,cache]
+[--only query,final,stream,ingest,fresh,events,trend,funnel,retention,server,join,restart,cache,
+budgets]
 [--quick] [--sweep]``.
 See bench/README.md for the method behind each figure.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import structlog
 
 from bench import (
+    budget_fairness,
     cache_speed,
     dataset,
     event_ingest,
@@ -55,6 +57,7 @@ BENCHMARKS = (
     "join",
     "restart",
     "cache",
+    "budgets",
 )
 DEFAULT_WORK_DIR = PROJECT_ROOT / ".data" / "bench"
 DEFAULT_OUTPUT = PROJECT_ROOT / "bench" / "results" / "latest.md"
@@ -167,7 +170,7 @@ async def run(args: argparse.Namespace) -> list[Figure]:
                 sweep=args.sweep,
                 judge=not args.quick,
             )
-        figures += await _cache(args, backend, work)
+        figures += await _cache(args, backend, work) + await _budgets(args, backend, work)
         figures += trend
     finally:
         await backend.close()
@@ -205,6 +208,23 @@ async def _cache(args: argparse.Namespace, backend: EmbeddedBackend, work: Path)
     _say(f"result cache, {events:,} events, {refreshes} dashboard refreshes per side")
     return await cache_speed.measure(
         backend, work, events_count=events, refreshes=refreshes, judge=not args.quick
+    )
+
+
+async def _budgets(args: argparse.Namespace, backend: EmbeddedBackend, work: Path) -> list[Figure]:
+    if "budgets" not in args.only:
+        return []
+    events = 200_000 if args.quick else 10_000_000
+    tenants = 5 if args.quick else 20
+    rounds = 2 if args.quick else max(3, args.repetitions // 6)
+    _say(f"noisy neighbour, {events:,} events, {tenants} dashboard tenants, {rounds} rounds")
+    return await budget_fairness.measure(
+        backend,
+        work,
+        events_count=events,
+        tenants_count=tenants,
+        rounds=rounds,
+        judge=not args.quick,
     )
 
 
