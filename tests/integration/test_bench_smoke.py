@@ -1,10 +1,10 @@
 """The benchmark scripts keep working: ``python -m bench`` at smoke scale on the embedded parts.
 
-Query overhead, FINAL cost and streaming on tiny datasets; event ingestion, trend, join, funnel
-and retention speed at ``--quick`` scale. Each in a subprocess (chDB opens one data directory per
-process, and the test session may hold another). No timing is asserted: only that every figure is
-produced and that the benchmark checked its answers exactly (it raises otherwise, which fails the
-run).
+Query overhead, FINAL cost and streaming on tiny datasets; event ingestion, trend, join, funnel,
+retention speed and the noisy neighbour at ``--quick`` scale. Each in a subprocess (chDB opens one
+data directory per process, and the test session may hold another). No timing is asserted: only
+that every figure is produced and that the benchmark checked its answers exactly (it raises
+otherwise, which fails the run).
 """
 
 from __future__ import annotations
@@ -93,3 +93,10 @@ async def test_bench_funnel_and_retention_run_at_smoke_scale(tmp_path: Path) -> 
         rows = [m for m in metrics if m.startswith(insight)]
         assert len(rows) == 1
         assert "answers exact" in rows[0]
+
+
+async def test_bench_budgets_runs_at_smoke_scale(tmp_path: Path) -> None:
+    metrics = await run_bench(tmp_path, "--only", "budgets")
+    assert len(metrics) == 2
+    assert metrics[0].startswith("Noisy neighbour: 5 tenants' dashboards beside 1 tenant flooding")
+    assert metrics[1].startswith("Noisy neighbour without a budget")
