@@ -16,6 +16,7 @@ A refusal's audit record is written by the runner (it audits every failure); the
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -128,6 +129,9 @@ class Budgets:
         self._refresh_seconds = override_refresh_seconds
         self._known: Mapping[str, BudgetOverride] = {}
         self._read_at = -float("inf")
+        self._reading: asyncio.Future[None] | None = None
+        self._loaded = False
+        self._generation = 0
         self._lease_seconds = lease_seconds
         self._clock = clock
 
@@ -142,8 +146,14 @@ class Budgets:
         return override.apply(self.defaults) if override is not None else self.defaults
 
     def forget_overrides(self) -> None:
-        """Read the overrides again at the next request (after this process changed one)."""
+        """Read the overrides again at the next request, which waits for them (after a change).
+
+        A read already under way is disregarded: it may have started before the change.
+        """
         self._read_at = -float("inf")
+        self._loaded = False
+        self._reading = None
+        self._generation += 1
 
     @asynccontextmanager
     async def admit(self, tenant: str) -> AsyncIterator[Admission]:
@@ -229,14 +239,29 @@ class Budgets:
         if self._overrides is None:
             return self._known
         now = self._clock()
-        if now - self._read_at >= self._refresh_seconds:
-            # Stamped first: concurrent requests do not all read, and a failed read is retried
-            # only after the interval (the previous overrides stay in force meanwhile).
+        if now - self._read_at >= self._refresh_seconds and self._reading is None:
+            # Stamped first: one read at a time; a failed read is retried only after the
+            # interval (the previous overrides stay in force meanwhile).
             self._read_at = now
-            try:
-                self._known = dict(await self._overrides.budget_overrides())
-            except AnalyticsError as error:
-                log.warning(
-                    "budget overrides could not be read; the last ones stay", error=str(error)
-                )
+            self._reading = asyncio.ensure_future(self._read(self._overrides, self._generation))
+        reading = self._reading
+        if reading is not None and not self._loaded:
+            # Until the first read (or the one after a change) is done: wait for it.
+            await asyncio.shield(reading)
         return self._known
+
+    async def _read(self, source: OverrideSource, generation: int) -> None:
+        try:
+            known = dict(await source.budget_overrides())
+        except Exception as error:  # an unread override must never fail a request
+            log.warning(
+                "budget overrides could not be read; the last ones stay",
+                error=f"{type(error).__name__}: {error}"[:300],
+            )
+            known = None
+        if generation != self._generation:
+            return  # a change was made meanwhile: the read it caused decides
+        if known is not None:
+            self._known = known
+        self._loaded = True
+        self._reading = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
@@ -116,6 +118,9 @@ async def test_overrides_are_read_from_the_source_and_refreshed() -> None:
     assert (await budgets.limits_for("big")).concurrent_queries == 5  # not read again yet
     assert source.reads == 1
     clock.now += 5.0
+    # A refresh is read beside the requests: the one that starts it keeps the last overrides.
+    assert (await budgets.limits_for("big")).concurrent_queries == 5
+    await asyncio.sleep(0.01)
     assert (await budgets.limits_for("big")).concurrent_queries == 1
     budgets.forget_overrides()
     await budgets.limits_for("big")
@@ -177,3 +182,27 @@ async def test_refusal_carries_quota_failure_and_retry_info_on_both_transports()
         }
     ]
     assert document["retryAfterSeconds"] == 0.25
+
+
+async def test_concurrent_first_requests_wait_for_one_read_and_failures_keep_the_last() -> None:
+    class Source:
+        def __init__(self) -> None:
+            self.reads = 0
+            self.fail = False
+
+        async def budget_overrides(self) -> dict[str, BudgetOverride]:
+            self.reads += 1
+            await asyncio.sleep(0.01)
+            if self.fail:
+                raise OSError("engine gone")
+            return {"big": BudgetOverride(concurrent_queries=5)}
+
+    clock, source = Clock(), Source()
+    budgets = Budgets(BudgetLimits(concurrent_queries=1), overrides=source, clock=clock)
+    limits = await asyncio.gather(*(budgets.limits_for("big") for _ in range(5)))
+    assert {each.concurrent_queries for each in limits} == {5}
+    assert source.reads == 1
+    source.fail = True
+    budgets.forget_overrides()
+    assert (await budgets.limits_for("big")).concurrent_queries == 5  # the last ones stay
+    assert source.reads == 2
