@@ -73,6 +73,7 @@ import pyarrow as pa
 
 from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.errors import AnalyticsError, ErrorKind, validation_error
+from service.insights.breakdowns import breakdown_field, breakdown_limit
 from service.insights.date_range import date_range, inclusive_date_to
 from service.insights.funnel_request import FunnelActorsRequest, FunnelRequest, FunnelStep
 from service.insights.funnel_sources import FunnelSource, StepOrigin, same_actors, step_origin
@@ -109,8 +110,6 @@ ORDERS = ("ordered", "strict", "unordered")
 ACTOR_STATUSES = ("reached", "dropped")
 ATTRIBUTIONS = ("first_touch", "last_touch", "all_events", "step")
 MAX_EXCLUSIONS = 10
-DEFAULT_BREAKDOWN_LIMIT = 25
-MAX_BREAKDOWN_LIMIT = 1000
 _EXCLUSION_BIT = 32
 """Bit of the first exclusion in an event's mask (steps use bits 0 to 19)."""
 
@@ -675,7 +674,7 @@ def _check(request: FunnelRequest, model: Model) -> _Checked:
         breakdown,
         attribution,
         breakdown_step,
-        _breakdown_limit(request),
+        breakdown_limit(request.breakdown_limit, request.breakdown),
     )
 
 
@@ -738,14 +737,7 @@ def _breakdown(request: FunnelRequest, model: Model) -> FieldSpec | None:
             if given:
                 raise validation_error(name, f"{name}: only with a breakdown")
         return None
-    spec = resolve_field(model, request.breakdown, "breakdown")
-    if spec.type.is_temporal:
-        raise validation_error(
-            "breakdown",
-            "breakdown: a timestamp or date field has too many values; break down by a category",
-            "INVALID_BREAKDOWN",
-        )
-    return spec
+    return breakdown_field(model, request.breakdown)
 
 
 def _attribution(request: FunnelRequest) -> tuple[str, int]:
@@ -770,17 +762,6 @@ def _attribution(request: FunnelRequest) -> tuple[str, int]:
             "INVALID_VALUE",
         )
     return attribution, request.breakdown_step
-
-
-def _breakdown_limit(request: FunnelRequest) -> int:
-    limit = request.breakdown_limit or DEFAULT_BREAKDOWN_LIMIT
-    if not 1 <= limit <= MAX_BREAKDOWN_LIMIT:
-        raise validation_error(
-            "breakdownLimit",
-            f"breakdownLimit: between 1 and {MAX_BREAKDOWN_LIMIT}",
-            "INVALID_VALUE",
-        )
-    return limit
 
 
 def _match_condition(  # noqa: PLR0917 (one condition's every input)

@@ -59,6 +59,7 @@ import pyarrow as pa
 
 from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.errors import AnalyticsError, ErrorKind, validation_error
+from service.insights.breakdowns import MAX_BREAKDOWN_LIMIT, breakdown_field, breakdown_limit
 from service.insights.buckets import Bucket, range_buckets
 from service.insights.date_range import (
     DATE_TO_FIELD,
@@ -102,8 +103,6 @@ RETENTION_TYPES = ("first_time", "recurring")
 DEFAULT_INTERVALS = 8
 MAX_INTERVALS = 64
 MAX_COHORTS = 1000
-DEFAULT_BREAKDOWN_LIMIT = 25
-MAX_BREAKDOWN_LIMIT = 1000
 OTHER = "Other"
 FINAL_WITHIN_PARTITIONS = {"do_not_merge_across_partitions_select_final": "1"}
 """FINAL merges versions within each partition only. Safe for every table ``service.schema``
@@ -189,8 +188,8 @@ def compile_retention(
     returning, returning_source = request.returning, "returning"
     if not returning.event and not returning.filters:
         returning, returning_source = target, "target"
-    breakdown = _breakdown(request, model)
-    limit = _breakdown_limit(request)
+    breakdown = breakdown_field(model, request.breakdown)
+    limit = breakdown_limit(request.breakdown_limit, request.breakdown)
     cohorts = _cohorts(request, now, time_zone, period, week_start, intervals)
     observable = tuple(
         min(intervals, len(cohorts) - index, *_before_now(cohorts[index:], now))
@@ -490,32 +489,6 @@ def _event_definition(definition: RetentionEvent, source: str) -> RetentionEvent
             source, f"{source}: an event name, filters, or both", "EMPTY_EVENT_DEFINITION"
         )
     return definition
-
-
-def _breakdown(request: RetentionRequest, model: Model) -> FieldSpec | None:
-    if not request.breakdown:
-        return None
-    spec = resolve_field(model, request.breakdown, "breakdown")
-    if spec.type.is_temporal:
-        raise validation_error(
-            "breakdown",
-            "breakdown: a timestamp or date field has too many values; break down by a category",
-            "INVALID_BREAKDOWN",
-        )
-    return spec
-
-
-def _breakdown_limit(request: RetentionRequest) -> int:
-    if request.breakdown_limit and not request.breakdown:
-        raise validation_error("breakdownLimit", "breakdownLimit: only with a breakdown")
-    limit = request.breakdown_limit or DEFAULT_BREAKDOWN_LIMIT
-    if not 1 <= limit <= MAX_BREAKDOWN_LIMIT:
-        raise validation_error(
-            "breakdownLimit",
-            f"breakdownLimit: between 1 and {MAX_BREAKDOWN_LIMIT}",
-            "INVALID_VALUE",
-        )
-    return limit
 
 
 def _cohorts(  # noqa: PLR0917 (the request's every date input)

@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 
 from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.errors import AnalyticsError, ErrorKind, validation_error
+from service.insights.breakdowns import breakdown_field, breakdown_limit
 from service.insights.buckets import (
     TREND_INTERVALS,
     WEEK_STARTS,
@@ -73,8 +74,6 @@ from service.query.time_buckets import BUCKET_SETTINGS, timestamp_bucket_key
 from service.query.values import encode_text_parameter, parse_time_zone
 
 MAX_SERIES = 26
-DEFAULT_BREAKDOWN_LIMIT = 25
-MAX_BREAKDOWN_LIMIT = 1000
 MAX_ROLLING_WINDOW = 1000
 MAX_LABEL_CHARS = 200
 TREND_AGGREGATES = ("count", "unique_actors", "count_distinct", "sum", "avg", "min", "max")
@@ -167,7 +166,7 @@ def compile_trend(
     series = _series(request, model)
     display, window = _display(request, series)
     breakdown, breakdown_type = _breakdown(request, model)
-    limit = _breakdown_limit(request)
+    limit = breakdown_limit(request.breakdown_limit, request.breakdown)
     formula = parse_formula(request.formula, len(series)) if request.formula.strip() else None
     start, end = date_range(request.date_from, inclusive_date_to(request.date_to), now, time_zone)
     current = _Range(start, end, tuple(range_buckets(start, end, interval, time_zone, week_start)))
@@ -383,29 +382,8 @@ def _display(request: TrendRequest, series: Sequence[SeriesPlan]) -> tuple[str, 
 
 
 def _breakdown(request: TrendRequest, model: Model) -> tuple[FieldSpec | None, str]:
-    if not request.breakdown:
-        return None, ""
-    spec = resolve_field(model, request.breakdown, "breakdown")
-    if spec.type.is_temporal:
-        raise validation_error(
-            "breakdown",
-            "breakdown: a timestamp or date field has too many values; break down by a category",
-            "INVALID_BREAKDOWN",
-        )
-    return spec, _value_type(spec, model)
-
-
-def _breakdown_limit(request: TrendRequest) -> int:
-    if request.breakdown_limit and not request.breakdown:
-        raise validation_error("breakdownLimit", "breakdownLimit: only with a breakdown")
-    limit = request.breakdown_limit or DEFAULT_BREAKDOWN_LIMIT
-    if not 1 <= limit <= MAX_BREAKDOWN_LIMIT:
-        raise validation_error(
-            "breakdownLimit",
-            f"breakdownLimit: between 1 and {MAX_BREAKDOWN_LIMIT}",
-            "INVALID_VALUE",
-        )
-    return limit
+    spec = breakdown_field(model, request.breakdown)
+    return spec, _value_type(spec, model) if spec is not None else ""
 
 
 def _compare_range(
