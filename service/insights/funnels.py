@@ -77,12 +77,14 @@ from service.insights.breakdowns import breakdown_field, breakdown_limit
 from service.insights.date_range import date_range, inclusive_date_to
 from service.insights.funnel_request import FunnelActorsRequest, FunnelRequest, FunnelStep
 from service.insights.funnel_sources import FunnelSource, StepOrigin, same_actors, step_origin
+from service.insights.periods import bound_instant
 from service.insights.retention import FINAL_WITHIN_PARTITIONS
 from service.insights.trend_results import OTHER
 from service.query.compiler import (
     CompiledQuery,
     OutputColumn,
     ParameterBuilder,
+    event_condition,
     filter_conditions,
     group_expression,
     render_value,
@@ -91,7 +93,7 @@ from service.query.compiler import (
     split_segment,
     where_conditions,
 )
-from service.query.field_paths import column_sql, resolve_field
+from service.query.field_paths import column_sql, fields_read
 from service.query.filters import Filter, mentioned_fields, parse_filters
 from service.query.joins import from_clause, related_models
 from service.query.values import encode_text_parameter, parse_time_zone
@@ -318,7 +320,7 @@ def _prepare(request: FunnelRequest, catalog: Catalog, tenant: str, now: dt.date
 
     builder = ParameterBuilder()
     tenant_placeholder = builder.bind("String", encode_text_parameter(tenant))
-    bounds = (_instant(builder, start), _instant(builder, end))
+    bounds = (bound_instant(builder, start), bound_instant(builder, end))
     scans: list[str] = []
     joined: dict[str, Model] = {}
     uuid_ids = all(_uuid_id(source.origin) for source in sources.values())
@@ -413,7 +415,7 @@ class _Scan:
         own += [exclusion_filters[i] for i in self.source.exclusions]
         # The request's filters apply to the steps on its own model only.
         shared = request_filters if self.on_request_model else []
-        used = _used_fields(model, [shared, *own])
+        used = fields_read(model, [shared, *own])
         breakdown = self.checked.breakdown if self.on_request_model else None
         if breakdown is not None and breakdown not in used:
             used.append(breakdown)
@@ -442,7 +444,7 @@ class _Scan:
         conditions = [
             (
                 1 << index,
-                _match_condition(
+                event_condition(
                     self.request.steps[index].event,
                     step_filters[index],
                     event_column,
@@ -456,7 +458,7 @@ class _Scan:
         conditions += [
             (
                 1 << (_EXCLUSION_BIT + index),
-                _match_condition(
+                event_condition(
                     self.request.exclusions[index].event,
                     exclusion_filters[index],
                     event_column,
@@ -764,31 +766,6 @@ def _attribution(request: FunnelRequest) -> tuple[str, int]:
     return attribution, request.breakdown_step
 
 
-def _match_condition(  # noqa: PLR0917 (one condition's every input)
-    event: str,
-    parsed: Sequence[Filter],
-    event_column: str,
-    model: Model,
-    builder: ParameterBuilder,
-    time_zone: str,
-) -> str:
-    """SQL true for the events a step (or an exclusion) matches."""
-    parts = filter_conditions(parsed, model, builder, time_zone)
-    if event:
-        name = builder.bind("String", encode_text_parameter(event))
-        parts.insert(0, f"t.`{event_column}` = {name}")
-    return " AND ".join(parts)
-
-
-def _used_fields(model: Model, filter_lists: Sequence[Sequence[Filter]]) -> list[FieldSpec]:
-    """Every field the filters read (related ones make the joins), each once."""
-    found: dict[str, FieldSpec] = {}
-    for parsed in filter_lists:
-        for item_name in sorted(mentioned_fields(list(parsed))):
-            found.setdefault(item_name, resolve_field(model, item_name, "filters"))
-    return list(found.values())
-
-
 def _outputs(
     sql: str, shape: _Shape, breakdown: FieldSpec | None, model: Model, builder: ParameterBuilder
 ) -> tuple[str, tuple[OutputColumn, ...]]:
@@ -1020,8 +997,3 @@ def _whole_micros(delta: dt.timedelta) -> int:
 
 def _ratio(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
-
-
-def _instant(builder: ParameterBuilder, moment: dt.datetime) -> str:
-    text = moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return builder.bind("DateTime64(6, 'UTC')", text)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from service.catalog import Catalog, FieldSpec, Model
+from service.catalog import Catalog, Model
 from service.errors import AnalyticsError, ErrorKind
 from service.insights.buckets import Bucket, range_buckets
 from service.insights.date_range import date_range, inclusive_date_to
@@ -72,8 +72,8 @@ from service.query.compiler import (
     where_conditions,
     with_model,
 )
-from service.query.field_paths import column_sql, resolve_field
-from service.query.filters import mentioned_fields, parse_filters
+from service.query.field_paths import column_sql, fields_read
+from service.query.filters import parse_filters
 from service.query.joins import from_clause, related_models
 from service.query.time_buckets import BUCKET_SETTINGS
 from service.query.values import encode_text_parameter, parse_time_zone
@@ -135,9 +135,7 @@ def compile_lifecycle(
     parsed = parse_filters(request.filters)
     # Checked (and their fields resolved) as the request names them, so errors say which.
     filter_conditions(parsed, model, ParameterBuilder(), time_zone)
-    used: list[FieldSpec] = [
-        resolve_field(model, name, "filters") for name in sorted(mentioned_fields(parsed))
-    ]
+    used = fields_read(model, [parsed])
 
     builder = ParameterBuilder()
     tenant_placeholder = builder.bind("String", encode_text_parameter(tenant))

@@ -84,6 +84,7 @@ from service.query.compiler import (
     CompiledQuery,
     OutputColumn,
     ParameterBuilder,
+    event_condition,
     filter_conditions,
     group_expression,
     render_value,
@@ -93,7 +94,7 @@ from service.query.compiler import (
     where_conditions,
     with_model,
 )
-from service.query.field_paths import column_sql, resolve_field
+from service.query.field_paths import column_sql, fields_read
 from service.query.filters import Filter, mentioned_fields, parse_filters
 from service.query.joins import from_clause, related_models
 from service.query.time_buckets import BUCKET_SETTINGS
@@ -266,7 +267,7 @@ def _compile(
     event_filter_names = mentioned_fields(filters.target[1]) | mentioned_fields(
         filters.returning[1]
     )
-    used = _used_fields(model, [filters.request, filters.target[1], filters.returning[1]])
+    used = fields_read(model, [filters.request, filters.target[1], filters.returning[1]])
     if shape.breakdown is not None:
         used.append(shape.breakdown)
     builder = ParameterBuilder()
@@ -278,8 +279,17 @@ def _compile(
     timestamp = column_sql(timestamp_spec, model, builder.bind)
     actor_spec = model.fields[roles.actor]
     actor = column_sql(actor_spec, model, builder.bind)
-    target = _condition(*filters.target, model, builder, shape.time_zone, roles.event)
-    returning = _condition(*filters.returning, model, builder, shape.time_zone, roles.event)
+    target = event_condition(
+        filters.target[0].event, filters.target[1], roles.event, model, builder, shape.time_zone
+    )
+    returning = event_condition(
+        filters.returning[0].event,
+        filters.returning[1],
+        roles.event,
+        model,
+        builder,
+        shape.time_zone,
+    )
     start = f"{timestamp} >= {bound_instant(builder, shape.cohorts[0].start)}"
     # After the guards, before the filters: the range is what the sorting key can skip on.
     # First-time cohorts read the target events of all history (an actor's first one).
@@ -521,27 +531,3 @@ def _before_now(cohorts: Sequence[Bucket], now: dt.datetime) -> list[int]:
         if bucket.start.astimezone(dt.UTC) > now:
             return [max(index, 1)]
     return []
-
-
-def _condition(  # noqa: PLR0917 (private, two call sites)
-    definition: RetentionEvent,
-    parsed: Sequence[Filter],
-    model: Model,
-    builder: ParameterBuilder,
-    time_zone: str,
-    event_column: str,
-) -> str:
-    parts = filter_conditions(parsed, model, builder, time_zone)
-    if definition.event:
-        name = builder.bind("String", encode_text_parameter(definition.event))
-        parts.insert(0, f"t.`{event_column}` = {name}")
-    return " AND ".join(parts)
-
-
-def _used_fields(model: Model, filter_lists: Sequence[Sequence[Filter]]) -> list[FieldSpec]:
-    """Every field the filters read (related ones make the joins), each once."""
-    found: dict[str, FieldSpec] = {}
-    for parsed in filter_lists:
-        for name in sorted(mentioned_fields(list(parsed))):
-            found.setdefault(name, resolve_field(model, name, "filters"))
-    return list(found.values())

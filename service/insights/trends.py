@@ -49,6 +49,7 @@ from service.insights.date_range import (
     parse_offset,
 )
 from service.insights.formula import Formula, parse_formula
+from service.insights.periods import bound_instant
 from service.insights.trend_request import TrendRequest, TrendSeries
 from service.query.compiler import (
     CompiledQuery,
@@ -497,8 +498,8 @@ class _Context:
         """Whether a row's date field is in ``period`` (half-open)."""
         column = column_sql(self.date_field, self.model, builder.bind)
         return (
-            f"{column} >= {_instant(builder, period.start)} AND "
-            f"{column} < {_instant(builder, period.end)}"
+            f"{column} >= {bound_instant(builder, period.start)} AND "
+            f"{column} < {bound_instant(builder, period.end)}"
         )
 
     def _series_condition(self, index: int, builder: ParameterBuilder) -> str:
@@ -786,8 +787,3 @@ def _read_ranges(periods: Sequence[_Range]) -> list[_Range]:
 def _value_type(spec: FieldSpec, model: Model) -> str:
     """The output type of a breakdown field's values (a scratch builder: nothing is bound)."""
     return group_expression(spec, model, ParameterBuilder())[1]
-
-
-def _instant(builder: ParameterBuilder, moment: dt.datetime) -> str:
-    text = moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return builder.bind("DateTime64(6, 'UTC')", text)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.errors import AnalyticsError, ErrorKind, not_found, validation_error
 from service.query.actor_keys import holder_of
-from service.query.field_paths import column_sql, resolve_field
+from service.query.field_paths import column_sql, fields_read, resolve_field
 from service.query.filters import Condition, Filter, Junction, mentioned_fields, parse_filters
 from service.query.joins import from_clause, pushable_filters, related_models
 from service.query.request import MetricRequest, QueryRequest
@@ -295,11 +295,9 @@ def segment_condition(
         tail = (
             f" GROUP BY {member} HAVING count() >= {builder.bind('UInt64', str(segment.min_count))}"
         )
-    used = [
-        resolve_field(members, item, "filters")
-        for item in sorted(mentioned_fields(parse_filters(segment.filters)))
-    ]
-    table = from_clause(catalog, members, used, tenant)
+    table = from_clause(
+        catalog, members, fields_read(members, [parse_filters(segment.filters)]), tenant
+    )
     # Identifiers from the catalog, values bound.
     members_sql = f"SELECT {member} FROM {table} WHERE {' AND '.join(where)}{tail}"
     return f"{holder} IN ({members_sql})", members
@@ -377,6 +375,26 @@ def where_conditions(
         filter_conditions(parsed_filters if kept is None else kept, model, builder, time_zone)
     )
     return where
+
+
+def event_condition(  # noqa: PLR0917 (one condition's every input)
+    event: str,
+    parsed: Sequence[Filter],
+    event_column: str,
+    model: Model,
+    builder: ParameterBuilder,
+    time_zone: str,
+) -> str:
+    """SQL true for the events of name ``event`` (any when empty) that pass ``parsed``.
+
+    What a funnel step or exclusion, or a retention event, selects: an event name and/or
+    filters; empty when it names neither.
+    """
+    parts = filter_conditions(parsed, model, builder, time_zone)
+    if event:
+        name = builder.bind("String", encode_text_parameter(event))
+        parts.insert(0, f"t.`{event_column}` = {name}")
+    return " AND ".join(parts)
 
 
 def filter_conditions(

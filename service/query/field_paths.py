@@ -10,10 +10,11 @@ reads fields the same way.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from service.catalog import MAX_RELATION_HOPS, FieldSpec, FieldType, Model
 from service.errors import unknown_field, validation_error
+from service.query.filters import Filter, mentioned_fields
 from service.query.values import encode_text_parameter
 
 MAX_PROPERTY_KEY_CHARS = 200
@@ -126,3 +127,12 @@ def column_sql(spec: FieldSpec, model: Model, bind: Bind, alias: str = "t") -> s
     values = f"{alias}.`{model.events.value_column}`"
     key = bind("String", encode_text_parameter(spec.property_key))
     return f"if(has({keys}, {key}), {values}[indexOf({keys}, {key})], NULL)"
+
+
+def fields_read(model: Model, filter_lists: Sequence[Sequence[Filter]]) -> list[FieldSpec]:
+    """Every field the parsed filters read (related ones make the joins), each once, in order."""
+    found: dict[str, FieldSpec] = {}
+    for parsed in filter_lists:
+        for name in sorted(mentioned_fields(list(parsed))):
+            found.setdefault(name, resolve_field(model, name, "filters"))
+    return list(found.values())
