@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +157,53 @@ class Relation:
         return self.target.primary_key[0]
 
 
+ROLLUP_AGGREGATES = ("count", "sum", "avg", "min", "max", "count_distinct")
+#: A rollup's grain -> the request intervals it can answer (those it divides).
+ROLLUP_GRAINS: Mapping[str, tuple[str, ...]] = {
+    "hour": ("hour", "day", "week", "month", "quarter", "year"),
+    "day": ("day", "week", "month", "quarter", "year"),
+    "week": ("week",),
+    "month": ("month", "quarter", "year"),
+}
+_MEASURE = re.compile(r"^(?P<aggregate>[a-z_]+)(?:\((?P<field>[a-z_][a-z0-9_]{0,62})\))?$")
+
+
+@dataclass(frozen=True)
+class RollupMeasure:
+    """One additive measure a rollup keeps as a mergeable state: ``count``, ``sum(amount)``..."""
+
+    aggregate: str
+    field: str = ""
+
+    @property
+    def spelling(self) -> str:
+        """The measure as the catalog writes it."""
+        return f"{self.aggregate}({self.field})" if self.field else self.aggregate
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """A pre-aggregation of a model declared in the catalog (``service.rollups``).
+
+    Rows of the model grouped by ``dimensions`` and by the bucket of ``time_field`` at ``grain``
+    in ``time_zone`` (no time bucket when ``time_field`` is empty), with ``measures`` kept as
+    aggregate states, so that any coarser grouping merges them exactly.
+    """
+
+    name: str
+    dimensions: tuple[str, ...]
+    measures: tuple[RollupMeasure, ...]
+    time_field: str = ""
+    grain: str = ""
+    time_zone: str = "UTC"
+
+    @property
+    def table(self) -> str:
+        """The rollup's table: named after the declaration, so that a changed one starts anew."""
+        digest = hashlib.sha256(repr(self).encode()).hexdigest()[:10]
+        return f"_rollup_{self.name}_{digest}"
+
+
 @dataclass(frozen=True)
 class Model:
     """A queryable model: a module's table replicated into ClickHouse, or an event model."""
@@ -175,6 +224,8 @@ class Model:
     """The event roles; set exactly when ``kind`` is EVENTS."""
     relations: Mapping[str, Relation] = dataclasses.field(default_factory=dict)
     """Many-to-one relations by name; dotted request paths (``contact.country``) follow them."""
+    rollups: tuple[Rollup, ...] = ()
+    """The rollups declared on the model (``service.rollups``), in catalog order."""
 
     @property
     def is_events(self) -> bool:
@@ -284,8 +335,14 @@ def parse_catalog(data: Mapping[str, Any], origin: str = "<catalog>") -> Catalog
         if not isinstance(raw, dict):
             raise CatalogError(f"{where} must be a table")
         model = _parse_model(
-            {k: v for k, v in raw.items() if k != "relations"}, default_tenant, where
+            {k: v for k, v in raw.items() if k not in ("relations", "rollups")},
+            default_tenant,
+            where,
         )
+        if "rollups" in raw:
+            model = dataclasses.replace(
+                model, rollups=_parse_rollups(model, raw["rollups"], f"{where}.rollups")
+            )
         key = (model.module, model.name)
         if key in models:
             raise CatalogError(f"{where}: model {model.qualified_name} is defined twice")
@@ -295,6 +352,10 @@ def parse_catalog(data: Mapping[str, Any], origin: str = "<catalog>") -> Catalog
         models[key] = model
         if "relations" in raw:
             declared[key] = (f"{where} ({model.qualified_name}).relations", raw["relations"])
+    rollup_names = [r.name for m in models.values() for r in m.rollups]
+    for name in rollup_names:
+        if rollup_names.count(name) > 1:
+            raise CatalogError(f"{origin}: rollup {name!r} is declared twice")
     return Catalog(database=database, models=_with_relations(models, declared))
 
 
@@ -480,6 +541,93 @@ _EVENT_ROLE_TYPES = {
     "event": (FieldType.ENUM, FieldType.STRING),
     "event_id": (FieldType.UUID, FieldType.STRING),
 }
+
+
+def _parse_rollups(model: Model, raw: Any, where: str) -> tuple[Rollup, ...]:
+    """Validate a model's ``[[models.rollups]]`` entries."""
+    if not isinstance(raw, list):
+        raise CatalogError(f"{where} must be a list of tables ([[models.rollups]])")
+    rollups = []
+    for index, entry in enumerate(raw):
+        here = f"{where}[{index}]"
+        if not isinstance(entry, dict):
+            raise CatalogError(f"{here} must be a table")
+        _only_keys(
+            entry, {"name", "dimensions", "measures", "time_field", "grain", "time_zone"}, here
+        )
+        name = _identifier(entry.get("name"), f"{here}.name")
+        dimensions = entry.get("dimensions", [])
+        if not isinstance(dimensions, list) or len(set(map(str, dimensions))) != len(dimensions):
+            raise CatalogError(f"{here}.dimensions must be a list of distinct field names")
+        for dimension in dimensions:
+            _rollup_field(model, dimension, f"{here}.dimensions")
+        time_field = entry.get("time_field", "")
+        grain = entry.get("grain", "")
+        time_zone = entry.get("time_zone", "UTC")
+        if time_field:
+            spec = _rollup_field(model, time_field, f"{here}.time_field")
+            if not spec.type.is_temporal:
+                raise CatalogError(f"{here}.time_field: {time_field!r} is not a timestamp or date")
+            if time_field in dimensions:
+                raise CatalogError(f"{here}.time_field: {time_field!r} is also a dimension")
+            if grain not in ROLLUP_GRAINS:
+                raise CatalogError(f"{here}.grain: {grain!r} is not one of {list(ROLLUP_GRAINS)}")
+            if grain == "hour" and spec.type is FieldType.DATE:
+                raise CatalogError(f"{here}.grain: hour is finer than the date {time_field!r}")
+            if grain == "hour" and time_zone != "UTC":
+                # A zone whose offset moves by half an hour cuts local hours across UTC hours.
+                raise CatalogError(f"{here}.time_zone: hourly rollups are kept in UTC")
+        elif grain:
+            raise CatalogError(f"{here}.grain: needs a time_field")
+        if not isinstance(time_zone, str) or not re.fullmatch(
+            r"[A-Za-z][A-Za-z0-9_+\-/]*", time_zone
+        ):
+            raise CatalogError(f"{here}.time_zone must be an IANA zone name")
+        try:
+            zoneinfo.ZoneInfo(time_zone)
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            raise CatalogError(f"{here}.time_zone: unknown zone {time_zone!r}") from None
+        measures = entry.get("measures", ["count"])
+        if not isinstance(measures, list) or not measures:
+            raise CatalogError(f'{here}.measures must be a non-empty list such as ["count"]')
+        parsed = tuple(_rollup_measure(model, text, f"{here}.measures") for text in measures)
+        if len(set(parsed)) != len(parsed):
+            raise CatalogError(f"{here}.measures: a measure is listed twice")
+        rollups.append(
+            Rollup(
+                name, tuple(dimensions), parsed, time_field, grain if time_field else "", time_zone
+            )
+        )
+    return tuple(rollups)
+
+
+def _rollup_field(model: Model, name: Any, where: str) -> FieldSpec:
+    spec = model.fields.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise CatalogError(f"{where}: {name!r} is not a field of the model")
+    if name == model.soft_delete_column:
+        raise CatalogError(f"{where}: {name!r} is the soft-delete column; rollups hold live rows")
+    return spec
+
+
+def _rollup_measure(model: Model, text: Any, where: str) -> RollupMeasure:
+    match = _MEASURE.fullmatch(text) if isinstance(text, str) else None
+    if match is None or match["aggregate"] not in ROLLUP_AGGREGATES:
+        raise CatalogError(
+            f"{where}: {text!r} is not a measure such as count, sum(amount), count_distinct(id) "
+            f"(aggregates: {', '.join(ROLLUP_AGGREGATES)})"
+        )
+    aggregate, field_name = match["aggregate"], match["field"] or ""
+    if not field_name:
+        if aggregate != "count":
+            raise CatalogError(f"{where}: {aggregate} needs a field, as in {aggregate}(amount)")
+        return RollupMeasure("count")
+    spec = _rollup_field(model, field_name, where)
+    if aggregate in ("sum", "avg") and not spec.type.is_numeric:
+        raise CatalogError(f"{where}: {aggregate}({field_name}) needs a numeric field")
+    if aggregate in ("min", "max") and (not spec.type.is_ordered or spec.type is FieldType.UUID):
+        raise CatalogError(f"{where}: {aggregate}({field_name}) needs an ordered field")
+    return RollupMeasure(aggregate, field_name)
 
 
 def _parse_event_model(raw: Mapping[str, Any], default_tenant: Any, where: str) -> Model:

@@ -132,6 +132,15 @@ def _parser(add_commands: AddCommands | None) -> argparse.ArgumentParser:
     tenants.add_argument("--catalog", type=Path, default=None, help="model catalog file")
     tenants.set_defaults(handler=_tenants)
 
+    rollups = commands.add_parser(
+        "rollups", help="build the catalog's rollups (stale partitions) or report their status"
+    )
+    rollups.add_argument("action", choices=["build", "status"])
+    rollups.add_argument("names", nargs="*", help="build: only these rollups (default: all)")
+    rollups.add_argument("--data-dir", type=Path, default=None, help="embedded engine data")
+    rollups.add_argument("--catalog", type=Path, default=None, help="model catalog file")
+    rollups.set_defaults(handler=_rollups)
+
     query = commands.add_parser("query", help="send a request (DESIGN.md JSON) to a server")
     query.add_argument("request", help="the request as JSON, or @file.json")
     query.add_argument("--target", default=None, help="host:port (default: the settings')")
@@ -268,6 +277,55 @@ def _tenants(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps({"error": error.reason, "message": error.message}), file=sys.stderr)
         return 1
     return 0
+
+
+def _rollups(settings: Settings, args: argparse.Namespace) -> int:
+    from service.rollups.keeper import RollupKeeper  # noqa: PLC0415 (see the module docstring)
+
+    async def run() -> dict[str, Any]:
+        catalog = load_catalog(settings.catalog_path)
+        known = {rollup.name for model in catalog.models.values() for rollup in model.rollups}
+        unknown = sorted(set(args.names) - known)
+        if unknown:
+            raise CatalogError(f"no rollup {', '.join(unknown)} in the catalog")
+        backend = open_backend(settings)
+        try:
+            keeper = RollupKeeper(catalog, backend)
+            await keeper.prepare()
+            built: dict[str, int] = {}
+            if args.action == "build" and keeper.enabled:
+                built = await keeper.build(args.names, _partition_progress)
+            return {
+                "enabled": keeper.enabled,
+                **({"partitionsBuilt": built} if args.action == "build" else {}),
+                "rollups": [
+                    {
+                        "name": status.name,
+                        "model": status.model,
+                        "table": status.table,
+                        "partitions": status.partitions,
+                        "current": status.current,
+                        "rows": status.rows,
+                    }
+                    for status in await keeper.status()
+                ],
+            }
+        finally:
+            await backend.close()
+
+    try:
+        print(json.dumps(asyncio.run(run()), indent=2))
+    except AnalyticsError as error:
+        print(json.dumps({"error": error.reason, "message": error.message}), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _partition_progress(rollup: str, done: int, total: int) -> None:
+    bar = "#" * (25 * done // total if total else 25)
+    print(f"\r  {rollup:<24} [{bar:<25}] {done}/{total} partitions", end="", file=sys.stderr)
+    if done >= total:
+        print(file=sys.stderr)
 
 
 def _tenant_json(record: TenantRecord) -> dict[str, Any]:

@@ -31,10 +31,12 @@ from service.query.compiler import (
     resolve_model,
 )
 from service.query.request import QueryRequest
+from service.rollups.routing import choose_rollup
 from service.sync_status import oldest_sync
 
 if TYPE_CHECKING:
     from service.cache.result_cache import ResultCache
+    from service.rollups.keeper import RollupKeeper
     from service.segments.segment_service import SegmentService
 
 #: Rows per granule of the replica tables (ClickHouse's ``index_granularity``, left at its
@@ -50,6 +52,8 @@ class QueryOutcome:
     table: pa.Table
     stats: QueryStats
     last_sync_at: dt.datetime | None
+    #: The rollup that answered ("" for the model's own rows).
+    rollup: str = ""
 
 
 @dataclass
@@ -75,12 +79,14 @@ class QueryService:
         segments: SegmentService | None = None,
         cache: ResultCache | None = None,
         budgets: Budgets | None = None,
+        rollups: RollupKeeper | None = None,
     ) -> None:
         """Wire the catalog, the engine and the limits from settings.
 
         ``segments``: where the tenants' segments are read when a request names one.
         ``cache``: where ``run`` keeps and finds answers (``stream`` is never cached).
         ``budgets``: the tenants' budgets every request runs within (None: unlimited).
+        ``rollups``: the keeper of the catalog's rollups, which answer the requests they can.
         """
         self.catalog = catalog
         self.backend = backend
@@ -90,6 +96,7 @@ class QueryService:
         self._segments = segments
         self.cache = cache
         self.budgets = budgets or Budgets.unlimited()
+        self._rollups = rollups
 
     def _budget(self, remaining: float | None) -> float:
         if remaining is None:
@@ -99,11 +106,16 @@ class QueryService:
     async def _authorise_and_compile(
         self, principal: Principal, request: QueryRequest, limits: QueryLimits
     ) -> CompiledQuery:
-        authorise_reads(principal, [resolve_model(self.catalog, request.model)])
+        model = resolve_model(self.catalog, request.model)
+        authorise_reads(principal, [model])
         catalog = self.catalog
         if self._segments is not None:
             catalog = await self._segments.catalog_for(principal.tenant, request.filters)
-        compiled = compile_query(request, catalog, principal.tenant, limits)
+        rollup = choose_rollup(request, model) if self._rollups is not None else None
+        plan = None
+        if rollup is not None and self._rollups is not None:
+            plan = await self._rollups.plan(model, rollup)
+        compiled = compile_query(request, catalog, principal.tenant, limits, aggregated=plan)
         authorise_reads(principal, compiled.joined)
         return compiled
 
@@ -149,6 +161,7 @@ class QueryService:
             result.table,
             served(caller_stats(result.stats), answered.cache_hit),
             answered.last_sync_at,
+            compiled.rollup,
         )
 
     def stream(

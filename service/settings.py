@@ -203,6 +203,13 @@ class Settings(BaseSettings):
         description='Answer repeated queries from the result cache (README "Result cache"): '
         "keyed by tenant, SQL and the position of every table read, so never stale.",
     )
+    rollup_refresh_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How often the service rebuilds the partitions of the catalog's rollups that "
+        'changed (README "Rollups"); 0: never (``analytics rollups build`` then does it). '
+        "Partitions not rebuilt yet are read from the base table, so answers are never stale.",
+    )
     result_cache_bytes: int = Field(
         256 * 1024 * 1024,
         ge=0,

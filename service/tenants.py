@@ -181,8 +181,17 @@ def _table(catalog: Catalog, table: str) -> str:
 
 
 def replica_tables(catalog: Catalog) -> tuple[str, ...]:
-    """The catalog's replica tables, sorted: what each tenant's row policies cover."""
-    return tuple(sorted(model.table for model in catalog.models.values()))
+    """The catalog's replica and rollup tables, sorted: what each tenant's row policies cover."""
+    return tuple(sorted(_tenant_tables(catalog)))
+
+
+def _tenant_tables(catalog: Catalog) -> dict[str, Model]:
+    """Every table holding tenants' rows, with the model whose tenant column it carries."""
+    tables = {model.table: model for model in catalog.models.values()}
+    tables.update(
+        (rollup.table, model) for model in catalog.models.values() for rollup in model.rollups
+    )
+    return tables
 
 
 def row_policy_condition(model: Model, tenant_id: str) -> str:
@@ -219,13 +228,12 @@ def provision_statements(
             carries_secret=True,
         ),
     ]
-    models = sorted(catalog.models.values(), key=lambda m: m.table)
     statements += [
         _public(
-            f"CREATE ROW POLICY OR REPLACE {user} ON {_table(catalog, model.table)} "
+            f"CREATE ROW POLICY OR REPLACE {user} ON {_table(catalog, table)} "
             f"FOR SELECT USING {row_policy_condition(model, tenant_id)} TO {user}"
         )
-        for model in models
+        for table, model in sorted(_tenant_tables(catalog).items())
     ]
     current = set(replica_tables(catalog))
     for table in sorted(set(previous_tables) - current):

@@ -139,7 +139,9 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             await abort_with_error(context, error)
         return analytics_pb2.QueryResponse(
             data=convert.struct_rows(outcome.columns, outcome.table),
-            meta=convert.query_meta(outcome.columns, outcome.stats, outcome.last_sync_at),
+            meta=convert.query_meta(
+                outcome.columns, outcome.stats, outcome.last_sync_at, rollup=outcome.rollup
+            ),
         )
 
     async def StreamQuery(  # noqa: N802

@@ -66,10 +66,15 @@ def query_request(
 
 
 def query_meta(
-    columns: Sequence[OutputColumn], stats: QueryStats, last_sync_at: dt.datetime | None
+    columns: Sequence[OutputColumn],
+    stats: QueryStats,
+    last_sync_at: dt.datetime | None,
+    *,
+    rollup: str = "",
 ) -> analytics_pb2.QueryMeta:
     """The meta message: freshness, the engine's figures, the column list, cache hit or not."""
     meta = analytics_pb2.QueryMeta(
+        rollup=rollup,
         rows_scanned=float(stats.rows_scanned),
         duration_ms=max(round(stats.elapsed_ms), 0),
         cache_hit=isinstance(stats, ServedStats) and stats.cache_hit,
@@ -212,6 +217,8 @@ def response_json(response: analytics_pb2.QueryResponse) -> dict[str, Any]:
         "columns": [{"name": c.name, "type": c.type} for c in response.meta.columns],
         "cacheHit": response.meta.cache_hit,
     }
+    if response.meta.rollup:
+        meta["rollup"] = response.meta.rollup
     return {"data": data, "meta": meta}
 
 

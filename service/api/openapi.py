@@ -101,6 +101,11 @@ _QUERY_META = {
             'fresh one: README "Result cache"); rowsScanned and durationMs are then those of the '
             "run that computed it.",
         },
+        "rollup": {
+            "type": "string",
+            "description": 'The catalog rollup that answered (README "Rollups"); absent when the '
+            "model's own rows did. Its answer equals the base table's.",
+        },
         "columns": {
             "type": "array",
             "items": {

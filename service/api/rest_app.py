@@ -220,7 +220,9 @@ class RestServer:
         outcome = await self._queries.run(principal, scoped, remaining=None, rpc=REST_RPC)
         response = analytics_pb2.QueryResponse(
             data=convert.struct_rows(outcome.columns, outcome.table),
-            meta=convert.query_meta(outcome.columns, outcome.stats, outcome.last_sync_at),
+            meta=convert.query_meta(
+                outcome.columns, outcome.stats, outcome.last_sync_at, rollup=outcome.rollup
+            ),
         )
         return web.json_response(convert.response_json(response))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import signal
 from collections.abc import Callable, Coroutine
@@ -50,6 +51,7 @@ from service.events.validation import EventLimits
 from service.insights.insight_services import InsightServices
 from service.query.compiler import QueryLimits
 from service.query_service import QueryService
+from service.rollups.keeper import RollupKeeper
 from service.segments.segment_service import SegmentService
 from service.segments.store import SegmentStore
 from service.settings import Settings
@@ -80,6 +82,7 @@ class RunningServer:
     event_topic: EventTopicConsumer | None = None
     cache: ResultCache | None = None
     budgets: Budgets | None = None
+    rollup_refresher: asyncio.Task[None] | None = None
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish, then release an engine it opened.
@@ -89,6 +92,10 @@ class RunningServer:
         topic consumer stops before it (it commits what the sink wrote for it).
         """
         await self.health.enter_graceful_shutdown()
+        if self.rollup_refresher is not None:
+            self.rollup_refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.rollup_refresher
         if self.event_topic is not None:
             await self.event_topic.stop()
         if self.sink is not None:
@@ -151,6 +158,7 @@ async def start_server(  # noqa: PLR0915 (the composition root: a statement per 
     provisioner = tenant_provisioner(settings, catalog, backend)
     # Defaults from settings, overrides from the tenant records, counters in Redis if set.
     budgets = build_budgets(settings, sink_metrics.registry, provisioner)
+    rollups = RollupKeeper(catalog, backend)
     queries = QueryService(
         catalog,
         backend,
@@ -162,6 +170,7 @@ async def start_server(  # noqa: PLR0915 (the composition root: a statement per 
         segments=segments,
         cache=cache,
         budgets=budgets,
+        rollups=rollups,
     )
     verifier = TokenVerifier(settings)
     sink = EventSink(
@@ -219,9 +228,14 @@ async def start_server(  # noqa: PLR0915 (the composition root: a statement per 
     if isinstance(backend, HttpBackend):
         await backend.detect_row_policies()
     health_servicer.isolation = engine_detail(backend)
+    # Before the tenants' grants and row policies, which cover the rollup tables too.
+    await rollups.prepare()
     # A catalog that gained a table gets every tenant's grants and row policies re-applied.
     await provisioner.reconcile()
     await segment_store.prepare()
+    refresher = None
+    if rollups.enabled and settings.rollup_refresh_seconds > 0:
+        refresher = asyncio.create_task(rollups.run(settings.rollup_refresh_seconds))
     sink.start()
     # After the sink it writes to; it waits for Kafka by itself, never holding up the start.
     event_topic = start_topic_consumer(settings, ingestion)
@@ -239,6 +253,8 @@ async def start_server(  # noqa: PLR0915 (the composition root: a statement per 
         try:
             rest_port = await rest.start(settings.host, settings.rest_port)
         except OSError:
+            if refresher is not None:
+                refresher.cancel()
             await server.stop(None)
             if event_topic is not None:
                 await event_topic.stop()
@@ -269,6 +285,7 @@ async def start_server(  # noqa: PLR0915 (the composition root: a statement per 
         event_topic=event_topic,
         cache=cache,
         budgets=budgets,
+        rollup_refresher=refresher,
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from service.catalog import Catalog, FieldSpec, FieldType, Model
 from service.errors import AnalyticsError, ErrorKind, not_found, validation_error
@@ -86,6 +87,8 @@ class CompiledQuery:
     tenant: str = ""
     #: The related models the query joins (its freshness is the oldest of all it reads).
     joined: tuple[Model, ...] = ()
+    #: The rollup that answers the query instead of the model's rows ("" for none).
+    rollup: str = ""
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -109,6 +112,23 @@ class ParameterBuilder:
         return f"{{{name}:{clickhouse_type}}}"
 
 
+class AggregatedSource(Protocol):
+    """Pre-aggregated rows that answer a query in place of the model's (``service.rollups``)."""
+
+    @property
+    def name(self) -> str:
+        """What ``meta.rollup`` reports."""
+        ...
+
+    def source(self, catalog: Catalog, model: Model, tenant: str, builder: ParameterBuilder) -> str:
+        """The FROM source ``(...) AS t``: the fields as columns, the tenant's rows only."""
+        ...
+
+    def merge(self, metric: MetricRequest) -> str:
+        """The SQL over the source's rows ``t`` that computes ``metric`` for a group."""
+        ...
+
+
 def resolve_model(catalog: Catalog, reference: str) -> Model:
     """The model a request names, as ``module.model`` or a bare model name unique in the catalog."""
     if not reference:
@@ -129,11 +149,15 @@ def compile_query(
     catalog: Catalog,
     tenant: str,
     limits: QueryLimits | None = None,
+    *,
+    aggregated: AggregatedSource | None = None,
 ) -> CompiledQuery:
     """Validate ``request`` against the catalog and compile it for ``tenant``.
 
     Raises AnalyticsError (NOT_FOUND for an unknown model, VALIDATION naming the request field
     for anything else). The tenant condition, the deleted-row guard and FINAL are always present.
+    ``aggregated``: a rollup the router found able to answer the request exactly; the query then
+    groups its rows, merging their states, under the same keys, filters, order and limit.
     """
     limits = limits or QueryLimits()
     if not tenant:
@@ -176,21 +200,28 @@ def compile_query(
         expression, output_type, value_spec = metric_expression(
             metric, model, metric_source, builder
         )
-        inner_select.append(f"{expression} AS {raw}")
+        merged = aggregated.merge(metric) if aggregated is not None else expression
+        inner_select.append(f"{merged} AS {raw}")
         alias = f"c{len(columns)}"
         rendered = _render(raw, output_type, value_spec, "", "UTC", builder)
         outer_select.append(f"{rendered} AS {alias}")
         columns.append(OutputColumn(key, alias, output_type))
         order_targets[key] = raw
 
-    source_sql, where, joined = _source_and_where(
-        request.filters,
-        catalog,
-        model,
-        [*group_keys, *metric_fields],
-        tenant_placeholder,
-        time_zone,
-        builder,
+    source_sql, where, joined = (
+        _source_and_where(
+            request.filters,
+            catalog,
+            model,
+            [*group_keys, *metric_fields],
+            tenant_placeholder,
+            time_zone,
+            builder,
+        )
+        if aggregated is None
+        else _aggregated_source_and_where(
+            request.filters, catalog, model, aggregated, tenant_placeholder, time_zone, builder
+        )
     )
     inner = f"SELECT {', '.join(inner_select)} FROM {source_sql} WHERE {' AND '.join(where)}"
     if group_keys:
@@ -217,6 +248,7 @@ def compile_query(
         settings,
         tenant=tenant,
         joined=joined,
+        rollup=aggregated.name if aggregated is not None else "",
     )
 
 
@@ -347,6 +379,28 @@ def _source_and_where(  # noqa: PLR0917 (private, one call site)
         where.append(condition)
         models = with_model(models, members, model)
     return source, where, models
+
+
+def _aggregated_source_and_where(  # noqa: PLR0917 (private, one call site)
+    request_filters: Mapping[str, str],
+    catalog: Catalog,
+    model: Model,
+    aggregated: AggregatedSource,
+    tenant: str,
+    time_zone: str,
+    builder: ParameterBuilder,
+) -> tuple[str, list[str], tuple[Model, ...]]:
+    """The FROM source and WHERE conditions of a query a rollup answers (it joins nothing).
+
+    The rollup holds live rows only, so no deleted-row guard; the filters are on its columns,
+    which carry the fields' names.
+    """
+    source = aggregated.source(catalog, model, tenant, builder)
+    where = [
+        f"t.`{model.tenant_column}` = {tenant}",
+        *filter_conditions(parse_filters(request_filters), model, builder, time_zone),
+    ]
+    return source, where, ()
 
 
 def where_conditions(

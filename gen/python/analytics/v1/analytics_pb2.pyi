@@ -54,18 +54,20 @@ class QueryRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., aggregate: _Optional[str] = ..., field: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., group_by: _Optional[str] = ..., group_by_interval: _Optional[str] = ..., filters: _Optional[_Mapping[str, str]] = ..., order: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., time_zone: _Optional[str] = ...) -> None: ...
 
 class QueryMeta(_message.Message):
-    __slots__ = ("last_sync_at", "rows_scanned", "duration_ms", "columns", "cache_hit")
+    __slots__ = ("last_sync_at", "rows_scanned", "duration_ms", "columns", "cache_hit", "rollup")
     LAST_SYNC_AT_FIELD_NUMBER: _ClassVar[int]
     ROWS_SCANNED_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    ROLLUP_FIELD_NUMBER: _ClassVar[int]
     last_sync_at: _timestamp_pb2.Timestamp
     rows_scanned: float
     duration_ms: int
     columns: _containers.RepeatedCompositeFieldContainer[ColumnInfo]
     cache_hit: bool
-    def __init__(self, last_sync_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rows_scanned: _Optional[float] = ..., duration_ms: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[ColumnInfo, _Mapping]]] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
+    rollup: str
+    def __init__(self, last_sync_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rows_scanned: _Optional[float] = ..., duration_ms: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[ColumnInfo, _Mapping]]] = ..., cache_hit: _Optional[bool] = ..., rollup: _Optional[str] = ...) -> None: ...
 
 class ColumnInfo(_message.Message):
     __slots__ = ("name", "type")

@@ -1,0 +1,244 @@
+"""Keeping rollups exact: building stale partitions, planning reads, reporting status.
+
+The keeper is the one place rollups touch the engine. ``plan`` reads, in one small query, each
+replica partition's signature beside the generation last built for it; ``build`` aggregates every
+partition whose signature moved into a new generation and records it; ``run`` does that
+periodically in the service. A rollup never serves a partition that changed after its build
+(``service.rollups.statements``), so the freshness of a rollup-served answer is its base table's:
+what the refresher has not caught up with is read from the replica by the query itself.
+
+Generations are nanosecond timestamps of the build's start. Older generations of a partition are
+dropped once superseded for ``RETAIN_SECONDS`` (a query planned just before a build may still be
+reading one), along with those of partitions the replica no longer has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from service.backends.base import AnalyticsBackend
+from service.backends.dialect import backend_dialect
+from service.catalog import Catalog, Model, Rollup
+from service.query.values import encode_text_parameter
+from service.rollups.statements import (
+    PARTITION_ID,
+    ROLLUP_STATE_TABLE,
+    RollupPlan,
+    build_statement,
+    signatures_sql,
+    state_ddl,
+    table_ddl,
+)
+from service.schema import database_ddl, replica_table_ddl
+
+log = structlog.get_logger(__name__)
+
+RETAIN_SECONDS = 60
+"""How long a superseded generation stays readable."""
+#: Called after each partition a build finishes: (rollup, partitions done, partitions to do).
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """One replica partition as a rollup sees it."""
+
+    partition: str
+    signature: str
+    generation: int | None
+    built_signature: str | None
+    rows: int
+
+    @property
+    def current(self) -> bool:
+        """Whether the partition's generation holds exactly what the replica holds."""
+        return self.generation is not None and self.built_signature == self.signature
+
+
+@dataclass(frozen=True)
+class RollupStatus:
+    """What ``analytics rollups status`` reports for one rollup."""
+
+    name: str
+    model: str
+    table: str
+    partitions: int
+    current: int
+    rows: int
+
+
+class RollupKeeper:
+    """Builds, plans and reports the catalog's rollups on one engine."""
+
+    def __init__(self, catalog: Catalog, backend: AnalyticsBackend) -> None:
+        """Keep ``catalog``'s rollups on ``backend`` (``prepare`` first)."""
+        self._catalog = catalog
+        self._backend = backend
+        self._lock = asyncio.Lock()
+        #: False on an engine the query compiler does not target (rollups then never serve).
+        self.enabled = False
+
+    def rollups(self) -> list[tuple[Model, Rollup]]:
+        """Every declared rollup with its model, in catalog order."""
+        return [(m, r) for m in self._catalog.models.values() for r in m.rollups]
+
+    async def prepare(self) -> None:
+        """Create the state table and every rollup's table (idempotent).
+
+        Leaves the keeper disabled on an engine older than the query compiler's minimum.
+        """
+        if not self.rollups():
+            return
+        dialect = await backend_dialect(self._backend)
+        if not dialect.is_modern:
+            log.warning("rollups_disabled", reason="the engine predates ClickHouse 23.2")
+            return
+        await self._backend.command(database_ddl(self._catalog))
+        await self._backend.command(state_ddl(self._catalog))
+        for model, rollup in self.rollups():
+            # A rollup's columns are typed from its model's table, which the replication
+            # writers would otherwise create only when they first run.
+            await self._backend.command(replica_table_ddl(self._catalog, model, dialect=dialect))
+            await self._backend.command(table_ddl(self._catalog, model, rollup))
+        self.enabled = True
+
+    async def partitions(self, model: Model, rollup: Rollup) -> list[PartitionState]:
+        """Each replica partition's signature beside the rollup's record of it, read now."""
+        rows = await self._backend.query_rows(
+            signatures_sql(self._catalog, model, rollup),
+            {
+                "database": encode_text_parameter(self._catalog.database),
+                "table": encode_text_parameter(model.table),
+                "rollup": encode_text_parameter(rollup.table),
+            },
+        )
+        return [
+            PartitionState(
+                str(row["partition"]),
+                str(row["signature"]),
+                None if row["generation"] is None else int(row["generation"]),
+                None if row["built"] is None else str(row["built"]),
+                int(row["rows"] or 0),
+            )
+            for row in rows
+        ]
+
+    async def plan(self, model: Model, rollup: Rollup) -> RollupPlan | None:
+        """How a query reads ``rollup`` now; None when no partition is current yet."""
+        if not self.enabled:
+            return None
+        states = await self.partitions(model, rollup)
+        current = tuple((s.partition, s.generation) for s in states if s.current)
+        if not current:
+            return None
+        stale = tuple(s.partition for s in states if not s.current)
+        return RollupPlan(rollup, tuple((p, g) for p, g in current if g is not None), stale)
+
+    async def build(
+        self, only: Iterable[str] = (), progress: Progress | None = None
+    ) -> dict[str, int]:
+        """Rebuild every stale partition of the rollups (those named in ``only``, if any).
+
+        Returns the partitions rebuilt per rollup. One build at a time in this process.
+        """
+        names = set(only)
+        rebuilt: dict[str, int] = {}
+        async with self._lock:
+            for model, rollup in self.rollups():
+                if names and rollup.name not in names:
+                    continue
+                rebuilt[rollup.name] = await self._build_one(model, rollup, progress)
+        return rebuilt
+
+    async def _build_one(self, model: Model, rollup: Rollup, progress: Progress | None) -> int:
+        states = await self.partitions(model, rollup)
+        stale = [s for s in states if not s.current]
+        for done, state in enumerate(stale, start=1):
+            if not PARTITION_ID.fullmatch(state.partition):
+                raise ValueError(f"unexpected partition id {state.partition!r}")
+            generation = time.time_ns()
+            await self._backend.command(
+                build_statement(self._catalog, model, rollup),
+                {"partition": state.partition, "generation": str(generation)},
+            )
+            counted = await self._backend.query_rows(
+                f"SELECT count() AS n FROM `{self._catalog.database}`.`{rollup.table}` "
+                "WHERE _base_partition = {partition:String} AND _generation = {generation:UInt64}",
+                {"partition": state.partition, "generation": str(generation)},
+            )
+            # The signature read before the build: a write since leaves the partition stale.
+            await self._backend.command(
+                f"INSERT INTO `{self._catalog.database}`.`{ROLLUP_STATE_TABLE}` "
+                "(rollup_table, base_partition, generation, signature, rows, built_at) VALUES "
+                "({rollup:String}, {partition:String}, {generation:UInt64}, {signature:String}, "
+                "{rows:UInt64}, now64(6, 'UTC'))",
+                {
+                    "rollup": encode_text_parameter(rollup.table),
+                    "partition": state.partition,
+                    "generation": str(generation),
+                    "signature": encode_text_parameter(state.signature),
+                    "rows": str(int(counted[0]["n"])),
+                },
+            )
+            if progress is not None:
+                progress(rollup.name, done, len(stale))
+        await self._drop_superseded(model, rollup)
+        if stale:
+            log.info("rollup_built", rollup=rollup.name, partitions=len(stale))
+        return len(stale)
+
+    async def _drop_superseded(self, model: Model, rollup: Rollup) -> None:
+        states = {s.partition: s for s in await self.partitions(model, rollup)}
+        stored = await self._backend.query_rows(
+            "SELECT DISTINCT _base_partition AS partition, _generation AS generation "
+            f"FROM `{self._catalog.database}`.`{rollup.table}`"
+        )
+        horizon = time.time_ns() - RETAIN_SECONDS * 1_000_000_000
+        for row in stored:
+            partition, generation = str(row["partition"]), int(row["generation"])
+            state = states.get(partition)
+            keep = state is not None and (state.generation == generation or generation >= horizon)
+            if keep or not PARTITION_ID.fullmatch(partition):
+                continue
+            await self._backend.command(
+                f"ALTER TABLE `{self._catalog.database}`.`{rollup.table}` "
+                f"DROP PARTITION ('{partition}', {generation})"
+            )
+
+    async def status(self) -> list[RollupStatus]:
+        """Per rollup: replica partitions, how many are current, the rows of their generations."""
+        report = []
+        for model, rollup in self.rollups():
+            states = await self.partitions(model, rollup) if self.enabled else []
+            report.append(
+                RollupStatus(
+                    rollup.name,
+                    model.qualified_name,
+                    rollup.table,
+                    len(states),
+                    sum(1 for s in states if s.current),
+                    sum(s.rows for s in states if s.current),
+                )
+            )
+        return report
+
+    async def run(self, interval_seconds: float) -> None:
+        """Rebuild stale partitions every ``interval_seconds`` until cancelled."""
+        failing = False
+        while True:
+            await asyncio.sleep(interval_seconds)
+            try:
+                await self.build()
+            except Exception as error:  # the loop outlives an engine outage
+                if not failing:
+                    log.warning("rollup_refresh_failed", error=str(error)[:300])
+                failing = True
+            else:
+                if failing:
+                    log.info("rollup_refresh_recovered")
+                failing = False
