@@ -1,8 +1,8 @@
 """``python -m bench``: run the benchmarks, print one table of figures, save it.
 
 Usage: ``scripts/bench [--rows 1m,10m]
-[--only query,final,stream,ingest,fresh,events,trend,funnel,retention,server,join,restart,cache,
-budgets]
+[--only query,final,stream,ingest,fresh,events,trend,funnel,retention,server,join,restart,mixed,
+cache,budgets]
 [--quick] [--sweep]``.
 See bench/README.md for the method behind each figure.
 """
@@ -24,6 +24,7 @@ import structlog
 from bench import (
     budget_fairness,
     cache_speed,
+    cdc_mixed_load,
     dataset,
     event_ingest,
     final_cost,
@@ -56,6 +57,7 @@ BENCHMARKS = (
     "server",
     "join",
     "restart",
+    "mixed",
     "cache",
     "budgets",
 )
@@ -142,8 +144,8 @@ async def run(args: argparse.Namespace) -> list[Figure]:
         if "ingest" in args.only:
             events = 20_000 if args.quick else 300_000
             rounds = 2 if args.quick else 3
-            _say(f"ingestion, {events:,} events, {rounds} rounds")
-            figures += await ingestion.measure(backend, events, rounds)
+            _say(f"ingestion, {events:,} events, {rounds} rounds, embedded and over HTTP")
+            figures += await ingestion.measure(backend, events, rounds, work)
         if "fresh" in args.only:
             seconds = args.fresh_seconds or (10.0 if args.quick else 60.0)
             _say(f"freshness, {seconds:.0f} s of load")
@@ -170,7 +172,11 @@ async def run(args: argparse.Namespace) -> list[Figure]:
                 sweep=args.sweep,
                 judge=not args.quick,
             )
-        figures += await _cache(args, backend, work) + await _budgets(args, backend, work)
+        figures += (
+            await _mixed(args, work)
+            + await _cache(args, backend, work)
+            + await _budgets(args, backend, work)
+        )
         figures += trend
     finally:
         await backend.close()
@@ -198,6 +204,15 @@ async def _insights(args: argparse.Namespace, backend: EmbeddedBackend, work: Pa
         parts=parts,
         judge=not args.quick,
     )
+
+
+async def _mixed(args: argparse.Namespace, work: Path) -> list[Figure]:
+    if "mixed" not in args.only:
+        return []
+    seconds = args.fresh_seconds or (10.0 if args.quick else 60.0)
+    backends = ", ".join(cdc_mixed_load.BACKENDS)
+    _say(f"mixed CDC load, {seconds:.0f} s of load per backend ({backends})")
+    return await cdc_mixed_load.measure(work, seconds, judge=not args.quick)
 
 
 async def _cache(args: argparse.Namespace, backend: EmbeddedBackend, work: Path) -> list[Figure]:

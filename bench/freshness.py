@@ -62,7 +62,7 @@ _UPDATE = (
     "UPDATE deals SET amount = amount + 1, stage = 'qualified', updated_at = now() "
     "WHERE tenant_id = $1 AND id BETWEEN $2 AND $3"
 )
-_PROBE = (
+PROBE_INSERT = (
     "INSERT INTO deals (tenant_id, id, contact_id, owner_id, title, stage, amount, currency, "
     "probability, created_at, updated_at) VALUES ($1, $2, 1, 1, 'probe', 'won', $3, 'EUR', 1.0, "
     "now(), now())"
@@ -70,7 +70,7 @@ _PROBE = (
 
 
 @dataclasses.dataclass
-class _Stages:
+class ProbeStages:
     """Per probe id, wall-clock seconds: commit returned, read by Debezium, in Kafka, received."""
 
     committed: dict[int, float] = dataclasses.field(default_factory=dict)
@@ -80,7 +80,7 @@ class _Stages:
     visible: dict[int, float] = dataclasses.field(default_factory=dict)
 
 
-async def _watch_topic(bootstrap: str, topic: str, stages: _Stages, stop: asyncio.Event) -> None:
+async def watch_topic(bootstrap: str, topic: str, stages: ProbeStages, stop: asyncio.Event) -> None:
     """Note when each probe event reached Debezium, Kafka and a consumer (no group, no commits)."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", fetch_max_wait_ms=20
@@ -104,8 +104,11 @@ async def _watch_topic(bootstrap: str, topic: str, stages: _Stages, stop: asynci
         await consumer.stop()
 
 
-def _stage_figures(stages: _Stages) -> list[Figure]:
-    """p50/p99 of each point of a probe's way, from its commit; only probes seen at every point."""
+def stage_figures(stages: ProbeStages, label: str = "Freshness") -> list[Figure]:
+    """p50/p99 of each point of a probe's way, from its commit; only probes seen at every point.
+
+    ``label`` starts each row's metric (the part and backend the probes belong to).
+    """
     probes = [
         p
         for p in stages.visible
@@ -120,12 +123,12 @@ def _stage_figures(stages: _Stages) -> list[Figure]:
         ("visible in Query", stages.visible),
     )
     figures = []
-    for label, moments in points:
+    for point, moments in points:
         delays = [moments[p] - stages.committed[p] for p in probes]
         figures.append(
             Figure(
-                metric=f"Freshness: commit -> {label}",
-                a=_p50_p99(delays),
+                metric=f"{label}: commit -> {point}",
+                a=p50_p99(delays),
                 b="",
                 ratio=None,
                 target="",
@@ -136,7 +139,8 @@ def _stage_figures(stages: _Stages) -> list[Figure]:
     return figures
 
 
-def _p50_p99(delays: list[float]) -> str:
+def p50_p99(delays: list[float]) -> str:
+    """The p50 and p99 of delays (seconds) as the table shows them."""
     return f"p50 {median(delays) * 1000:.0f} ms, p99 {percentile(delays, 0.99) * 1000:.0f} ms"
 
 
@@ -216,7 +220,7 @@ async def _visible_count(stub: Any, metadata: Any, request: Any) -> int:
     return int(data[0]["count"]) if data else 0
 
 
-async def _wait_visible(stub: Any, metadata: Any, request: Any, count: int, within: float) -> float:
+async def wait_visible(stub: Any, metadata: Any, request: Any, count: int, within: float) -> float:
     """Poll until Query shows ``count`` rows; the moment it did (monotonic clock)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -228,18 +232,18 @@ async def _wait_visible(stub: Any, metadata: Any, request: Any, count: int, with
     raise TimeoutError(f"{count} probe rows not visible within {within:.0f} s")
 
 
-async def _probe_until(
-    until: float, pool: Any, stub: Any, metadata: Any, request: Any, *, stages: _Stages
+async def probe_until(
+    until: float, pool: Any, stub: Any, metadata: Any, request: Any, *, stages: ProbeStages
 ) -> list[float]:
     """Commit probe rows one at a time until ``until``; each one's commit -> visible delay."""
     latencies: list[float] = []
     probe = 1
     while time.monotonic() < until:
         probe += 1
-        await pool.execute(_PROBE, "probe", PROBE_IDS + probe, Decimal("1.00"))
+        await pool.execute(PROBE_INSERT, "probe", PROBE_IDS + probe, Decimal("1.00"))
         committed = time.monotonic()
         stages.committed[probe] = time.time()
-        visible = await _wait_visible(stub, metadata, request, probe, within=30)
+        visible = await wait_visible(stub, metadata, request, probe, within=30)
         stages.visible[probe] = stages.committed[probe] + (visible - committed)
         latencies.append(visible - committed)
         await asyncio.sleep(0.05)
@@ -253,7 +257,7 @@ async def _under_load(
     metadata: Any,
     request: Any,
     *,
-    stages: _Stages,
+    stages: ProbeStages,
     stalls: _Stalls,
 ) -> tuple[list[float], _Load]:
     """The write load and the probes for ``seconds``, the event loop and collector watched."""
@@ -263,7 +267,7 @@ async def _under_load(
     loop_watch = asyncio.create_task(_watch_loop(stalls, until))
     writer = asyncio.create_task(_writer(pool, until, load))
     try:
-        latencies = await _probe_until(until, pool, stub, metadata, request, stages=stages)
+        latencies = await probe_until(until, pool, stub, metadata, request, stages=stages)
         await writer
     finally:
         gc.callbacks.remove(stalls.on_gc)
@@ -279,7 +283,7 @@ async def measure(backend: EmbeddedBackend, seconds: float) -> list[Figure]:
     stack = LocalStack(make_stack_directory("bench-fresh-"), ["postgres", "kafka", "connect"])
     await stack.astart()
     stop = asyncio.Event()
-    stages = _Stages()
+    stages = ProbeStages()
     stalls = _Stalls()
     watcher: asyncio.Task[None] | None = None
     model = catalog.get("crm", "deals")
@@ -310,10 +314,10 @@ async def measure(backend: EmbeddedBackend, seconds: float) -> list[Figure]:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
                 # The first change waits for the snapshot, topic creation and topic discovery.
-                await pool.execute(_PROBE, "probe", PROBE_IDS + 1, Decimal("1.00"))
-                await _wait_visible(stub, metadata, request, 1, within=120)
+                await pool.execute(PROBE_INSERT, "probe", PROBE_IDS + 1, Decimal("1.00"))
+                await wait_visible(stub, metadata, request, 1, within=120)
                 watcher = asyncio.create_task(
-                    _watch_topic(
+                    watch_topic(
                         stack.kafka.bootstrap_servers, f"analytics.{model_source}", stages, stop
                     )
                 )
@@ -335,13 +339,13 @@ async def measure(backend: EmbeddedBackend, seconds: float) -> list[Figure]:
     return [
         Figure(
             metric="Freshness commit -> visible in Query",
-            a=_p50_p99(latencies),
+            a=p50_p99(latencies),
             b=f"load {write_rate:,.0f} rows/s for {load.seconds:.0f} s",
             ratio=None,
             target="p99 < 1 s, load >= 1 k rows/s",
             passed=p99 < TARGET_P99_SECONDS and write_rate >= 1_000,
             note=f"{len(latencies)} probes",
         ),
-        *_stage_figures(stages),
+        *stage_figures(stages),
         *stalls.figures(),
     ]

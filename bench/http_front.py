@@ -25,6 +25,12 @@ _RESPONSE_CHUNK_BYTES = 256 * 1024
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU a running process has used so far (from ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
 class FrontProcess:
     """A running front and its URL."""
 
@@ -55,8 +61,7 @@ class FrontProcess:
 
     def cpu_seconds(self) -> float:
         """User plus system CPU the front has used so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return process_cpu_seconds(self.process.pid)
 
     async def stop(self) -> None:
         """SIGTERM, then wait for the engine to close."""

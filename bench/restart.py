@@ -225,7 +225,8 @@ def _phase_note(phases: list[dict[str, float]]) -> str:
     return "median from the spawn: " + ", ".join(parts)
 
 
-async def _metric(session: aiohttp.ClientSession, port: int, name: str) -> float | None:
+async def metric(session: aiohttp.ClientSession, port: int, name: str) -> float | None:
+    """A worker's metric ``name`` from its ``/metrics`` on ``port`` (None if unreadable)."""
     try:
         async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
             text = await response.text()
@@ -286,7 +287,7 @@ async def _longest_pause(session: aiohttp.ClientSession, port: int, done: asynci
     two increments (or since the last one)."""
     last_change, last_value, longest = time.monotonic(), None, 0.0
     while not done.is_set():
-        value = await _metric(session, port, "cdc_batches_total")
+        value = await metric(session, port, "cdc_batches_total")
         now = time.monotonic()
         if value is not None and value != last_value:
             if last_value is not None:

@@ -75,16 +75,26 @@ class ServedProcess:
         catalog_path: Path,
         log_path: Path,
         extra_env: Mapping[str, str] | None = None,
+        *,
+        with_cdc_worker: bool = False,
     ) -> ServedProcess:
         """Start the server on a free port and wait until it serves.
 
         ``extra_env`` adds settings (``ANALYTICS_REST_PORT=0`` opens the REST port as well). The
         result cache is off unless ``extra_env`` turns it on: a benchmark repeats its requests,
         and its figures are the engine's work, not cache hits (bench/cache_speed.py measures
-        those).
+        those). The engine and Kafka of the caller's environment are not inherited; with
+        ``with_cdc_worker`` the process is the ``analytics`` console script, whose ``serve`` runs
+        the CDC worker beside the server when ``extra_env`` names Kafka brokers (and writes
+        to ``ANALYTICS_CLICKHOUSE_URL`` instead of the data directory when it names one).
         """
+        inherited = {
+            name: value
+            for name, value in os.environ.items()
+            if name not in ("ANALYTICS_CLICKHOUSE_URL", "ANALYTICS_KAFKA_BOOTSTRAP_SERVERS")
+        }
         env = {
-            **os.environ,
+            **inherited,
             "ANALYTICS_LOG_FORMAT": "json",
             "ANALYTICS_DATA_DIR": str(data_dir),
             "ANALYTICS_CATALOG_PATH": str(catalog_path),
@@ -92,13 +102,14 @@ class ServedProcess:
             "ANALYTICS_RESULT_CACHE": "false",
             **(extra_env or {}),
         }
-        env.pop("ANALYTICS_CLICKHOUSE_URL", None)
-        env.pop("ANALYTICS_KAFKA_BOOTSTRAP_SERVERS", None)
+        command = (
+            [str(Path(sys.executable).with_name("analytics"))]
+            if with_cdc_worker
+            else [sys.executable, "-m", "service.cli"]
+        )
         with log_path.open("wb") as log:
             process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "service.cli",
+                *command,
                 "serve",
                 env=env,
                 cwd=PROJECT_ROOT,

@@ -1,8 +1,10 @@
 """The benchmark scripts keep working: ``python -m bench`` at smoke scale on the embedded parts.
 
 Query overhead, FINAL cost and streaming on tiny datasets; event ingestion, trend, join, funnel,
-retention speed and the noisy neighbour at ``--quick`` scale. Each in a subprocess (chDB opens one
-data directory per process, and the test session may hold another). No timing is asserted: only
+retention speed and the noisy neighbour at ``--quick`` scale; the mixed CDC load (on the local
+stack's PostgreSQL, Kafka and Connect) for a few seconds per engine. Each in a subprocess (chDB
+opens one data directory per process, and the test session may hold another). No timing is
+asserted: only
 that every figure is produced and that the benchmark checked its answers exactly (it raises
 otherwise, which fails the run).
 """
@@ -100,3 +102,11 @@ async def test_bench_budgets_runs_at_smoke_scale(tmp_path: Path) -> None:
     assert len(metrics) == 2
     assert metrics[0].startswith("Noisy neighbour: 5 tenants' dashboards beside 1 tenant flooding")
     assert metrics[1].startswith("Noisy neighbour without a budget")
+
+
+async def test_bench_mixed_cdc_load_runs_at_smoke_scale(tmp_path: Path) -> None:
+    metrics = await run_bench(tmp_path, "--only", "mixed", "--fresh-seconds", "5")
+    for engine in ("embedded engine", "HTTP backend (chDB front)"):
+        label = f"Mixed CDC load, {engine}"
+        assert any(m.startswith(f"{label}: commit -> visible in Query") for m in metrics)
+        assert any(m.startswith(f"{label}: worker ingestion during the load") for m in metrics)
