@@ -20,7 +20,7 @@ from service import audit
 from service.auth import Principal
 from service.backends.base import AnalyticsBackend, QueryStats
 from service.budgets import Budgets
-from service.cache.execution import answer_queries, served
+from service.cache.execution import Equivalent, answer_queries, served
 from service.catalog import Catalog, Model
 from service.errors import AnalyticsError, forbidden
 from service.query.compiler import (
@@ -106,16 +106,11 @@ class QueryService:
     async def _authorise_and_compile(
         self, principal: Principal, request: QueryRequest, limits: QueryLimits
     ) -> CompiledQuery:
-        model = resolve_model(self.catalog, request.model)
-        authorise_reads(principal, [model])
+        authorise_reads(principal, [resolve_model(self.catalog, request.model)])
         catalog = self.catalog
         if self._segments is not None:
             catalog = await self._segments.catalog_for(principal.tenant, request.filters)
-        rollup = choose_rollup(request, model) if self._rollups is not None else None
-        plan = None
-        if rollup is not None and self._rollups is not None:
-            plan = await self._rollups.plan(model, rollup)
-        compiled = compile_query(request, catalog, principal.tenant, limits, aggregated=plan)
+        compiled = compile_query(request, catalog, principal.tenant, limits)
         authorise_reads(principal, compiled.joined)
         return compiled
 
@@ -138,6 +133,7 @@ class QueryService:
                         [admission.bound(compiled)],
                         timeout_seconds=admission.timeout(call_seconds),
                         cache=self.cache,
+                        equivalent=self._rollup_equivalent(request, principal.tenant, self._limits),
                     )
                 except AnalyticsError as error:
                     raise admission.translate(error, call_seconds) from None
@@ -161,8 +157,37 @@ class QueryService:
             result.table,
             served(caller_stats(result.stats), answered.cache_hit),
             answered.last_sync_at,
-            compiled.rollup,
+            result.rollup,
         )
+
+    async def _streamed(self, principal: Principal, request: QueryRequest) -> CompiledQuery:
+        """What StreamQuery runs: the request compiled, for its rollup when one answers it."""
+        compiled = await self._authorise_and_compile(principal, request, self._stream_limits)
+        equivalent = self._rollup_equivalent(request, principal.tenant, self._stream_limits)
+        return compiled if equivalent is None else await equivalent(compiled)
+
+    def _rollup_equivalent(
+        self, request: QueryRequest, tenant: str, limits: QueryLimits
+    ) -> Equivalent | None:
+        """The request compiled for the rollup that answers it, planned when the engine runs.
+
+        Planned only on a cache miss: the key is the base query's, and a rollup's answer is
+        the base query's by construction (``service.rollups``).
+        """
+        keeper = self._rollups
+        model = resolve_model(self.catalog, request.model)
+        rollup = choose_rollup(request, model) if keeper is not None else None
+        if keeper is None or rollup is None:
+            return None
+
+        async def equivalent(query: CompiledQuery) -> CompiledQuery:
+            plan = await keeper.plan(model, rollup)
+            if plan is None:
+                return query
+            routed = compile_query(request, self.catalog, tenant, limits, aggregated=plan)
+            return dataclasses.replace(routed, settings={**routed.settings, **query.settings})
+
+        return equivalent
 
     def stream(
         self,
@@ -179,7 +204,7 @@ class QueryService:
             self.catalog.database,
             principal,
             request.model,
-            lambda: self._authorise_and_compile(principal, request, self._stream_limits),
+            lambda: self._streamed(principal, request),
             timeout_seconds=self._budget(remaining),
             rpc=rpc,
             meta_sink=meta_sink,

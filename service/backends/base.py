@@ -31,6 +31,8 @@ class QueryResult:
 
     table: pa.Table
     stats: QueryStats
+    #: The rollup whose rows computed it ("" for the model's own rows; ``service.rollups``).
+    rollup: str = ""
 
 
 class ResultStream(Protocol):

@@ -27,6 +27,9 @@ from service.cache.result_cache import ResultCache
 from service.query.compiler import CompiledQuery
 from service.sync_status import with_freshness
 
+Equivalent = Callable[[CompiledQuery], Awaitable[CompiledQuery]]
+"""Given a compiled query, one that answers the same rows (possibly the query itself)."""
+
 
 @dataclass
 class ServedStats(QueryStats):
@@ -78,14 +81,26 @@ async def answer_queries(
     *,
     timeout_seconds: float,
     cache: ResultCache | None,
+    equivalent: Equivalent | None = None,
 ) -> Answered:
-    """Answer ``queries`` of ``tenant`` (see the module docstring)."""
+    """Answer ``queries`` of ``tenant`` (see the module docstring).
+
+    ``equivalent``: what the engine runs for a query it must answer, a query known to give the
+    same rows (a rollup's, ``service.rollups``). Keys stay those of ``queries``, so a hit needs
+    no planning and an answer serves whichever way it was computed; its ``rollup`` says which.
+    """
     tables = list(dict.fromkeys(table for query in queries for table in query.tables))
 
     def run(query: CompiledQuery) -> Callable[[], Awaitable[QueryResult]]:
-        return lambda: backend.execute(
-            query, timeout_seconds=timeout_seconds, query_id=uuid.uuid4().hex
-        )
+        async def execute() -> QueryResult:
+            ran = query if equivalent is None else await equivalent(query)
+            result = await backend.execute(
+                ran, timeout_seconds=timeout_seconds, query_id=uuid.uuid4().hex
+            )
+            result.rollup = ran.rollup
+            return result
+
+        return execute
 
     if cache is None:
         results, last_sync = await with_freshness(

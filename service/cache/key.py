@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from service.query.compiler import CompiledQuery
 
 #: Bumped whenever the key's input or the stored format changes: old entries are then unreachable.
-KEY_VERSION = 1
+KEY_VERSION = 2
 
 #: SQL functions whose value depends on when or how often they run, not only on the data: a
 #: statement using one is never cached (a behavioural segment's window ends at ``now64()``).

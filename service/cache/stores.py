@@ -74,21 +74,24 @@ def decode_table(data: bytes) -> pa.Table:
     return ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
-_STATS = struct.Struct("<qd")
-"""An entry's header: the engine's rows scanned and milliseconds for the answer."""
+_STATS = struct.Struct("<qdH")
+"""An entry's header: the engine's rows scanned and milliseconds for the answer, and the length
+of the rollup name that follows it."""
 
 
 def encode_entry(result: QueryResult) -> bytes:
-    """An answer as Redis keeps it: the engine's figures, then the table's IPC stream."""
-    header = _STATS.pack(result.stats.rows_scanned, result.stats.elapsed_ms)
-    return header + encode_table(result.table)
+    """An answer as Redis keeps it: the engine's figures and rollup, then the IPC stream."""
+    rollup = result.rollup.encode()
+    header = _STATS.pack(result.stats.rows_scanned, result.stats.elapsed_ms, len(rollup))
+    return header + rollup + encode_table(result.table)
 
 
 def decode_entry(data: bytes) -> QueryResult:
     """The answer ``encode_entry`` wrote."""
-    rows_scanned, elapsed_ms = _STATS.unpack_from(data)
-    table = decode_table(data[_STATS.size :])
-    return QueryResult(table, QueryStats(rows_scanned, elapsed_ms))
+    rows_scanned, elapsed_ms, length = _STATS.unpack_from(data)
+    rollup = data[_STATS.size : _STATS.size + length].decode()
+    table = decode_table(data[_STATS.size + length :])
+    return QueryResult(table, QueryStats(rows_scanned, elapsed_ms), rollup)
 
 
 def table_bytes(table: pa.Table) -> int:

@@ -18,6 +18,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -32,6 +33,7 @@ from service.rollups.statements import (
     build_statement,
     signatures_sql,
     state_ddl,
+    state_sql,
     table_ddl,
 )
 from service.schema import database_ddl, replica_table_ddl
@@ -61,6 +63,34 @@ class PartitionState:
 
 
 @dataclass(frozen=True)
+class _Record:
+    """The state table's record of a partition's current generation."""
+
+    generation: int
+    signature: str
+    rows: int
+
+
+def _fingerprint(rows: list[dict[str, Any]], table: str) -> tuple[Any, ...]:
+    """The active parts of ``table`` among ``signatures_sql`` rows."""
+    return tuple(
+        (row["partition"], int(row["parts"]), int(row["names"]))
+        for row in rows
+        if row["table"] == table
+    )
+
+
+def _partition_state(row: dict[str, Any], record: _Record | None) -> PartitionState:
+    return PartitionState(
+        str(row["partition"]),
+        str(row["signature"]),
+        record.generation if record else None,
+        record.signature if record else None,
+        record.rows if record else 0,
+    )
+
+
+@dataclass(frozen=True)
 class RollupStatus:
     """What ``analytics rollups status`` reports for one rollup."""
 
@@ -80,6 +110,8 @@ class RollupKeeper:
         self._catalog = catalog
         self._backend = backend
         self._lock = asyncio.Lock()
+        #: The state table's records and the fingerprint of the parts they were read from.
+        self._state: tuple[tuple[Any, ...], dict[tuple[str, str], _Record]] | None = None
         #: False on an engine the query compiler does not target (rollups then never serve).
         self.enabled = False
 
@@ -108,25 +140,53 @@ class RollupKeeper:
         self.enabled = True
 
     async def partitions(self, model: Model, rollup: Rollup) -> list[PartitionState]:
-        """Each replica partition's signature beside the rollup's record of it, read now."""
+        """Each replica partition's signature beside the rollup's record of it, read now.
+
+        One ``system.parts`` read; the state table's records are read again only when its
+        parts changed since they were last read (as ``service.cache.positions`` does for the
+        sync reports), so a planned query costs the engine one small read.
+        """
         rows = await self._backend.query_rows(
-            signatures_sql(self._catalog, model, rollup),
+            signatures_sql(),
             {
                 "database": encode_text_parameter(self._catalog.database),
                 "table": encode_text_parameter(model.table),
-                "rollup": encode_text_parameter(rollup.table),
+                "state": ROLLUP_STATE_TABLE,
             },
         )
+        state_parts = _fingerprint(rows, ROLLUP_STATE_TABLE)
+        records = await self._records(state_parts)
         return [
-            PartitionState(
-                str(row["partition"]),
-                str(row["signature"]),
-                None if row["generation"] is None else int(row["generation"]),
-                None if row["built"] is None else str(row["built"]),
-                int(row["rows"] or 0),
+            _partition_state(row, records.get((rollup.table, str(row["partition"]))))
+            for row in rows
+            if row["table"] == model.table
+        ]
+
+    async def _records(self, state_parts: tuple[Any, ...]) -> dict[tuple[str, str], _Record]:
+        """The state table's records, from memory while its parts are the ones they came from."""
+        known = self._state
+        if known is not None and known[0] == state_parts:
+            return known[1]
+        rows = await self._backend.query_rows(state_sql(self._catalog))
+        records = {
+            (str(row["rollup_table"]), str(row["base_partition"])): _Record(
+                int(row["generation"]), str(row["signature"]), int(row["rows"])
             )
             for row in rows
-        ]
+        }
+        # Remembered only if the table did not change while it was read: then ``records`` is
+        # exactly what those parts hold.
+        after = await self._backend.query_rows(
+            signatures_sql(),
+            {
+                "database": encode_text_parameter(self._catalog.database),
+                "table": ROLLUP_STATE_TABLE,
+                "state": ROLLUP_STATE_TABLE,
+            },
+        )
+        if _fingerprint(after, ROLLUP_STATE_TABLE) == state_parts:
+            self._state = (state_parts, records)
+        return records
 
     async def plan(self, model: Model, rollup: Rollup) -> RollupPlan | None:
         """How a query reads ``rollup`` now; None when no partition is current yet."""

@@ -198,24 +198,29 @@ def build_statement(catalog: Catalog, model: Model, rollup: Rollup) -> str:
     return f"INSERT INTO `{catalog.database}`.`{rollup.table}` {select}"
 
 
-def signatures_sql(catalog: Catalog, model: Model, rollup: Rollup) -> str:
-    """Each replica partition's signature beside the rollup's record of it (one row each).
+def signatures_sql() -> str:
+    """Each partition of two tables with its signature and its parts' fingerprint.
 
-    A partition's signature changes with every insert into it (a new block number) and every
-    mutation (a new data version); merges keep both.
+    Parameters ``database``, ``table`` (a replica) and ``state`` (the state table). A
+    partition's signature changes with every insert into it (a new block number) and every
+    mutation (a new data version); merges keep both. The fingerprint (count and names of the
+    active parts) changes with merges too: it tells when the state table must be read again.
     """
     return (
-        "SELECT p.partition_id AS partition, p.signature AS signature, "
-        "s.generation AS generation, s.signature AS built, s.rows AS rows "
-        "FROM (SELECT partition_id, concat(toString(max(max_block_number)), ':', "
-        "toString(max(data_version))) AS signature FROM system.parts "
-        "WHERE database = {database:String} AND table = {table:String} AND active "
-        "GROUP BY partition_id) AS p "
-        "LEFT JOIN (SELECT base_partition, argMax(generation, built_at) AS generation, "
+        "SELECT table, partition_id AS partition, concat(toString(max(max_block_number)), ':', "
+        "toString(max(data_version))) AS signature, count() AS parts, "
+        "sum(cityHash64(name)) AS names FROM system.parts "
+        "WHERE database = {database:String} AND table IN ({table:String}, {state:String}) "
+        "AND active GROUP BY table, partition_id ORDER BY table, partition"
+    )
+
+
+def state_sql(catalog: Catalog) -> str:
+    """Every rollup partition's current record: (rollup table, partition) -> generation."""
+    return (
+        "SELECT rollup_table, base_partition, argMax(generation, built_at) AS generation, "
         "argMax(signature, built_at) AS signature, argMax(rows, built_at) AS rows "
-        f"FROM `{catalog.database}`.`{ROLLUP_STATE_TABLE}` "
-        "WHERE rollup_table = {rollup:String} GROUP BY base_partition) AS s "
-        "ON s.base_partition = p.partition_id ORDER BY partition SETTINGS join_use_nulls = 1"
+        f"FROM `{catalog.database}`.`{ROLLUP_STATE_TABLE}` GROUP BY rollup_table, base_partition"
     )
 
 
@@ -230,15 +235,14 @@ def read_source(
     rollup = plan.rollup
     parts = []
     if plan.current:
-        pairs = ", ".join(
-            f"({builder.bind('String', encode_text_parameter(partition))}, "
-            f"{builder.bind('UInt64', str(generation))})"
-            for partition, generation in plan.current
+        # A generation is one build of one partition (a nanosecond stamp), so it names the
+        # partition too; a set of integers filters cheaper than one of tuples.
+        generations = ", ".join(
+            builder.bind("UInt64", str(generation)) for _, generation in plan.current
         )
         parts.append(
             f"SELECT * FROM `{catalog.database}`.`{rollup.table}` AS t "
-            f"WHERE t.`{model.tenant_column}` = {tenant} "
-            f"AND (t._base_partition, t._generation) IN ({pairs})"
+            f"WHERE t.`{model.tenant_column}` = {tenant} AND t._generation IN ({generations})"
         )
     if plan.stale:
         partitions = ", ".join(
