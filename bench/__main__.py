@@ -2,7 +2,7 @@
 
 Usage: ``scripts/bench [--rows 1m,10m]
 [--only query,final,stream,ingest,fresh,events,trend,funnel,retention,server,join,restart,mixed,
-cache,budgets]
+cache,budgets,rollups]
 [--quick] [--sweep]``.
 See bench/README.md for the method behind each figure.
 """
@@ -34,6 +34,7 @@ from bench import (
     join_speed,
     query_overhead,
     restart,
+    rollup_speed,
     server_path,
     streaming,
     trend_speed,
@@ -60,6 +61,7 @@ BENCHMARKS = (
     "mixed",
     "cache",
     "budgets",
+    "rollups",
 )
 DEFAULT_WORK_DIR = PROJECT_ROOT / ".data" / "bench"
 DEFAULT_OUTPUT = PROJECT_ROOT / "bench" / "results" / "latest.md"
@@ -176,6 +178,7 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             await _mixed(args, work)
             + await _cache(args, backend, work)
             + await _budgets(args, backend, work)
+            + await _rollups(args, backend, work)
         )
         figures += trend
     finally:
@@ -223,6 +226,17 @@ async def _cache(args: argparse.Namespace, backend: EmbeddedBackend, work: Path)
     _say(f"result cache, {events:,} events, {refreshes} dashboard refreshes per side")
     return await cache_speed.measure(
         backend, work, events_count=events, refreshes=refreshes, judge=not args.quick
+    )
+
+
+async def _rollups(args: argparse.Namespace, backend: EmbeddedBackend, work: Path) -> list[Figure]:
+    if "rollups" not in args.only:
+        return []
+    events = 200_000 if args.quick else 10_000_000
+    runs = max(10, args.repetitions)
+    _say(f"rollups, {events:,} events, {len(rollup_speed.QUERIES)} queries x {runs} runs")
+    return await rollup_speed.measure(
+        backend, work, events_count=events, runs=runs, judge=not args.quick
     )
 
 

@@ -110,3 +110,13 @@ async def test_bench_mixed_cdc_load_runs_at_smoke_scale(tmp_path: Path) -> None:
         label = f"Mixed CDC load, {engine}"
         assert any(m.startswith(f"{label}: commit -> visible in Query") for m in metrics)
         assert any(m.startswith(f"{label}: worker ingestion during the load") for m in metrics)
+
+
+async def test_bench_rollups_run_at_smoke_scale(tmp_path: Path) -> None:
+    metrics = await run_bench(tmp_path, "--only", "rollups", "--repetitions", "2")
+    assert [m.split(",")[0] for m in metrics] == [
+        "Rollup-served dashboard queries through gRPC",
+        "Rollup-served",
+        "Rollup build",
+    ]
+    assert "each answer equal to the base table's" in metrics[0]
