@@ -192,8 +192,9 @@ async def _transaction(connection: Any, load: MixedLoad, kind: str) -> None:
     load.transactions[kind] += 1
 
 
-async def _writer(pool: Any, load: MixedLoad, until: float) -> None:
-    """One connection's share of the offered rate, on a fixed schedule (late ones catch up)."""
+async def _writer(pool: Any, load: MixedLoad, until: float) -> float:
+    """One connection's share of the offered rate, on a fixed schedule (late ones catch up);
+    when its last transaction ended (monotonic clock)."""
     interval = WRITERS / OFFERED_TRANSACTIONS_PER_SECOND
     kinds, weights = list(MIX), list(MIX.values())
     tick = time.monotonic() + random.random() * interval
@@ -202,6 +203,7 @@ async def _writer(pool: Any, load: MixedLoad, until: float) -> None:
             await asyncio.sleep(max(0.0, tick - time.monotonic()))
             await _transaction(connection, load, random.choices(kinds, weights)[0])
             tick += interval
+    return time.monotonic()
 
 
 async def _seed(pool: Any, load: MixedLoad) -> None:
@@ -349,10 +351,6 @@ async def _with_stack(
     seconds: float,
     judge: bool,
 ) -> list[Figure]:
-    pool = await asyncpg.create_pool(stack.postgres.dsn, min_size=WRITERS, max_size=WRITERS)
-    probe_pool = await asyncpg.create_pool(stack.postgres.dsn, min_size=1, max_size=1)
-    for statement in _IDENTITY:
-        await pool.execute(statement)
     metrics_port = free_port()
     env = {
         "ANALYTICS_KAFKA_BOOTSTRAP_SERVERS": stack.kafka.bootstrap_servers,
@@ -363,17 +361,22 @@ async def _with_stack(
     }
     if engine.url is not None:
         env["ANALYTICS_CLICKHOUSE_URL"] = engine.url
-    served = await ServedProcess.start(
-        directory / "engine",
-        catalog_path,
-        directory / "serve.log",
-        extra_env=env,
-        with_cdc_worker=True,
-    )
+    pool = await asyncpg.create_pool(stack.postgres.dsn, min_size=WRITERS, max_size=WRITERS)
+    probe_pool = await asyncpg.create_pool(stack.postgres.dsn, min_size=1, max_size=1)
+    served: ServedProcess | None = None
     stages = freshness.ProbeStages()
     stop = asyncio.Event()
     load = MixedLoad()
     try:
+        for statement in _IDENTITY:
+            await pool.execute(statement)
+        served = await ServedProcess.start(
+            directory / "engine",
+            catalog_path,
+            directory / "serve.log",
+            extra_env=env,
+            with_cdc_worker=True,
+        )
         async with (
             grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel,
             aiohttp.ClientSession() as session,
@@ -394,6 +397,7 @@ async def _with_stack(
                 )
             )
             before = await _counters(session, metrics_port, served, engine)
+            # The seed's rows stay to be picked; its transactions are not the load's.
             load = MixedLoad(normal=load.normal, toasted=load.toasted, next_id=load.next_id)
             started = time.monotonic()
             until = started + seconds
@@ -402,15 +406,17 @@ async def _with_stack(
                 latencies = await freshness.probe_until(
                     until, probe_pool, prober.stub, prober.metadata, count_request, stages=stages
                 )
-                await asyncio.gather(*writers)
+                ended = await asyncio.gather(*writers)
             finally:
                 stop.set()
                 await asyncio.wait_for(watcher, 10)
-            load.seconds = time.monotonic() - started
+            # Until the last transaction, not the last probe (which may wait for its row longer).
+            load.seconds = max(ended) - started
             after = await _counters(session, metrics_port, served, engine)
             drain = await _wait_equal(pool, checker, CAUGHT_UP_WITHIN_SECONDS)
     finally:
-        await served.stop()
+        if served is not None:
+            await served.stop()
         await pool.close()
         await probe_pool.close()
     return _figures(
