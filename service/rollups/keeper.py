@@ -71,23 +71,23 @@ class _Record:
     rows: int
 
 
-def _fingerprint(rows: list[dict[str, Any]], table: str) -> tuple[Any, ...]:
-    """The active parts of ``table`` among ``signatures_sql`` rows."""
-    return tuple(
-        (row["partition"], int(row["parts"]), int(row["names"]))
-        for row in rows
-        if row["table"] == table
-    )
+def _fingerprint(parts: list[dict[str, Any]], table: str) -> frozenset[str]:
+    """The names of ``table``'s active parts among ``signatures_sql`` rows."""
+    return frozenset(str(part["name"]) for part in parts if part["table"] == table)
 
 
-def _partition_state(row: dict[str, Any], record: _Record | None) -> PartitionState:
-    return PartitionState(
-        str(row["partition"]),
-        str(row["signature"]),
-        record.generation if record else None,
-        record.signature if record else None,
-        record.rows if record else 0,
-    )
+def partition_signatures(parts: list[dict[str, Any]], table: str) -> dict[str, str]:
+    """Each partition of ``table`` with its signature: its newest block and data version."""
+    newest: dict[str, tuple[int, int]] = {}
+    for part in parts:
+        if part["table"] != table:
+            continue
+        block, version = newest.get(str(part["partition"]), (0, 0))
+        newest[str(part["partition"])] = (
+            max(block, int(part["block"])),
+            max(version, int(part["version"])),
+        )
+    return {partition: f"{block}:{version}" for partition, (block, version) in newest.items()}
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class RollupKeeper:
         self._backend = backend
         self._lock = asyncio.Lock()
         #: The state table's records and the fingerprint of the parts they were read from.
-        self._state: tuple[tuple[Any, ...], dict[tuple[str, str], _Record]] | None = None
+        self._state: tuple[frozenset[str], dict[tuple[str, str], _Record]] | None = None
         #: False on an engine the query compiler does not target (rollups then never serve).
         self.enabled = False
 
@@ -154,15 +154,22 @@ class RollupKeeper:
                 "state": ROLLUP_STATE_TABLE,
             },
         )
-        state_parts = _fingerprint(rows, ROLLUP_STATE_TABLE)
-        records = await self._records(state_parts)
-        return [
-            _partition_state(row, records.get((rollup.table, str(row["partition"]))))
-            for row in rows
-            if row["table"] == model.table
-        ]
+        records = await self._records(_fingerprint(rows, ROLLUP_STATE_TABLE))
+        states = []
+        for partition, signature in sorted(partition_signatures(rows, model.table).items()):
+            record = records.get((rollup.table, partition))
+            states.append(
+                PartitionState(
+                    partition,
+                    signature,
+                    record.generation if record else None,
+                    record.signature if record else None,
+                    record.rows if record else 0,
+                )
+            )
+        return states
 
-    async def _records(self, state_parts: tuple[Any, ...]) -> dict[tuple[str, str], _Record]:
+    async def _records(self, state_parts: frozenset[str]) -> dict[tuple[str, str], _Record]:
         """The state table's records, from memory while its parts are the ones they came from."""
         known = self._state
         if known is not None and known[0] == state_parts:
