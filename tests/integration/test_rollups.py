@@ -33,7 +33,9 @@ from hypothesis import strategies as st
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from service.api.server import start_server
 from service.auth import mint_token
+from service.backends.base import AnalyticsBackend
 from service.backends.embedded import EmbeddedBackend
+from service.backends.http import HttpBackend
 from service.catalog import Catalog, parse_catalog
 from service.query.compiler import compile_query
 from service.query.request import MetricRequest, QueryRequest
@@ -41,6 +43,7 @@ from service.rollups.keeper import RollupKeeper
 from service.rollups.routing import choose_rollup
 from service.schema import KEYS_PER_PARTITION, all_ddl
 from service.settings import Settings
+from tests.chdb_http import ChdbOverHttp
 from tests.conftest import unique_database
 from tests.integration.test_compiler_on_engine import Row, insert_statement
 from tests.integration.test_result_cache import report_sync
@@ -114,7 +117,7 @@ def rollup_catalog(database: str) -> Catalog:
 class Replica:
     """One database holding the orders replica, written version by version like CDC does."""
 
-    def __init__(self, backend: EmbeddedBackend, catalog: Catalog) -> None:
+    def __init__(self, backend: AnalyticsBackend, catalog: Catalog) -> None:
         self.backend = backend
         self.catalog = catalog
         self.model = catalog.models[("shop", "orders")]
@@ -513,3 +516,36 @@ time_field = "created_at"
 grain = "day"
 measures = ["count", "sum(amount)"]
 """
+
+
+async def test_over_http_the_rollup_answers_as_the_base_table(
+    embedded_backend: EmbeddedBackend, chdb_front: ChdbOverHttp
+) -> None:
+    """The keeper's statements (DDL typed by ``EMPTY AS SELECT``, builds with bound parameters,
+    partition drops) through the HTTP backend, on a modern engine behind ClickHouse's HTTP
+    protocol."""
+    http = HttpBackend(chdb_front.url, pool_size=2)
+    catalog = rollup_catalog(unique_database("rollups_http"))
+    try:
+        for statement in all_ddl(catalog):
+            await http.command(statement)
+        replica = Replica(http, catalog)
+        await replica.keeper.prepare()
+        assert replica.keeper.enabled
+        rng = random.Random(3)
+        await replica.write(churn(replica, rng, 80))
+        assert await replica.keeper.build() == {"orders_daily": 4, "orders_berlin_monthly": 4}
+        await replica.write(churn(replica, rng, 2))
+        request = request_of(
+            group_by="region,placed_at",
+            group_by_interval="month",
+            metrics=(MetricRequest("count"), MetricRequest("sum", "amount")),
+            order="region.asc,placed_at.asc",
+            limit=1000,
+        )
+        rows, used = await answer(replica, request, ACME)
+        assert used == "orders_daily"
+        assert rows
+    finally:
+        await http.command(f"DROP DATABASE IF EXISTS `{catalog.database}`")
+        await http.close()

@@ -182,6 +182,11 @@ def test_arrow_round_trip_keeps_types_and_values() -> None:
     entry = decode_entry(encode_entry(_answer(table)))
     assert entry.table.equals(table)
     assert entry.stats == QueryStats(rows_scanned=8192, elapsed_ms=1.5)
+    assert entry.rollup == ""
+    # The rollup that computed an answer travels with it (a hit's meta.rollup).
+    routed = decode_entry(encode_entry(QueryResult(table, entry.stats, "deals_daily")))
+    assert routed.rollup == "deals_daily"
+    assert routed.table.equals(table)
 
 
 async def test_local_store_drops_least_recently_used_by_bytes() -> None:
