@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +29,9 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 #: Engine codes of a missing table or database: nothing has created the sync-state table yet.
 _MISSING_CODES = ("60", "81")
 
-#: A table's active parts: (count, sum of cityHash64 of their paths).
+#: A table's active parts: (count, sum of a 64-bit hash of their paths, modulo 2^64).
 Parts = tuple[int, int]
+_MOD = 1 << 64
 
 
 @dataclass
@@ -88,16 +90,24 @@ class PositionReader:
 async def read_parts(
     backend: AnalyticsBackend, database: str, tables: Sequence[str]
 ) -> dict[str, Parts]:
-    """Each listed table's active parts (tables with none, or missing, are left out)."""
+    """Each listed table's active parts (tables with none, or missing, are left out).
+
+    The parts are listed and summed here: the engine's GROUP BY over ``system.parts`` costs
+    more (about a millisecond a request on the embedded engine) than the few rows it saves.
+    """
     parameters = {f"t{i}": encode_text_parameter(name) for i, name in enumerate(tables)}
     listed = ", ".join(f"{{t{i}:String}}" for i in range(len(tables)))
     rows = await backend.query_rows(
-        "SELECT table, count() AS parts, sum(cityHash64(path)) AS fingerprint "
-        f"FROM system.parts WHERE database = {{db:String}} AND table IN ({listed}) AND active "
-        "GROUP BY table",
+        "SELECT table, path FROM system.parts "
+        f"WHERE database = {{db:String}} AND table IN ({listed}) AND active",
         {**parameters, "db": encode_text_parameter(database)},
     )
-    return {str(row["table"]): (int(row["parts"]), int(row["fingerprint"])) for row in rows}
+    parts: dict[str, Parts] = {}
+    for row in rows:
+        count, fingerprint = parts.get(str(row["table"]), (0, 0))
+        digest = hashlib.blake2b(str(row["path"]).encode(), digest_size=8).digest()
+        parts[str(row["table"])] = (count + 1, (fingerprint + int.from_bytes(digest)) % _MOD)
+    return parts
 
 
 async def read_reports(backend: AnalyticsBackend, database: str) -> dict[str, dt.datetime]:
