@@ -63,6 +63,8 @@ class StreamMeta:
     columns: tuple[OutputColumn, ...]
     stats: QueryStats
     last_sync_at: dt.datetime | None
+    #: The rollup whose rows were streamed ("" for the model's own rows).
+    rollup: str = ""
 
 
 class QueryService:
@@ -254,7 +256,9 @@ async def stream_answer(
                 raise admission.translate(error, timeout_seconds) from None
             admission.scanned(stats.rows_scanned)
         last_sync = await oldest_sync(backend, database, compiled.tables)
-        meta_sink.append(StreamMeta(compiled.columns, caller_stats(stats), last_sync))
+        meta_sink.append(
+            StreamMeta(compiled.columns, caller_stats(stats), last_sync, compiled.rollup)
+        )
         outcome = "ok"
     except AnalyticsError as error:
         outcome = "failed"

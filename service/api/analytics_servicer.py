@@ -72,7 +72,9 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             await abort_with_error(context, error)
         final = meta[0]
         yield analytics_pb2.FunnelActorsResponse(
-            meta=convert.query_meta(final.columns, final.stats, final.last_sync_at)
+            meta=convert.query_meta(
+                final.columns, final.stats, final.last_sync_at, rollup=final.rollup
+            )
         )
 
     async def Retention(  # noqa: N802
@@ -171,5 +173,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             await abort_with_error(context, error)
         final = meta[0]
         yield analytics_pb2.StreamQueryResponse(
-            meta=convert.query_meta(final.columns, final.stats, final.last_sync_at)
+            meta=convert.query_meta(
+                final.columns, final.stats, final.last_sync_at, rollup=final.rollup
+            )
         )

@@ -285,7 +285,9 @@ class RestServer:
         table = pa.Table.from_batches(batches) if batches else None
         response = analytics_pb2.QueryResponse(
             data=convert.struct_rows(final.columns, table) if table is not None else [],
-            meta=convert.query_meta(final.columns, final.stats, final.last_sync_at),
+            meta=convert.query_meta(
+                final.columns, final.stats, final.last_sync_at, rollup=final.rollup
+            ),
         )
         return web.json_response(convert.response_json(response))
 

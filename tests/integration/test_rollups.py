@@ -390,6 +390,7 @@ async def test_a_change_after_a_build_is_read_from_the_replica_until_rebuilt(
 async def test_grpc_names_the_rollup_and_caches_its_answer(
     replica: Replica, tmp_path: Path
 ) -> None:
+    await replica.write(churn(replica, random.Random(13), 40))
     await replica.keeper.build()
     # A synced table: the result cache keeps answers of tables with a sync report only.
     await report_sync(replica.backend, replica.catalog, replica.model.table, START)
@@ -449,6 +450,11 @@ async def test_grpc_names_the_rollup_and_caches_its_answer(
                 {"model": "shop.orders", "groupBy": "placed_at"}, analytics_pb2.QueryRequest()
             )
             assert (await stub.Query(raw, metadata=metadata)).meta.rollup == ""
+            # StreamQuery is routed too: the same rows, and the last message names the rollup.
+            streamed = [m async for m in stub.StreamQuery(message, metadata=metadata)]
+            assert streamed[-1].meta.rollup == "orders_daily"
+            now = await replica.backend.execute(base, timeout_seconds=60, query_id="c")
+            assert sum(m.chunk.row_count for m in streamed[:-1]) == now.table.num_rows
     finally:
         await running.stop(0)
 
