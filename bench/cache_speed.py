@@ -38,13 +38,14 @@ from analytics.v1 import analytics_pb2, events_pb2, events_pb2_grpc
 from bench import trend_speed
 from bench.report import Figure, median, milliseconds, percentile
 from bench.served_process import ServedProcess, copy_data
+from bench.shipped_catalog import shipped_catalog_text
 from local_stack import LocalStack, make_stack_directory
 from service.auth import mint_token
 from service.backends.embedded import EmbeddedBackend
 from service.cache.positions import PositionReader
 from service.catalog import load_catalog
 from service.schema import SYNC_STATE_TABLE, sync_state_table
-from service.settings import DEFAULT_CATALOG, Settings
+from service.settings import Settings
 
 DATABASE = "bench_cache"
 TENANT = trend_speed.TENANT
@@ -153,11 +154,7 @@ DASHBOARD: tuple[tuple[str, type[Message], dict[str, Any]], ...] = (
 
 def catalog_text() -> str:
     """The shipped catalog in this benchmark's database."""
-    text = DEFAULT_CATALOG.read_text(encoding="utf-8")
-    shipped = 'database = "analytics"\n'
-    if text.count(shipped) != 1:
-        raise RuntimeError("the shipped catalog's database line moved")
-    return text.replace(shipped, f'database = "{DATABASE}"\n')
+    return shipped_catalog_text(DATABASE)
 
 
 def _metadata(tenant: str, *permissions: str) -> tuple[tuple[str, str]]:

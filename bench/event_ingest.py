@@ -56,6 +56,7 @@ from google.protobuf import json_format
 from analytics.v1 import analytics_pb2, events_pb2
 from bench.report import Figure, at_least_rate, median, milliseconds, percentile, rate
 from bench.served_process import ServedProcess, copy_data
+from bench.shipped_catalog import shipped_catalog_text
 from service.api import convert
 from service.auth import mint_token
 from service.backends.embedded import EmbeddedBackend
@@ -64,7 +65,7 @@ from service.events.columnar import EventBatch, FlatProperties, fast_columns
 from service.events.sink import event_table
 from service.events.validation import EventColumns, EventLimits
 from service.schema import all_ddl
-from service.settings import DEFAULT_CATALOG, PROJECT_ROOT, Settings
+from service.settings import PROJECT_ROOT, Settings
 
 MODEL = "product.events"
 DATABASE = "bench_events"
@@ -265,11 +266,7 @@ def _batches(count: int, size: int) -> Iterator[tuple[int, int]]:
 
 def bench_catalog_text() -> str:
     """The shipped catalog in a database of the benchmark's own."""
-    text = DEFAULT_CATALOG.read_text(encoding="utf-8")
-    shipped = 'database = "analytics"\n'
-    if text.count(shipped) != 1:
-        raise RuntimeError("the shipped catalog's database line moved")
-    return text.replace(shipped, f'database = "{DATABASE}"\n')
+    return shipped_catalog_text(DATABASE)
 
 
 async def prepare_directory(data_dir: Path, catalog_path: Path) -> None:

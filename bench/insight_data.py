@@ -21,11 +21,11 @@ import pyarrow as pa
 
 from bench import journeys
 from bench.event_ingest import COUNTRIES
+from bench.shipped_catalog import shipped_catalog_text
 from bench.trend_speed import uuid_texts
 from service.backends.embedded import EmbeddedBackend
 from service.catalog import Catalog
 from service.schema import all_ddl
-from service.settings import DEFAULT_CATALOG
 
 DATABASE = "bench_insights"
 TENANT = "bench"
@@ -52,11 +52,7 @@ class Loaded:
 
 def catalog_text() -> str:
     """The shipped catalog in the benchmark's database."""
-    text = DEFAULT_CATALOG.read_text(encoding="utf-8")
-    shipped = 'database = "analytics"\n'
-    if text.count(shipped) != 1:
-        raise RuntimeError("the shipped catalog's database line moved")
-    return text.replace(shipped, f'database = "{DATABASE}"\n')
+    return shipped_catalog_text(DATABASE)
 
 
 def micros(moment: dt.datetime) -> int:

@@ -2,7 +2,8 @@
 
 The data: the trend benchmark's events (``bench.trend_speed.load_events``: N events of the
 benchmark tenant, a tenth of that for each of three others), in the shipped catalog, whose
-rollups ``events_daily`` (event, platform, plan by day; count and revenue) ``events_by_country_monthly`` (event, country by month) are built here with
+rollups ``events_daily`` (event, platform, plan by day; count and revenue) and
+``events_by_country_monthly`` (event, country by month) are built here with
 ``RollupKeeper.build`` (timed). ``analytics serve`` then runs on a copy of the
 data directory with the result cache off and the refresher off (nothing changes), and each of
 the dashboard's Query requests below is timed through gRPC (A: every answer must name the
@@ -31,6 +32,7 @@ from analytics.v1 import analytics_pb2
 from bench import trend_speed
 from bench.report import Figure, median, milliseconds, percentile
 from bench.served_process import ServedProcess, copy_data
+from bench.shipped_catalog import shipped_catalog_text
 from service.api.convert import query_request
 from service.auth import mint_token
 from service.backends.embedded import EmbeddedBackend
@@ -38,9 +40,10 @@ from service.catalog import Catalog, load_catalog
 from service.query.compiler import compile_query
 from service.rollups.keeper import RollupKeeper
 from service.rollups.routing import choose_rollup
-from service.settings import DEFAULT_CATALOG, Settings
+from service.settings import Settings
 
 DATABASE = "bench_rollup"
+"""The benchmark's database (written out in the one INSERT below too)."""
 TENANT = trend_speed.TENANT
 MODEL = "product.events"
 ROLLUPS = ("events_daily", "events_by_country_monthly")
@@ -82,11 +85,7 @@ QUERIES: tuple[dict[str, Any], ...] = (
 
 def catalog_text() -> str:
     """The shipped catalog in this benchmark's database."""
-    text = DEFAULT_CATALOG.read_text(encoding="utf-8")
-    shipped = 'database = "analytics"\n'
-    if text.count(shipped) != 1:
-        raise RuntimeError("the shipped catalog's database line moved")
-    return text.replace(shipped, f'database = "{DATABASE}"\n')
+    return shipped_catalog_text(DATABASE)
 
 
 async def measure(
@@ -215,7 +214,7 @@ async def _stale_latencies(
 ) -> list[float]:
     """The routed queries once the newest month's partition changed after the build."""
     await backend.command(
-        f"INSERT INTO `{DATABASE}`.`product_events` (tenant_id, event_id, event, contact_id, "
+        "INSERT INTO `bench_rollup`.`product_events` (tenant_id, event_id, event, contact_id, "
         "`timestamp`, _version) VALUES ({tenant:String}, generateUUIDv4(), 'page_viewed', 7, "
         "'2026-11-30 12:00:00', 1)",
         {"tenant": TENANT},

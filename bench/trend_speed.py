@@ -43,12 +43,13 @@ from bench.event_ingest import COUNTRIES
 from bench.raw_engine import RawEngine
 from bench.report import Figure, at_most, median, milliseconds, percentile
 from bench.served_process import ServedProcess, copy_data
+from bench.shipped_catalog import shipped_catalog_text
 from service.api import convert
 from service.auth import mint_token
 from service.backends.embedded import EmbeddedBackend
 from service.catalog import Catalog, load_catalog
 from service.schema import all_ddl
-from service.settings import DEFAULT_CATALOG, Settings
+from service.settings import Settings
 
 TARGET = 1.3
 DATABASE = "bench_trend"
@@ -408,11 +409,7 @@ def check(what: str, answer: Answer, truth: Answer) -> None:
 
 def bench_catalog_text() -> str:
     """The shipped catalog in the trend benchmark's database."""
-    text = DEFAULT_CATALOG.read_text(encoding="utf-8")
-    shipped = 'database = "analytics"\n'
-    if text.count(shipped) != 1:
-        raise RuntimeError("the shipped catalog's database line moved")
-    return text.replace(shipped, f'database = "{DATABASE}"\n')
+    return shipped_catalog_text(DATABASE)
 
 
 async def measure(
