@@ -204,11 +204,12 @@ class Settings(BaseSettings):
         "keyed by tenant, SQL and the position of every table read, so never stale.",
     )
     rollup_refresh_seconds: float = Field(
-        2.0,
+        10.0,
         ge=0,
-        description="How often the service rebuilds the partitions of the catalog's rollups that "
+        description='How often the service rebuilds the partitions of the catalog\'s rollups that '
         'changed (README "Rollups"); 0: never (``analytics rollups build`` then does it). '
-        "Partitions not rebuilt yet are read from the base table, so answers are never stale.",
+        "Partitions not rebuilt yet are read from the base table, so answers are never stale; "
+        "a shorter interval rebuilds a partition that keeps changing more often.",
     )
     result_cache_bytes: int = Field(
         256 * 1024 * 1024,
