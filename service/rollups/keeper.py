@@ -36,7 +36,7 @@ from service.rollups.statements import (
     state_sql,
     table_ddl,
 )
-from service.schema import database_ddl, replica_table_ddl
+from service.schema import database_ddl
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +114,8 @@ class RollupKeeper:
         self._state: tuple[frozenset[str], dict[tuple[str, str], _Record]] | None = None
         #: False on an engine the query compiler does not target (rollups then never serve).
         self.enabled = False
+        #: The rollups whose tables exist.
+        self._ready: set[str] = set()
 
     def rollups(self) -> list[tuple[Model, Rollup]]:
         """Every declared rollup with its model, in catalog order."""
@@ -132,12 +134,28 @@ class RollupKeeper:
             return
         await self._backend.command(database_ddl(self._catalog))
         await self._backend.command(state_ddl(self._catalog))
-        for model, rollup in self.rollups():
-            # A rollup's columns are typed from its model's table, which the replication
-            # writers would otherwise create only when they first run.
-            await self._backend.command(replica_table_ddl(self._catalog, model, dialect=dialect))
-            await self._backend.command(table_ddl(self._catalog, model, rollup))
         self.enabled = True
+        await self._create_tables()
+
+    async def _create_tables(self) -> None:
+        """Create the tables of the rollups whose model's table exists (and note them ready).
+
+        A rollup's columns are typed from its model's table, which the replication writers
+        create (the service never does: a missing table is an error they report); a rollup of
+        a model without one waits, and is created by a later build.
+        """
+        waiting = [(m, r) for m, r in self.rollups() if r.table not in self._ready]
+        if not waiting:
+            return
+        rows = await self._backend.query_rows(
+            "SELECT name FROM system.tables WHERE database = {database:String}",
+            {"database": encode_text_parameter(self._catalog.database)},
+        )
+        existing = {str(row["name"]) for row in rows}
+        for model, rollup in waiting:
+            if model.table in existing:
+                await self._backend.command(table_ddl(self._catalog, model, rollup))
+                self._ready.add(rollup.table)
 
     async def partitions(self, model: Model, rollup: Rollup) -> list[PartitionState]:
         """Each replica partition's signature beside the rollup's record of it, read now.
@@ -197,7 +215,7 @@ class RollupKeeper:
 
     async def plan(self, model: Model, rollup: Rollup) -> RollupPlan | None:
         """How a query reads ``rollup`` now; None when no partition is current yet."""
-        if not self.enabled:
+        if not self.enabled or rollup.table not in self._ready:
             return None
         states = await self.partitions(model, rollup)
         current = tuple((s.partition, s.generation) for s in states if s.current)
@@ -215,9 +233,12 @@ class RollupKeeper:
         """
         names = set(only)
         rebuilt: dict[str, int] = {}
+        if not self.enabled:
+            return rebuilt
         async with self._lock:
+            await self._create_tables()
             for model, rollup in self.rollups():
-                if names and rollup.name not in names:
+                if (names and rollup.name not in names) or rollup.table not in self._ready:
                     continue
                 rebuilt[rollup.name] = await self._build_one(model, rollup, progress)
         return rebuilt
@@ -281,7 +302,8 @@ class RollupKeeper:
         """Per rollup: replica partitions, how many are current, the rows of their generations."""
         report = []
         for model, rollup in self.rollups():
-            states = await self.partitions(model, rollup) if self.enabled else []
+            ready = self.enabled and rollup.table in self._ready
+            states = await self.partitions(model, rollup) if ready else []
             report.append(
                 RollupStatus(
                     rollup.name,

@@ -555,3 +555,29 @@ async def test_over_http_the_rollup_answers_as_the_base_table(
     finally:
         await http.command(f"DROP DATABASE IF EXISTS `{catalog.database}`")
         await http.close()
+
+
+async def test_a_rollup_waits_for_its_models_table(embedded_backend: EmbeddedBackend) -> None:
+    """The service never creates a replica: a rollup of a model whose table the writers have
+    not made yet stays off (the base path answers) until a build finds the table."""
+    catalog = rollup_catalog(unique_database("rollups_wait"))
+    keeper = RollupKeeper(catalog, embedded_backend)
+    try:
+        await keeper.prepare()
+        model = catalog.models[("shop", "orders")]
+        assert keeper.enabled
+        assert await keeper.plan(model, model.rollups[0]) is None
+        assert await keeper.build() == {}
+        tables = await embedded_backend.query_rows(
+            "SELECT name FROM system.tables WHERE database = {d:String}",
+            {"d": catalog.database},
+        )
+        assert model.table not in {row["name"] for row in tables}
+        for statement in all_ddl(catalog):
+            await embedded_backend.command(statement)
+        replica = Replica(embedded_backend, catalog)
+        await replica.write(churn(replica, random.Random(1), 10))
+        assert set(await keeper.build()) == {"orders_daily", "orders_berlin_monthly"}
+        assert await keeper.plan(model, model.rollups[0]) is not None
+    finally:
+        await embedded_backend.command(f"DROP DATABASE IF EXISTS `{catalog.database}`")
