@@ -388,9 +388,12 @@ def _prepare(
         # One array per column: groupArray of a tuple takes its generic, slower path (on 1 M
         # actors 1.0 s of CPU against 0.79 s); zipped and sorted for the few actors needing it.
         aggregates[0:1] = ["groupArray(t0) AS e1", "groupArray(i0) AS e2", "groupArray(m0) AS e3"]
-        aggregates.append("countIf(bitTest(m0, 0)) AS c1")
-        # n1: the most steps one row matches (direct actors have none matching two).
-        aggregates.append(f"max(bitCount(bitAnd(m0, {(1 << count) - 1}))) AS n1")
+        # c1: the rows of step 1, plus 2 for each row matching two steps or more (one aggregate
+        # for both: a direct actor has 0 or 1).
+        aggregates.append(
+            f"sum(toUInt64(bitTest(m0, 0)) + 2 * (bitCount(bitAnd(m0, {(1 << count) - 1})) > 1)) "
+            "AS c1"
+        )
         aggregates += [f"minIf(t0, bitTest(m0, {k - 1})) AS z{k}" for k in range(1, count + 1)]
     per_actor = (
         f"SELECT {keys}, {', '.join(aggregates)} "  # noqa: S608 (aliases only)
@@ -866,7 +869,7 @@ def _sorted(rows: str, order_key: str) -> str:
 def _split_sql(per_actor: str, shape: _Shape) -> str:
     """An ordered funnel (no exclusions, no breakdown) in two parts.
 
-    A *direct* actor has one row of step 1, or none, no row matching two steps (n1), and for
+    A *direct* actor has one row of step 1, or none, no row matching two steps (c1), and for
     each step its earliest row (z1..zn, aggregated with the arrays) is at or after the previous
     step's, until a step with no row or none in the window: its one attempt fills each step with
     that earliest row, so its figures are scalar arithmetic. The others' rows are gathered into
@@ -887,17 +890,16 @@ def _split_sql(per_actor: str, shape: _Shape) -> str:
     unsure = " OR ".join(
         f"(g{k - 1} AND bitTest(o0, {k - 1}) AND z{k} < z{k - 1})" for k in range(2, count + 1)
     )
-    direct.append(f"c1 = 0 OR (c1 = 1 AND n1 <= 1 AND NOT ({unsure})) AS s0")
-    direct.append(f"toUInt8({' + '.join(f'g{k}' for k in range(1, count + 1))}) AS fs")
-    deltas = ", ".join(f"if(g{k}, z{k} - z{k - 1}, toInt64(0))" for k in range(2, count + 1))
-    direct.append(f"[{deltas}] AS ds")
+    direct.append(f"c1 = 0 OR (c1 = 1 AND NOT ({unsure})) AS s0")
+    # The direct actors' times to convert (no array: 1 M rows of them cost).
+    direct += [f"z{k} - z{k - 1} AS d{k}" for k in range(2, count + 1)]
     sql = f"SELECT a0, e1, e2, e3, o0, {', '.join(direct)} FROM ({per_actor})"  # noqa: S608
-    parts = [f"countIf(s0 AND fs >= {k}) AS u{k - 1}" for k in range(1, count + 1)]
+    # gk holds for the direct actors at step k or further (the attempt's steps are a prefix).
+    parts = [f"countIf(s0 AND g{k}) AS u{k - 1}" for k in range(1, count + 1)]
     for k in range(2, count + 1):
-        parts.append(f"sumIf(ds[{k - 1}], s0 AND fs >= {k}) AS v{k - 1}")
+        parts.append(f"sumIf(d{k}, s0 AND g{k}) AS v{k - 1}")
         parts.append(
-            f"quantileExactInclusiveIfState(0.5)(toFloat64(ds[{k - 1}]), s0 AND fs >= {k}) "
-            f"AS w{k - 1}"
+            f"quantileExactInclusiveIfState(0.5)(toFloat64(d{k}), s0 AND g{k}) AS w{k - 1}"
         )
     parts.append("groupArrayIf(tuple(a0, e1, e2, e3, o0), NOT s0) AS x0")
     sql = f"SELECT {', '.join(parts)} FROM ({sql})"  # noqa: S608 (aliases only)
@@ -994,9 +996,10 @@ def _by_actor_sql(
         elif shape.attribution == "last_touch":
             final.append(f"v0[if(l0, h0, arrayMax([{filled}]))] AS bv")
         else:
-            own = f"{positions.filled[shape.breakdown_step - 1]}[j0]"
-            if shape.breakdown_step == 1:
-                own = first_row
+            # A plain actor's first row fills step 1 (ordered), or its rows' one step (unordered).
+            bit = shape.breakdown_step - 1
+            plain = f"if(bitTest(o0, {bit}), h0, 0)" if unordered else ("h0" if bit == 0 else "0")
+            own = f"if(l0, {plain}, {positions.filled[bit]}[j0])"
             final.append(f"if({own} = 0, NULL, v0[{own}]) AS bv")
     return f"SELECT {', '.join(final)} FROM ({sql})"  # noqa: S608 (aliases only)
 
