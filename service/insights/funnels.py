@@ -50,8 +50,10 @@ per actor, arrays with an element per attempt (one per starting position): each 
 with ``arrayFirstIndex``, one subquery level per step; the furthest step (``arrayMax``) and the
 deciding attempt, the first reaching it (positions follow the actor's row order); then counts,
 sums and exact medians per step (and per breakdown class, ranked with window functions). No row
-per attempt and no second grouping by actor: on 1 M actors that was a third of the time. Only
-functions of ClickHouse 23.8.
+per attempt and no second grouping by actor: on 1 M actors that was a third of the time. An
+ordered funnel without exclusions or breakdown answers its *direct* actors (one row of step 1,
+each step's earliest row in order and in the window) from per-step minimum times and sends only
+the others through those levels (``_split_sql``). Only functions of ClickHouse 23.8.
 
 No text from the request reaches the SQL: identifiers come from the catalog, values (dates, the
 window, event names, filter values, the breakdown limit) are bound parameters; the SQL depends
