@@ -12,6 +12,11 @@ Both run several rounds, alternating which goes first, each round into a databas
 is dropped after it (A with a new consumer group that reads the topic from its start); the
 figures are the medians, since one five-second sample is at the mercy of a shared machine.
 
+Before the rounds, the decoding alone: thread CPU time per event of ``ColumnarDecoder`` over the
+same events in lists of a busy partition's fetch, and of the per-record ``DebeziumDecoder`` on a
+sample, best of the rounds (CPU time of the one thread, so other processes of a shared machine
+disturb it far less than the rates; issue 18 item 4).
+
 The same rounds then run on the HTTP backend: the worker's ``HttpBackend`` writing to the
 benchmarks' modern server (``bench/http_front.py``, the tests' HTTP front over chDB in a process
 of its own), and B the same Arrow rows inserted directly through that backend (issue 18 item 5).
@@ -37,6 +42,8 @@ from aiokafka import AIOKafkaProducer
 from bench.dataset import generate_base
 from bench.http_front import FrontProcess
 from bench.report import Figure, at_least_rate, median, rate
+from cdc_worker.columnar_decoder import ColumnarDecoder
+from cdc_worker.decoder import DebeziumDecoder
 from cdc_worker.worker import CdcWorker, ReplicaSink
 from local_stack import LocalStack, make_stack_directory
 from service.backends.dialect import backend_dialect
@@ -52,6 +59,9 @@ TARGET_EVENTS_PER_SECOND = 50_000
 TOPIC_PREFIX = "analytics"
 _FIRST_LSN = 10_000_000
 _LSN_STEP = 200
+# About what one fetch of a busy partition holds (the worker's max_partition_fetch_bytes).
+_DECODE_LIST = 5_000
+_PER_RECORD_SAMPLE = 20_000
 
 
 def change_events(rows: pa.Table) -> Iterator[tuple[bytes, bytes, bool]]:
@@ -140,7 +150,8 @@ async def _produce(bootstrap: str, topic: str, events: list[tuple[bytes, bytes, 
 async def measure(
     backend: EmbeddedBackend, events_count: int, rounds: int, work: Path | None = None
 ) -> list[Figure]:
-    """Start Kafka, produce the events, then time the worker and the direct insert, alternating.
+    """The decoding's CPU cost alone; then start Kafka, produce the events, and time the worker
+    and the direct insert, alternating.
 
     With ``work`` (scratch space for the HTTP front's engine) the same rounds run over HTTP too.
     """
@@ -153,6 +164,7 @@ async def measure(
     rows = generated.slice(0, events_count)
     events = await asyncio.to_thread(lambda: list(change_events(rows)))
     plan = _Plan(shipped, rows, events_count, _live_keys(rows), rounds)
+    decoding = decode_cost(shipped, f"{TOPIC_PREFIX}.{model.source}", events, rounds)
     over_http: _Rounds | None = None
     stack = LocalStack(make_stack_directory("bench-kafka-"), ["kafka"])
     await stack.astart()
@@ -174,7 +186,8 @@ async def measure(
         await stack.astop()
         stack.remove()
     figures = [
-        embedded.figure("CDC ingestion events/s (Kafka -> decode -> chDB)", plan, target=True)
+        embedded.figure("CDC ingestion events/s (Kafka -> decode -> chDB)", plan, target=True),
+        decoding,
     ]
     if over_http is not None:
         figures.append(
@@ -185,6 +198,46 @@ async def measure(
             )
         )
     return figures
+
+
+def decode_cost(
+    catalog: Catalog, topic: str, events: list[tuple[bytes, bytes, bool]], rounds: int
+) -> Figure:
+    """Thread CPU per event of the column-wise decoder (A) and of the per-record one (B).
+
+    Raises RuntimeError if a list does not decode wholly column-wise: the figure (and the rates
+    of the rounds) are meant to measure that path.
+    """
+    decoder = DebeziumDecoder(catalog, topic_prefix=TOPIC_PREFIX)
+    columnar = ColumnarDecoder(decoder)
+    records = [(key, value) for key, value, _ in events]
+    lists = [records[i : i + _DECODE_LIST] for i in range(0, len(records), _DECODE_LIST)]
+    sample = records[:_PER_RECORD_SAMPLE]
+    columnar_costs: list[float] = []
+    single_costs: list[float] = []
+    for _ in range(rounds):
+        started = time.thread_time()
+        for records_list in lists:
+            if columnar.decode(topic, records_list).every_row is None:
+                raise RuntimeError("a bench event left the column-wise decoding path")
+        columnar_costs.append((time.thread_time() - started) / len(records))
+        started = time.thread_time()
+        for key, value in sample:
+            decoder.decode(topic, key, value)
+        single_costs.append((time.thread_time() - started) / len(sample))
+    columnar_cost, single_cost = min(columnar_costs), min(single_costs)
+    return Figure(
+        metric="CDC decoding CPU per event (column-wise vs per record)",
+        a=f"{columnar_cost * 1e6:.2f} us/event",
+        b=f"{single_cost * 1e6:.1f} us/event (per record)",
+        ratio=single_cost / columnar_cost,
+        target="",
+        passed=None,
+        note=(
+            f"thread CPU, best of {rounds} rounds; {len(records):,} events in lists of "
+            f"{_DECODE_LIST:,}, per record on {len(sample):,}"
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,10 +4,11 @@ r"""Decode a run of Debezium records of one topic column-wise, straight into rep
 event, bench/README.md). ``ColumnarDecoder`` handles the common case of the shipped connector
 settings (JSON without schemas, ``decimal.handling.mode=string``, ``time.precision.mode=
 isostring``) for a whole list of records at once: each value is parsed by msgspec straight into
-typed structs built once per topic from the model (no dicts, every JSON type checked in C). The
-rest works on whole columns, not records: the envelope and source checks are the per-record
-path's made over a column each (a set, min and max; ``source.sequence`` through RE2; versions in
-numpy ``uint64``), so that a list whose records all pass costs a few passes in C, and only a check
+typed structs built once per topic from the model (no dicts, every JSON type checked in C; the
+source's schema, table and snapshot flag as literal types, checked in C too). The rest works on
+whole columns, not records: the other envelope and source checks are the per-record path's made
+over a column each (a set, min and max; ``source.sequence`` through RE2; versions in numpy
+``uint64``), so that a list whose records all pass costs a few passes in C, and only a check
 that fails looks at each record; the row's values are taken off the structs column by column (a
 float column's literals parsed as one JSON array), and each column is validated and converted by
 Arrow's C++ kernels (decimals from their text, exactly; timestamps and dates from ISO text; UUIDs
@@ -65,9 +66,10 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from itertools import compress
 from operator import attrgetter
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 import msgspec
 import numpy as np
@@ -100,7 +102,10 @@ _OP: Final = attrgetter("op")
 _SOURCE: Final = attrgetter("source")
 _BEFORE: Final = attrgetter("before")
 _AFTER: Final = attrgetter("after")
-_SOURCE_FIELDS: Final = attrgetter("schema", "table", "lsn", "ts_ms", "snapshot", "sequence")
+# The source fields the column-wise checks read (schema, table and snapshot are checked by the
+# structs' literal types), one getter each: a map per field is cheaper than transposing a tuple
+# per record.
+_SOURCE_FIELDS: Final = tuple(attrgetter(name) for name in ("lsn", "ts_ms", "sequence"))
 # decoder._SEQUENCE (Debezium's own form of source.sequence) for RE2, whose \d is ASCII as
 # re.ASCII's is; the group is the last commit LSN.
 _SEQUENCE_TEXT: Final = r'^\[(?:null|"(?P<last>\d{1,20})"),(?:null|"\d{1,20}")\]$'
@@ -116,10 +121,14 @@ _UNKNOWN_FIELD: Final = "Object contains unknown field"
 # Nesting that both parsers accept wherever the per-record path is called from; a value with fewer
 # brackets than this cannot nest deeper.
 _SAFE_DEPTH: Final = 200
-# Debezium's envelope and PostgreSQL source fields besides those the decoder reads (3.x adds
-# ts_us and ts_ns); declared so that the closed structs skip nothing.
+# Debezium's envelope fields besides those the decoder reads (3.x adds ts_us and ts_ns) and the
+# PostgreSQL source fields other than schema, table and snapshot (lsn, ts_ms and sequence are read,
+# the rest only declared), so that the closed structs skip nothing.
 _ENVELOPE_EXTRAS: Final = (("ts_ms", int), ("ts_us", int), ("ts_ns", int))
-_SOURCE_EXTRAS: Final = (
+_SOURCE_FRAME: Final = (
+    ("lsn", int),
+    ("ts_ms", int),
+    ("sequence", str),
     ("version", str),
     ("connector", str),
     ("name", str),
@@ -179,8 +188,6 @@ class _Plan:
 
     model: Model
     fields: tuple[_Field, ...]
-    schema: str
-    table: str
     closed: _Decode
     """Decodes a value whose every field the structs declare (nothing skipped)."""
     open: _Decode
@@ -202,12 +209,9 @@ class _Plan:
         # Struct attributes c0, c1..: column names need not be Python identifiers.
         attributes = [f"c{index}" for index in range(len(names))]
         indices = [names.index(name) for name in model.primary_key]
-        schema, _, table = model.source.partition(".")
         return cls(
             model,
             tuple(_Field(spec, spec.name in model.primary_key) for spec in model.fields.values()),
-            schema,
-            table,
             _envelope_decoder(model, attributes, closed=True),
             _envelope_decoder(model, attributes, closed=False),
             tuple(attrgetter(name) for name in ["tenant", *attributes]),
@@ -253,18 +257,21 @@ def _envelope_decoder(model: Model, attributes: list[str], *, closed: bool) -> _
     before = msgspec.defstruct(
         "Before", before_fields, rename=renames, forbid_unknown_fields=closed, gc=False
     )
-    source = _optional_fields(
+    schema, _, table = model.source.partition(".")
+    # The model's schema and table, and the snapshot flags the per-record path accepts, as literal
+    # types: msgspec checks them in C and hands back the literal's own string, allocating nothing.
+    # A record with anything else fails the structs and takes the per-record path.
+    source = msgspec.defstruct(
         "Source",
         [
-            ("schema", str),
-            ("table", str),
-            ("lsn", int),
-            ("ts_ms", int),
-            ("snapshot", str | bool),
-            ("sequence", str),
-            *_SOURCE_EXTRAS,
+            ("schema", Literal[schema]),
+            ("table", Literal[table]),
+            ("snapshot", Literal[tuple(sorted(_SNAPSHOT_FLAGS))] | bool | None, None),
+            *((field, kind | None, None) for field, kind in _SOURCE_FRAME),
         ],
-        closed=closed,
+        kw_only=True,
+        forbid_unknown_fields=closed,
+        gc=False,
     )
     transaction = _optional_fields(
         "Transaction",
@@ -419,13 +426,8 @@ def _gather(plan: _Plan, values: list[bytes | None], placeholder: str) -> _Gathe
         positions, documents, ops, sources = _compressed(keep, positions, documents, ops, sources)
     if not sources:
         return None
-    fields: list[Sequence[Any]] = list(zip(*map(_SOURCE_FIELDS, sources), strict=True))
-    schemas, tables, lsns, stamps, snapshots, sequences = fields
-    keep_source = _both(
-        _both(_equal(schemas, plan.schema), _equal(tables, plan.table)),
-        _both(_between(lsns, 0, MAX_LSN), _between(stamps, _INT64_MIN, _INT64_MAX)),
-    )
-    keep_source = _both(keep_source, _snapshot_flags(snapshots))
+    lsns, stamps, sequences = [list(map(getter, sources)) for getter in _SOURCE_FIELDS]
+    keep_source = _both(_between(lsns, 0, MAX_LSN), _between(stamps, _INT64_MIN, _INT64_MAX))
     if keep_source is not None:
         positions, documents, ops, lsns, stamps, sequences = _compressed(
             keep_source, positions, documents, ops, lsns, stamps, sequences
@@ -582,13 +584,6 @@ def _both(first: list[bool] | None, second: list[bool] | None) -> list[bool] | N
     return [a and b for a, b in zip(first, second, strict=True)]
 
 
-def _equal(column: Sequence[Any], expected: str) -> list[bool] | None:
-    """Per entry whether it equals ``expected``; None when every entry does."""
-    if len(set(column)) == 1 and column[0] == expected:
-        return None
-    return [value == expected for value in column]
-
-
 def _between(column: Sequence[int | None], low: int, high: int) -> list[bool] | None:
     """Per entry whether it is an integer in ``low..high``; None when every entry is."""
     if None not in column:
@@ -596,14 +591,6 @@ def _between(column: Sequence[int | None], low: int, high: int) -> list[bool] | 
         if low <= min(numbers) and max(numbers) <= high:
             return None
     return [value is not None and low <= value <= high for value in column]
-
-
-def _snapshot_flags(column: Sequence[str | bool | None]) -> list[bool] | None:
-    """Per entry whether ``_check_snapshot_flag`` accepts it; None when it accepts every one."""
-    unknown = {flag for flag in set(column) if type(flag) is str and flag not in _SNAPSHOT_FLAGS}
-    if not unknown:
-        return None
-    return [flag not in unknown for flag in column]
 
 
 def _usable_tenants(column: list[Any], placeholder: str) -> list[bool] | None:
@@ -829,9 +816,22 @@ def _rejected(spec: FieldSpec, column: Sequence[Any], placeholder: str) -> list[
         return [
             i for i, v in enumerate(column) if v is not None and not _INT64_MIN <= v <= _INT64_MAX
         ]
-    if spec.type in _JSON_TYPES or placeholder not in column:
+    if spec.type in _JSON_TYPES or _pattern_refuses(spec, placeholder) or placeholder not in column:
         return []
     return [i for i, v in enumerate(column) if v == placeholder]
+
+
+@cache
+def _pattern_refuses(spec: FieldSpec, placeholder: str) -> bool:
+    """Whether the field's text pattern (``_convert`` checks every value) rejects ``placeholder``.
+
+    Then the placeholder cannot pass as a value of that field, and its column needs no scan.
+    Checked with the same RE2 pattern the values are.
+    """
+    pattern = _text_pattern(spec)
+    if pattern is None:
+        return False
+    return not pc.match_substring_regex(pa.array([placeholder], pa.string()), pattern)[0].as_py()
 
 
 def _text_pattern(spec: FieldSpec) -> str | None:
