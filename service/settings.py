@@ -206,7 +206,7 @@ class Settings(BaseSettings):
     rollup_refresh_seconds: float = Field(
         10.0,
         ge=0,
-        description='How often the service rebuilds the partitions of the catalog\'s rollups that '
+        description="How often the service rebuilds the partitions of the catalog's rollups that "
         'changed (README "Rollups"); 0: never (``analytics rollups build`` then does it). '
         "Partitions not rebuilt yet are read from the base table, so answers are never stale; "
         "a shorter interval rebuilds a partition that keeps changing more often.",
