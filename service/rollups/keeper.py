@@ -116,6 +116,8 @@ class RollupKeeper:
         self.enabled = False
         #: The rollups whose tables exist.
         self._ready: set[str] = set()
+        #: When each rollup's superseded generations may next be dropped (monotonic seconds).
+        self._drop_due: dict[str, float] = {}
 
     def rollups(self) -> list[tuple[Model, Rollup]]:
         """Every declared rollup with its model, in catalog order."""
@@ -275,7 +277,15 @@ class RollupKeeper:
             )
             if progress is not None:
                 progress(rollup.name, done, len(stale))
-        await self._drop_superseded(model, rollup)
+        # Superseded generations are looked for after a rebuild and once they may go (a scan of
+        # the rollup table), not at every idle refresh; the first build of a process looks too.
+        now = time.monotonic()
+        if stale:
+            self._drop_due[rollup.table] = now + RETAIN_SECONDS
+        if stale or self._drop_due.get(rollup.table, 0.0) <= now:
+            await self._drop_superseded(model, rollup)
+            if not stale:
+                self._drop_due[rollup.table] = float("inf")
         if stale:
             log.info("rollup_built", rollup=rollup.name, partitions=len(stale))
         return len(stale)
