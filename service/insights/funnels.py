@@ -958,6 +958,8 @@ def _by_actor_sql(
         *carried,
         "a0",
         "e0",
+        # The steps the actor's rows match: a plain actor's breakdown step reads it at the end.
+        *(["o0"] if "o0" not in carried else []),
         f"{single} AND (NOT ({starts}) OR {first_starts}) AS l0",
         f"toUInt8({starts}) AS h0",
         "arraySlice(e0, 1, if(l0, 0, length(e0))) AS r0",
