@@ -943,6 +943,7 @@ def _by_actor_sql(
     all_events = shape.attribution == "all_events"
     unordered = shape.order == "unordered"
     every = (1 << count) - 1
+    by_step = broken_down and shape.attribution == "step"
     if unordered:
         # Every row of a single step: each attempt fills that step only.
         single, starts = f"bitCount(bitAnd(o0, {every})) <= 1", f"bitAnd(o0, {every}) != 0"
@@ -958,8 +959,8 @@ def _by_actor_sql(
         *carried,
         "a0",
         "e0",
-        # The steps the actor's rows match: a plain actor's breakdown step reads it at the end.
-        *(["o0"] if "o0" not in carried else []),
+        # The steps the actor's rows match: an unordered plain actor's breakdown step reads it.
+        *(["o0"] if by_step and unordered and "o0" not in carried else []),
         f"{single} AND (NOT ({starts}) OR {first_starts}) AS l0",
         f"toUInt8({starts}) AS h0",
         "arraySlice(e0, 1, if(l0, 0, length(e0))) AS r0",
