@@ -15,6 +15,7 @@ reading one), along with those of partitions the replica no longer has.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -72,22 +73,32 @@ class _Record:
 
 
 def _fingerprint(parts: list[dict[str, Any]], table: str) -> frozenset[str]:
-    """The names of ``table``'s active parts among ``signatures_sql`` rows."""
-    return frozenset(str(part["name"]) for part in parts if part["table"] == table)
+    """The paths of ``table``'s active parts among ``signatures_sql`` rows."""
+    return frozenset(str(part["path"]) for part in parts if part["table"] == table)
 
 
 def partition_signatures(parts: list[dict[str, Any]], table: str) -> dict[str, str]:
-    """Each partition of ``table`` with its signature: its newest block and data version."""
-    newest: dict[str, tuple[int, int]] = {}
+    """Each partition of ``table`` with its signature: newest block, data version, directory.
+
+    Block numbers start again in a re-created table (dropped and backfilled, say), so the
+    first two alone could name the same state of two different tables; the directory, which
+    carries the table's UUID, tells them apart.
+    """
+    newest: dict[str, tuple[int, int, str]] = {}
     for part in parts:
         if part["table"] != table:
             continue
-        block, version = newest.get(str(part["partition"]), (0, 0))
+        block, version, _ = newest.get(str(part["partition"]), (0, 0, ""))
+        directory = str(part["path"]).rstrip("/").rsplit("/", 1)[0]
         newest[str(part["partition"])] = (
             max(block, int(part["block"])),
             max(version, int(part["version"])),
+            hashlib.blake2b(directory.encode(), digest_size=8).hexdigest(),
         )
-    return {partition: f"{block}:{version}" for partition, (block, version) in newest.items()}
+    return {
+        partition: f"{block}:{version}:{directory}"
+        for partition, (block, version, directory) in newest.items()
+    }
 
 
 @dataclass(frozen=True)

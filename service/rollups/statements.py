@@ -203,12 +203,13 @@ def signatures_sql() -> str:
 
     Parameters ``database``, ``table`` (a replica) and ``state`` (the state table). A
     partition's signature (``partition_signatures``) changes with every insert into it (a new
-    block number) and every mutation (a new data version); merges keep both. The part names
-    change with merges too: they tell when the state table must be read again. Grouped in
-    Python: the engine's GROUP BY costs more than the few rows it would save.
+    block number), every mutation (a new data version) and every re-creation of its table (a
+    new directory); merges keep all three. The part paths change with merges too: they tell
+    when the state table must be read again. Grouped in Python: the engine's GROUP BY costs
+    more than the few rows it would save.
     """
     return (
-        "SELECT table, partition_id AS partition, name, max_block_number AS block, "
+        "SELECT table, partition_id AS partition, path, max_block_number AS block, "
         "data_version AS version FROM system.parts "
         "WHERE database = {database:String} AND table IN ({table:String}, {state:String}) "
         "AND active"

@@ -581,3 +581,38 @@ async def test_a_rollup_waits_for_its_models_table(embedded_backend: EmbeddedBac
         assert await keeper.plan(model, model.rollups[0]) is not None
     finally:
         await embedded_backend.command(f"DROP DATABASE IF EXISTS `{catalog.database}`")
+
+
+async def test_a_recreated_replica_is_not_served_from_the_old_generation(
+    embedded_backend: EmbeddedBackend,
+) -> None:
+    """Dropped and re-created (as a backfill into a new layout does), a replica's block
+    numbers start again: the same partition written once reads the same block and data version
+    as before. The rollup must read it live, not serve the old table's generation."""
+    catalog = rollup_catalog(unique_database("rollups_recreate"))
+    try:
+        for statement in all_ddl(catalog):
+            await embedded_backend.command(statement)
+        replica = Replica(embedded_backend, catalog)
+        await replica.keeper.prepare()
+        model = replica.model
+        old = Row(ACME, order_values(random.Random(1), 5), 1, 0)
+        old.values["region"] = "north"
+        await replica.write([old])
+        await replica.keeper.build(["orders_daily"])
+        before = await replica.keeper.plan(model, model.rollups[0])
+        assert before is not None
+        assert not before.stale
+        table = f"`{catalog.database}`.`{model.table}`"
+        await embedded_backend.command(f"DROP TABLE {table} SYNC")
+        for statement in all_ddl(catalog):
+            await embedded_backend.command(statement)
+        new = Row(ACME, order_values(random.Random(2), 5), 1, 0)
+        new.values["region"] = "south"
+        await replica.write([new])
+        assert await replica.keeper.plan(model, model.rollups[0]) is None
+        request = request_of(group_by="region", order="region.asc", limit=10)
+        rows, _ = await answer(replica, request, ACME)
+        assert rows == [{"c0": "south", "c1": 1}]
+    finally:
+        await embedded_backend.command(f"DROP DATABASE IF EXISTS `{catalog.database}`")
