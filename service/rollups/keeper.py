@@ -231,11 +231,14 @@ class RollupKeeper:
         if not self.enabled or rollup.table not in self._ready:
             return None
         states = await self.partitions(model, rollup)
-        current = tuple((s.partition, s.generation) for s in states if s.current)
+        # ``current`` implies a generation; the second test only says so to the type checker.
+        current = tuple(
+            (s.partition, s.generation) for s in states if s.current and s.generation is not None
+        )
         if not current:
             return None
         stale = tuple(s.partition for s in states if not s.current)
-        return RollupPlan(rollup, tuple((p, g) for p, g in current if g is not None), stale)
+        return RollupPlan(rollup, current, stale)
 
     async def build(
         self, only: Iterable[str] = (), progress: Progress | None = None
