@@ -13,15 +13,13 @@ skipped for ``retry_seconds`` before it is tried again. Down and back are logged
 from __future__ import annotations
 
 import secrets
-import time
 
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from service.budgets.metrics import BudgetMetrics
+from service.redis_outage import RedisOutage, quick_redis
 
 log = structlog.get_logger(__name__)
 
@@ -76,17 +74,10 @@ class RedisCounters:
         prefix: str = "analytics:budget",
     ) -> None:
         """Connect lazily to ``url``."""
-        self._client: Redis = Redis.from_url(
-            url,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._client: Redis = quick_redis(url, timeout_seconds)
         self._metrics = metrics
-        self._retry_seconds = retry_seconds
+        self._outage = RedisOutage(retry_seconds)
         self._prefix = prefix
-        self._down = False
-        self._down_until = 0.0
         self._take = self._client.register_script(_TAKE)
         self._acquire = self._client.register_script(_ACQUIRE)
         metrics.store_up.labels(self.name).set(1)
@@ -94,7 +85,7 @@ class RedisCounters:
     @property
     def available(self) -> bool:
         """False while the store is skipped after a failure."""
-        return not self._down
+        return not self._outage.down
 
     async def take(self, tenant: str, rate: float, size: int) -> float:
         """Take a token of ``tenant``'s shared bucket: 0.0 granted, else seconds to wait."""
@@ -139,15 +130,13 @@ class RedisCounters:
         return f"{self._prefix}:running:{tenant}"
 
     def _check(self) -> None:
-        if self._down and time.monotonic() < self._down_until:
+        if self._outage.skipping():
             raise CounterStoreDownError("redis is down; retried after a pause")
 
     def _failed(self, operation: str, error: BaseException) -> CounterStoreDownError:
         self._metrics.store_errors.labels(operation).inc()
         self._metrics.store_up.labels(self.name).set(0)
-        self._down_until = time.monotonic() + self._retry_seconds
-        if not self._down:
-            self._down = True
+        if self._outage.failed():
             log.warning(
                 "budget store unavailable; budgets are enforced per process",
                 operation=operation,
@@ -156,7 +145,6 @@ class RedisCounters:
         return CounterStoreDownError(f"redis {operation} failed: {error}")
 
     def _recovered(self) -> None:
-        if self._down:
-            self._down = False
+        if self._outage.recovered():
             self._metrics.store_up.labels(self.name).set(1)
             log.info("budget store available again; budgets are shared again")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 import struct
-import time
 from collections import OrderedDict
 from typing import Protocol
 
@@ -18,12 +17,11 @@ import pyarrow as pa
 import structlog
 from pyarrow import ipc
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from service.backends.base import QueryResult, QueryStats
 from service.cache.metrics import CacheMetrics
+from service.redis_outage import RedisOutage, quick_redis
 
 log = structlog.get_logger(__name__)
 
@@ -193,25 +191,18 @@ class RedisStore:
         prefix: str = "analytics:result-cache",
     ) -> None:
         """Connect lazily to ``url`` (``redis://host:port/db``)."""
-        self._client: Redis = Redis.from_url(
-            url,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._client: Redis = quick_redis(url, timeout_seconds)
         self._metrics = metrics
         self._ttl_ms = max(int(ttl_seconds * 1000), 1)
-        self._retry_seconds = retry_seconds
+        self._outage = RedisOutage(retry_seconds)
         self._prefix = prefix
-        self._down_until = 0.0
-        self._down = False
         self._release = self._client.register_script(_RELEASE)
         metrics.store_up.labels(self.name).set(1)
 
     @property
     def available(self) -> bool:
         """False while the store is skipped after a failure."""
-        return not self._down
+        return not self._outage.down
 
     async def get(self, key: str) -> QueryResult | None:
         """The answer under ``key``, if Redis holds it."""
@@ -250,7 +241,7 @@ class RedisStore:
 
     async def release(self, key: str, token: str) -> None:
         """Delete the claim if it is still ours."""
-        if self._down:
+        if self._outage.down:
             return
         try:
             await self._release(keys=[self._claim(key)], args=[token])
@@ -268,15 +259,13 @@ class RedisStore:
         return f"{self._prefix}:claim:{key}"
 
     def _check(self) -> None:
-        if self._down and time.monotonic() < self._down_until:
+        if self._outage.skipping():
             raise StoreUnavailableError("redis is down; retried after a pause")
 
     def _failed(self, operation: str, error: BaseException) -> StoreUnavailableError:
         self._metrics.store_errors.labels(self.name, operation).inc()
         self._metrics.store_up.labels(self.name).set(0)
-        self._down_until = time.monotonic() + self._retry_seconds
-        if not self._down:
-            self._down = True
+        if self._outage.failed():
             log.warning(
                 "result cache store unavailable; queries are answered uncached",
                 store=self.name,
@@ -286,7 +275,6 @@ class RedisStore:
         return StoreUnavailableError(f"redis {operation} failed: {error}")
 
     def _recovered(self) -> None:
-        if self._down:
-            self._down = False
+        if self._outage.recovered():
             self._metrics.store_up.labels(self.name).set(1)
             log.info("result cache store available again", store=self.name)
