@@ -81,15 +81,17 @@ def partition_signatures(parts: list[dict[str, Any]], table: str) -> dict[str, s
     """Each partition of ``table`` with its signature: newest block, data version, directory.
 
     Block numbers start again in a re-created table (dropped and backfilled, say), so the
-    first two alone could name the same state of two different tables; the directory, which
-    carries the table's UUID, tells them apart.
+    first two alone could name the same state of two different tables; the table's directory,
+    named by its UUID, tells them apart.
     """
     newest: dict[str, tuple[int, int, str]] = {}
     for part in parts:
         if part["table"] != table:
             continue
         block, version, _ = newest.get(str(part["partition"]), (0, 0, ""))
-        directory = str(part["path"]).rstrip("/").rsplit("/", 1)[0]
+        # The table's own directory (its UUID under an Atomic database), not the whole path:
+        # a data directory moved or copied elsewhere holds the same tables.
+        directory = str(part["path"]).rstrip("/").rsplit("/", 2)[-2]
         newest[str(part["partition"])] = (
             max(block, int(part["block"])),
             max(version, int(part["version"])),
