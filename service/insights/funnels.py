@@ -52,8 +52,9 @@ deciding attempt, the first reaching it (positions follow the actor's row order)
 sums and exact medians per step (and per breakdown class, ranked with window functions). No row
 per attempt and no second grouping by actor: on 1 M actors that was a third of the time. An
 ordered funnel without exclusions or breakdown answers its *direct* actors (one row of step 1,
-each step's earliest row in order and in the window) from per-step minimum times and sends only
-the others through those levels (``_split_sql``). Only functions of ClickHouse 23.8.
+each step's earliest row in order and in the window) from per-step minimum times, with no
+arrays, and reads only the others' rows again into those levels (``_two_pass_sql``). Only
+functions of ClickHouse 23.8.
 
 No text from the request reaches the SQL: identifiers come from the catalog, values (dates, the
 window, event names, filter values, the breakdown limit) are bound parameters; the SQL depends
@@ -191,7 +192,7 @@ class _Shape:
     """The step pairs ``(j, k)``, ``j < k`` (1-based), whose conditions one row may meet both of:
     only for them must a row filling step ``k`` be another than the one filling step ``j``."""
     simple: bool = False
-    """Whether the per-actor rows carry c1 and z1..zn and leave e0 unsorted (``_split_sql``)."""
+    """Whether the per-actor rows carry c1 and z1..zn and no arrays (``_two_pass_sql``)."""
     row_order: str = ""
     """The ``arraySort`` key of a row tuple (``x``): time, then text (empty: the tuple itself)."""
 
@@ -206,7 +207,7 @@ def compile_funnel(
     prepared = _prepare(request, catalog, tenant, now, scalars=True)
     breakdown = prepared.checked.breakdown
     if prepared.shape.simple:
-        funnel_sql = _split_sql(prepared.per_actor, prepared.shape)
+        funnel_sql = _two_pass_sql(prepared.per_actor, prepared.rest, prepared.shape)
     else:
         funnel_sql = _funnel_sql(prepared.per_actor, prepared.shape, breakdown)
     sql, columns = _outputs(
@@ -297,6 +298,9 @@ class _Prepared:
     time_zone: str
     actor_model: Model
     actor_spec: FieldSpec
+    rest: str = ""
+    """With ``shape.simple``: the per-actor arrays of the actors the direct part leaves (e0, o0
+    as in ``per_actor`` otherwise), whose scans read ``d0``, the direct part's tuple."""
 
     def compiled(self, sql: str, columns: tuple[OutputColumn, ...], tenant: str) -> CompiledQuery:
         """``sql`` over the per-actor arrays as a query a backend runs."""
@@ -346,7 +350,7 @@ def _prepare(
     builder = ParameterBuilder()
     tenant_placeholder = builder.bind("String", encode_text_parameter(tenant))
     bounds = (bound_instant(builder, start), bound_instant(builder, end))
-    scans: list[str] = []
+    scans: list[tuple[str, str]] = []
     joined: dict[str, Model] = {}
     uuid_ids = all(_uuid_id(source.origin) for source in sources.values())
     for source in sources.values():
@@ -359,8 +363,8 @@ def _prepare(
             uuid_ids=uuid_ids,
             segment=segment,
         )
-        sql, used = scan.sql(catalog, builder, tenant_placeholder, bounds, time_zone)
-        scans.append(sql)
+        sql, used, actor = scan.sql(catalog, builder, tenant_placeholder, bounds, time_zone)
+        scans.append((sql, actor))
         if segment:
             members = catalog.segments[segment].model
             joined.setdefault(members.qualified_name, members)
@@ -368,38 +372,12 @@ def _prepare(
             joined.setdefault(source.origin.model.qualified_name, source.origin.model)
         for related in related_models(source.origin.model, used):
             joined.setdefault(related.qualified_name, related)
-    keys, group, element = "a0", "a0", "tuple(t0, i0, m0"
-    if checked.breakdown is not None and checked.attribution == "all_events":
-        keys, group = "a0, v0 AS b0", "a0, b0"
-    elif checked.breakdown is not None:
-        element += ", v0"
-    rows = scans[0] if len(scans) == 1 else " UNION ALL ".join(f"({scan})" for scan in scans)
-    order_key = ""
-    if uuid_ids:
-        # The ids are carried as UUIDs (16 bytes, not their 36-character text: on 1 M actors
-        # that was a tenth of the funnel's time) and sorted by their text, as the rows order.
-        order_key = "x.1, toString(x.2), x.3" + (", x.4" if element.endswith("v0") else "")
     shared = _shared_steps(step_origins)
-    count = len(request.steps)
     simple = (
         scalars and checked.order == "ordered" and not checked.spans and checked.breakdown is None
     )
-    # o0: every step and exclusion any of the actor's rows matches.
-    aggregates = [f"{_sorted(f'groupArray({element}))', order_key)} AS e0", "groupBitOr(m0) AS o0"]
-    if simple:
-        # One array per column: groupArray of a tuple takes its generic, slower path (on 1 M
-        # actors 1.0 s of CPU against 0.79 s); zipped and sorted for the few actors needing it.
-        aggregates[0:1] = ["groupArray(t0) AS e1", "groupArray(i0) AS e2", "groupArray(m0) AS e3"]
-        # c1: the rows of step 1, plus 2 for each row matching two steps or more (one aggregate
-        # for both: a direct actor has 0 or 1).
-        aggregates.append(
-            f"sum(toUInt64(bitTest(m0, 0)) + 2 * (bitCount(bitAnd(m0, {(1 << count) - 1})) > 1)) "
-            "AS c1"
-        )
-        aggregates += [f"minIf(t0, bitTest(m0, {k - 1})) AS z{k}" for k in range(1, count + 1)]
-    per_actor = (
-        f"SELECT {keys}, {', '.join(aggregates)} "  # noqa: S608 (aliases only)
-        f"FROM ({rows}) GROUP BY {group}"
+    per_actor, rest, order_key = _per_actor_sql(
+        checked, scans, len(request.steps), uuid_ids, simple
     )
     shape = _Shape(
         steps=len(request.steps),
@@ -426,7 +404,51 @@ def _prepare(
         time_zone,
         first.model,
         first.model.fields[first.actor_field],
+        rest,
     )
+
+
+def _per_actor_sql(
+    checked: _Checked,
+    scans: Sequence[tuple[str, str]],
+    count: int,
+    uuid_ids: bool,
+    simple: bool,
+) -> tuple[str, str, str]:
+    """The per-actor rows, the second pass's (``_two_pass_sql``) and a row tuple's order key.
+
+    ``scans``: each source's scan with its actor's expression. The second pass's rows are
+    those of ``simple`` funnels only. Each row: a0 (with ``all_events`` b0, the value), o0
+    (every step and exclusion any of the actor's rows matches) and e0, the actor's row tuples
+    in their order; ``simple``: instead of e0, c1 (the rows of step 1, plus 2 for each row
+    matching two steps or more: one aggregate for both, as a direct actor has 0 or 1) and
+    z1..zn, each step's earliest time.
+    """
+    keys, group, element = "a0", "a0", "tuple(t0, i0, m0"
+    if checked.breakdown is not None and checked.attribution == "all_events":
+        keys, group = "a0, v0 AS b0", "a0, b0"
+    elif checked.breakdown is not None:
+        element += ", v0"
+    order_key = ""
+    if uuid_ids:
+        # The ids are carried as UUIDs (16 bytes, not their 36-character text: on 1 M actors
+        # that was a tenth of the funnel's time) and sorted by their text, as the rows order.
+        order_key = "x.1, toString(x.2), x.3" + (", x.4" if element.endswith("v0") else "")
+    aggregates = [f"{_sorted(f'groupArray({element}))', order_key)} AS e0", "groupBitOr(m0) AS o0"]
+    rows = _union([scan for scan, _ in scans])
+    if not simple:
+        per_actor = f"SELECT {keys}, {', '.join(aggregates)} FROM ({rows}) GROUP BY {group}"  # noqa: S608
+        return per_actor, "", order_key
+    # Each scan keeps the second pass's actors after its tenant condition.
+    kept = _union([f"{scan} AND {actor} IN (SELECT arrayJoin(d0.1))" for scan, actor in scans])
+    rest = f"SELECT {keys}, {', '.join(aggregates)} FROM ({kept}) GROUP BY {group}"  # noqa: S608
+    scalar = [
+        "groupBitOr(m0) AS o0",
+        f"sum(toUInt64(bitTest(m0, 0)) + 2 * (bitCount(bitAnd(m0, {(1 << count) - 1})) > 1)) AS c1",
+        *(f"minIf(t0, bitTest(m0, {k - 1})) AS z{k}" for k in range(1, count + 1)),
+    ]
+    per_actor = f"SELECT {keys}, {', '.join(scalar)} FROM ({rows}) GROUP BY {group}"  # noqa: S608
+    return per_actor, rest, order_key
 
 
 @dataclass(frozen=True)
@@ -451,8 +473,11 @@ class _Scan:
         tenant: str,
         bounds: tuple[str, str],
         time_zone: str,
-    ) -> tuple[str, list[FieldSpec]]:
-        """The scan's SELECT, its tenant condition first, and the fields it reads."""
+    ) -> tuple[str, list[FieldSpec], str]:
+        """The scan's SELECT, its fields read and its actor's expression.
+
+        The SELECT's WHERE comes last and begins with the tenant condition.
+        """
         origin = self.source.origin
         model = origin.model
         request_filters, step_filters, exclusion_filters = self.parsed
@@ -535,7 +560,7 @@ class _Scan:
         table = from_clause(catalog, model, used, tenant, guard_fields=guarded)
         # Identifiers from the catalog, values bound: nothing of the request's text is in it.
         select = f"SELECT {', '.join(columns)} FROM {table} WHERE {' AND '.join(where)}"  # noqa: S608
-        return select, used
+        return select, used, actor
 
     def _id(self, model: Model, builder: ParameterBuilder) -> str:
         """A row's text among the actor's events: an event's id; else source and key."""
@@ -863,22 +888,29 @@ def _funnel_sql(per_actor: str, shape: _Shape, breakdown: FieldSpec | None) -> s
     )
 
 
+def _union(scans: Sequence[str]) -> str:
+    """The rows of every source's scan."""
+    return scans[0] if len(scans) == 1 else " UNION ALL ".join(f"({scan})" for scan in scans)
+
+
 def _sorted(rows: str, order_key: str) -> str:
     """The array of row tuples ``rows`` in the actors' row order (``_Shape.row_order``)."""
     return f"arraySort(x -> ({order_key}), {rows})" if order_key else f"arraySort({rows})"
 
 
-def _split_sql(per_actor: str, shape: _Shape) -> str:
-    """An ordered funnel (no exclusions, no breakdown) in two parts.
+def _two_pass_sql(per_actor: str, rest: str, shape: _Shape) -> str:
+    """An ordered funnel (no exclusions, no breakdown) in two passes over the rows.
 
     A *direct* actor has one row of step 1, or none, no row matching two steps (c1), and for
-    each step its earliest row (z1..zn, aggregated with the arrays) is at or after the previous
-    step's, until a step with no row or none in the window: its one attempt fills each step with
-    that earliest row, so its figures are scalar arithmetic. The others' rows are gathered into
-    one array (``groupArrayIf``) and spread again (``ARRAY JOIN``) into the attempt levels of
-    ``_by_actor_sql``, which then run on them alone: the levels cost per actor even with empty
-    arrays, and on the benchmark's 1 M actors every one is direct. The answers of both add up:
-    counts and sums, and the medians as merged ``quantileExactInclusiveIf`` states.
+    each step its earliest row (z1..zn) is at or after the previous step's, until a step with
+    no row or none in the window: its one attempt fills each step with that earliest row, so its
+    figures are scalar arithmetic over per-actor aggregates, with no array. The first pass
+    (``per_actor``, a scalar subquery: the engine runs it once, as ``d0``) adds the direct
+    actors' figures up and lists the others; the second reads the rows of those alone (``rest``)
+    into the arrays and attempt levels of ``_by_actor_sql``. Building every actor's arrays cost
+    a fifth of the funnel on 1 M actors, every one of them direct; an actor that is not costs
+    its rows' second read, and where none is the second pass reads nothing. The answers of both
+    add up: counts and sums, and the medians as merged ``quantileExactInclusiveIfState``s.
     """
     count = shape.steps
     # gk: the attempt fills step k with its earliest row.
@@ -893,40 +925,30 @@ def _split_sql(per_actor: str, shape: _Shape) -> str:
         f"(g{k - 1} AND bitTest(o0, {k - 1}) AND z{k} < z{k - 1})" for k in range(2, count + 1)
     )
     direct.append(f"c1 = 0 OR (c1 = 1 AND NOT ({unsure})) AS s0")
-    # The direct actors' times to convert (no array: 1 M rows of them cost).
     direct += [f"z{k} - z{k - 1} AS d{k}" for k in range(2, count + 1)]
-    sql = f"SELECT a0, e1, e2, e3, o0, {', '.join(direct)} FROM ({per_actor})"  # noqa: S608
-    # gk holds for the direct actors at step k or further (the attempt's steps are a prefix).
-    parts = [f"countIf(s0 AND g{k}) AS u{k - 1}" for k in range(1, count + 1)]
+    sql = f"SELECT a0, {', '.join(direct)} FROM ({per_actor})"  # noqa: S608 (aliases only)
+    # d0: (the other actors, then per step k the direct actors at step k or further (the
+    # attempt's steps are a prefix), then per step after the first their sum and median state).
+    parts = ["groupArrayIf(a0, NOT s0)"]
+    parts += [f"countIf(s0 AND g{k})" for k in range(1, count + 1)]
     for k in range(2, count + 1):
-        parts.append(f"sumIf(d{k}, s0 AND g{k}) AS v{k - 1}")
-        parts.append(
-            f"quantileExactInclusiveIfState(0.5)(toFloat64(d{k}), s0 AND g{k}) AS w{k - 1}"
-        )
-    parts.append("groupArrayIf(tuple(a0, e1, e2, e3, o0), NOT s0) AS x0")
-    sql = f"SELECT {', '.join(parts)} FROM ({sql})"  # noqa: S608 (aliases only)
-    carried = [f"u{k - 1}" for k in range(1, count + 1)]
-    carried += [f"{name}{k - 1}" for k in range(2, count + 1) for name in ("v", "w")]
-    # LEFT: with no such actor, one row of no rows (furthest step 0) keeps the direct figures.
-    spread = (
-        f"SELECT {', '.join(carried)}, y0.1 AS a0, "  # noqa: S608 (aliases only)
-        f"{_sorted('arrayZip(y0.2, y0.3, y0.4)', shape.row_order)} AS e0, "
-        f"y0.5 AS o0 FROM ({sql}) LEFT ARRAY JOIN x0 AS y0"
-    )
-    by_actor = _by_actor_sql(spread, shape, False, carried)
-    select = [f"any(u{k - 1}) + countIf(f1 >= {k}) AS c{k - 1}" for k in range(1, count + 1)]
+        parts.append(f"sumIf(d{k}, s0 AND g{k})")
+        parts.append(f"quantileExactInclusiveIfState(0.5)(toFloat64(d{k}), s0 AND g{k})")
+    direct_sql = f"SELECT tuple({', '.join(parts)}) FROM ({sql})"  # noqa: S608 (aliases only)
+    by_actor = _by_actor_sql(rest, shape, False)
+    select = [f"d0.{k + 1} + countIf(f1 >= {k}) AS c{k - 1}" for k in range(1, count + 1)]
     for k in range(2, count + 1):
-        select.append(f"any(v{k - 1}) + sumIf(d1[{k - 1}], f1 >= {k}) AS s{k - 1}")
+        at = count + 2 * (k - 2) + 2
+        select.append(f"d0.{at} + sumIf(d1[{k - 1}], f1 >= {k}) AS s{k - 1}")
         select.append(
-            f"arrayReduce('quantileExactInclusiveIfMerge(0.5)', [any(w{k - 1}), "
+            f"arrayReduce('quantileExactInclusiveIfMerge(0.5)', [d0.{at + 1}, "
             f"quantileExactInclusiveIfState(0.5)(toFloat64(d1[{k - 1}]), f1 >= {k})]) AS q{k - 1}"
         )
-    return f"SELECT {', '.join(select)} FROM ({by_actor})"  # noqa: S608 (aliases only)
+    # Aliases and placeholders only.
+    return f"WITH ({direct_sql}) AS d0 SELECT {', '.join(select)} FROM ({by_actor})"  # noqa: S608
 
 
-def _by_actor_sql(
-    per_actor: str, shape: _Shape, broken_down: bool, carried: Sequence[str] = ()
-) -> str:
+def _by_actor_sql(per_actor: str, shape: _Shape, broken_down: bool) -> str:
     """One row per actor (and value, with ``all_events``) with a row of the steps.
 
     f1 is 0 for an actor with no attempt (no row matching step 1) or whose every attempt is
@@ -937,7 +959,6 @@ def _by_actor_sql(
     second grouping): each step's positions one subquery deeper than the one before it, as an
     alias used in the same SELECT is expanded where it is used. The lambdas take the event
     arrays as arguments rather than capturing them, except where one lambda runs inside another.
-    ``carried``: columns of ``per_actor`` passed through.
     """
     count = shape.steps
     all_events = shape.attribution == "all_events"
@@ -956,11 +977,10 @@ def _by_actor_sql(
     # row: h0, 1 or 0), so its attempt arrays are left empty and the lambdas below, which cost
     # per array element, skip it. On the benchmark's 1 M actors, 41 % are plain.
     columns = [
-        *carried,
         "a0",
         "e0",
         # The steps the actor's rows match: an unordered plain actor's breakdown step reads it.
-        *(["o0"] if by_step and unordered and "o0" not in carried else []),
+        *(["o0"] if by_step and unordered else []),
         f"{single} AND (NOT ({starts}) OR {first_starts}) AS l0",
         f"toUInt8({starts}) AS h0",
         "arraySlice(e0, 1, if(l0, 0, length(e0))) AS r0",
@@ -989,7 +1009,7 @@ def _by_actor_sql(
     sql = f"SELECT *, indexOf(S0, f1) AS j0 FROM ({sql})"  # noqa: S608 (aliases only)
     # A plain actor's deciding attempt starts at its first row (h0: position 1, or 0 for none).
     first_row = f"if(l0, h0, {start}[j0])"
-    final = [*carried, "a0", "f1", f"[{', '.join(positions.deltas)}] AS d1"]
+    final = ["a0", "f1", f"[{', '.join(positions.deltas)}] AS d1"]
     first = f"toString(i0[{first_row}])" if all_events else first_row
     final.append(f"tuple(-toInt64(f1), if(l0, e0.1[h0], {times}[j0]), {first}) AS key1")
     if broken_down:
