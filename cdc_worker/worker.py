@@ -1,12 +1,13 @@
 """CdcWorker: Debezium topics in, ClickHouse replica rows out, offsets committed after the write.
 
-The loop: fetch a bounded number of records, decode them (each partition's records column-wise
-where they have the common shape, the others one by one; undecodable ones go to the dead-letter
-topic with the reason), gather them into a ChangeBatch, and when the batch is due (size or age)
-write it: fill unchanged-TOAST columns from the stored rows, insert one Arrow table per replica
-table, apply truncates, and only then commit the batch's offsets. A crash before the commit
-replays the batch; FINAL keeps one row per key, so a replay changes nothing. A failed write is
-retried with back-off while the partitions are paused: nothing is committed, nothing is lost.
+The loop: take the records the consumer has fetched, decode them (each partition's records
+column-wise where they have the common shape, the others one by one; undecodable ones go to the
+dead-letter topic with the reason), gather them into a ChangeBatch, and when the batch is due
+(size or age) write it while the next one is consumed: fill unchanged-TOAST columns from the
+stored rows, insert one Arrow table per replica table, apply truncates, and only then commit the
+batch's offsets. One batch is written at a time, in order. A crash before the commit replays the
+batch; FINAL keeps one row per key, so a replay changes nothing. A failed write is retried with
+back-off while the partitions are paused: nothing is committed, nothing is lost.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ from service.settings import Settings
 
 log = structlog.get_logger(__name__)
 _STATE_REPORT_SECONDS = 1.0
+# Turns of the event loop after a getmany: two sent the next fetch in the bench (bench/README.md,
+# "Ingestion, sixth round"); one more costs microseconds.
+_FETCHER_TURNS = 3
 
 
 class ReplicaSink(Protocol):
@@ -150,9 +154,19 @@ class CdcWorker:
         consumer.subscribe(pattern=self._topics.pattern(), listener=_AssignmentLog(self))
         log.info("cdc worker started", topics=sorted(self._topics.by_table.values()))
         batch = ChangeBatch()
+        # The batch being written while the next one is consumed and decoded (the insert runs
+        # on the engine's threads or the server, the decoding on this one). One at a time, so
+        # batches are written and committed in order and a batch's unchanged-TOAST lookup sees
+        # the rows of every batch before it.
+        writing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
-                records = await consumer.getmany(timeout_ms=50, max_records=5_000)
+                # Every buffered record: aiokafka asks for a partition's next fetch only once its
+                # buffer is drained, and its fetcher task needs a few turns of the loop to send
+                # the request; so the broker reads the next fetch while this one is decoded.
+                records = await consumer.getmany(timeout_ms=50)
+                for _ in range(_FETCHER_TURNS):
+                    await asyncio.sleep(0)
                 for partition, messages in records.items():
                     if messages:
                         await self._take(partition.topic, messages, batch, consumer, producer)
@@ -160,13 +174,25 @@ class CdcWorker:
                 if batch.is_due(
                     self._settings.cdc_batch_max_rows, self._settings.cdc_batch_max_seconds
                 ):
-                    await self._flush(batch, consumer)
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.create_task(self._flush(batch, consumer))
                     batch = ChangeBatch()
+                elif writing is not None and writing.done():
+                    await writing
+                    writing = None
                 await self._report(consumer)
+            if writing is not None:
+                await writing
+                writing = None
             if not batch.empty:
                 await self._flush(batch, consumer)
             await self._report(consumer, force=True)
         finally:
+            if writing is not None and not writing.done():
+                # Its offsets stay uncommitted: whoever consumes next replays the batch.
+                writing.cancel()
+                await asyncio.gather(writing, return_exceptions=True)
             self.metrics.started = False
             await consumer.stop()
             await producer.stop()
