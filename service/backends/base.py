@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
@@ -87,4 +87,19 @@ class AnalyticsBackend(Protocol):
 
     async def close(self) -> None:
         """Release connections and threads."""
+        ...
+
+
+@runtime_checkable
+class SoleWriter(Protocol):
+    """A backend every write to its engine passes through, in this process.
+
+    The embedded engine is one: only one process opens its data directory, and this process
+    writes to it through its backends alone. A server has other clients, so no server backend
+    is one.
+    """
+
+    @property
+    def write_generation(self) -> int:
+        """A number that has grown once a write to the engine has returned (or failed)."""
         ...

@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import queue
 import re
+import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
@@ -44,6 +45,13 @@ _TIMEOUT_CODES = {"159", "160", "209", "210"}
 _MISSING_CODES = {"60", "81"}
 
 
+#: Writes that have ended, per data directory: shared by every backend of this process on one
+#: directory, as each sees the others' writes (``write_generation``). Counted on the engine's
+#: threads, hence the lock: a lost increment could leave the number unchanged by a write.
+_WRITES: dict[str, int] = {}
+_WRITES_LOCK = threading.Lock()
+
+
 class EmbeddedBackend:
     """chDB behind the backend interface."""
 
@@ -53,6 +61,8 @@ class EmbeddedBackend:
     def __init__(self, data_dir: Path, pool_size: int = 4) -> None:
         """Open ``pool_size`` connections on the data directory (created if missing)."""
         data_dir.mkdir(parents=True, exist_ok=True)
+        self._directory = str(data_dir.resolve())
+        _WRITES.setdefault(self._directory, 0)
         self._connections: queue.LifoQueue[Any] = queue.LifoQueue()
         for _ in range(pool_size):
             self._connections.put(chdb.connect(str(data_dir)))
@@ -66,6 +76,21 @@ class EmbeddedBackend:
     async def dialect(self) -> Dialect:
         """The capabilities of the engine chDB embeds (its ClickHouse version), for DDL."""
         return Dialect.for_server(parse_version(chdb.engine_version))
+
+    @property
+    def write_generation(self) -> int:
+        """How many writes (commands and inserts) to this data directory have returned.
+
+        It grows on the engine's thread once a write has ended (committed or failed: a failed
+        statement may have written some parts), before its caller sees it return and even if
+        the caller was cancelled meanwhile: an unchanged number means that no write ended in
+        between (``SoleWriter``).
+        """
+        return _WRITES[self._directory]
+
+    def _wrote(self) -> None:
+        with _WRITES_LOCK:
+            _WRITES[self._directory] += 1
 
     @property
     def active_queries(self) -> int:
@@ -103,11 +128,16 @@ class EmbeddedBackend:
 
     async def command(self, sql: str, parameters: Mapping[str, str] | None = None) -> None:
         """Run a statement on a pooled connection."""
+
+        def run(connection: Any) -> None:
+            try:
+                _run_command(connection, sql, dict(parameters or {}))
+            finally:
+                self._wrote()
+
         async with self._slots:
             with self._connection() as connection:
-                await asyncio.get_running_loop().run_in_executor(
-                    self._threads, _run_command, connection, sql, dict(parameters or {})
-                )
+                await asyncio.get_running_loop().run_in_executor(self._threads, run, connection)
 
     async def query_rows(
         self, sql: str, parameters: Mapping[str, str] | None = None
@@ -149,6 +179,8 @@ class EmbeddedBackend:
             except Exception as exc:
                 _reset_after_error(connection)
                 raise _map_error(exc, 0) from None
+            finally:
+                self._wrote()
 
         async with self._slots:
             with self._connection() as connection:

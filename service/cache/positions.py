@@ -7,6 +7,12 @@ too, so it is listed in the same ``system.parts`` read: while its parts are the 
 were last read from, those reports are still what it holds, and they are taken from memory.
 Only when a report was written (a new part) or its parts merged are they read again.
 
+On the embedded engine every write passes through this process's backends (``SoleWriter``), so
+a listing is not read again while no write has ended since it was read: the positions it gave
+are still those of the rows the tables hold (a merge since changes the parts, not the rows).
+That saves the hit path its one engine query. A server has other writers, so there every
+request lists the parts.
+
 Identifiers come from the catalog; values are bound parameters.
 """
 
@@ -19,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.backends.base import AnalyticsBackend
+from service.backends.base import AnalyticsBackend, SoleWriter
 from service.cache.key import TablePosition
 from service.errors import AnalyticsError
 from service.query.values import encode_text_parameter
@@ -32,6 +38,8 @@ _MISSING_CODES = ("60", "81")
 #: A table's active parts: (count, sum of a 64-bit hash of their paths, modulo 2^64).
 Parts = tuple[int, int]
 _MOD = 1 << 64
+#: Table sets whose positions are remembered on a sole writer (beyond it, memory starts over).
+_REMEMBERED_SETS = 1024
 
 
 @dataclass
@@ -48,8 +56,15 @@ class PositionReader:
 
     _reports: dict[tuple[int, str], _Reports] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Per (engine, database, tables) of a sole writer: its write generation and the positions
+    #: read while it had that generation.
+    _known: dict[tuple[int, str, tuple[str, ...]], tuple[int, dict[str, TablePosition]]] = field(
+        default_factory=dict
+    )
     #: How often the reports were read from the engine (the rest came from memory).
     report_reads: int = 0
+    #: How often the parts were listed (on a sole writer, only after a write).
+    listings: int = 0
 
     async def read(
         self, backend: AnalyticsBackend, database: str, tables: Sequence[str]
@@ -58,13 +73,27 @@ class PositionReader:
         names = sorted(set(tables))
         if not names:
             return {}
+        slot = (id(backend), database, tuple(names))
+        # Read before the listing: a write ending while it runs leaves a smaller number with the
+        # positions, and the next request lists again.
+        generation = backend.write_generation if isinstance(backend, SoleWriter) else None
+        if generation is not None:
+            known = self._known.get(slot)
+            if known is not None and known[0] == generation:
+                return dict(known[1])
+        self.listings += 1
         parts = await read_parts(backend, database, [*names, SYNC_STATE_TABLE])
         reports = await self._current_reports(
             backend, database, parts.get(SYNC_STATE_TABLE, (0, 0))
         )
-        return {
+        positions = {
             name: TablePosition(name, reports.get(name), *parts.get(name, (0, 0))) for name in names
         }
+        if generation is not None:
+            if len(self._known) >= _REMEMBERED_SETS:
+                self._known.clear()
+            self._known[slot] = (generation, dict(positions))
+        return positions
 
     async def _current_reports(
         self, backend: AnalyticsBackend, database: str, sync_parts: Parts

@@ -19,7 +19,8 @@ import shutil
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
 import grpc
@@ -35,6 +36,7 @@ from service.auth import Principal, mint_token
 from service.backends.base import AnalyticsBackend, QueryResult
 from service.backends.embedded import EmbeddedBackend
 from service.cache import CacheMetrics, ResultCache
+from service.cache.positions import PositionReader
 from service.cache.stores import LocalStore, table_bytes
 from service.catalog import Catalog
 from service.query.compiler import CompiledQuery, QueryLimits
@@ -399,6 +401,55 @@ async def test_sync_reports_are_read_again_only_when_they_change(
     assert reader.report_reads == reads + 1
     assert not answer["meta"]["cacheHit"]
     assert answer["meta"]["lastSyncAt"] == "2026-06-01T00:00:00Z"
+
+
+async def test_hits_list_no_parts_until_a_write_ends(
+    server: RunningServer, stub, settings, engine_dir: Path, tables: Catalog
+) -> None:
+    """On the embedded engine every write passes through this process's backends: while none
+    ended, a hit reads nothing from the engine; a write through another backend on the same
+    directory (as the CDC worker's or the event sink's) makes the next request list again."""
+    assert server.cache is not None
+    reader = server.cache.reader
+    count = (await query(stub, settings, EVENT_COUNT))["data"][0]["count"]
+    listings = reader.listings
+    for _ in range(3):
+        assert (await query(stub, settings, EVENT_COUNT))["meta"]["cacheHit"]
+    assert reader.listings == listings
+    other = EmbeddedBackend(engine_dir, pool_size=1)
+    try:
+        late = _event_rows(ACME, offset=2000)[:1]
+        late[0].values["event"] = "late"
+        await other.command(insert_statement(tables, tables.models[("product", "events")], late))
+    finally:
+        await other.close()
+    after = await query(stub, settings, EVENT_COUNT)
+    assert reader.listings == listings + 1
+    assert not after["meta"]["cacheHit"]
+    assert after["data"] == [{"count": count + 1}]
+
+
+async def test_a_backend_with_other_writers_lists_the_parts_every_time(
+    embedded_backend: EmbeddedBackend, tables: Catalog
+) -> None:
+    """A server has other clients: its positions are read on every request."""
+
+    class ServerLike:
+        """Reads through the engine, but is no sole writer (no write generation)."""
+
+        name = "server-like"
+
+        async def query_rows(
+            self, sql: str, parameters: dict[str, str] | None = None
+        ) -> list[dict[str, Any]]:
+            return await embedded_backend.query_rows(sql, parameters)
+
+    reader = PositionReader()
+    backend = cast(AnalyticsBackend, ServerLike())
+    first = await reader.read(backend, tables.database, ["crm_deals"])
+    second = await reader.read(backend, tables.database, ["crm_deals"])
+    assert reader.listings == 2
+    assert first == second
 
 
 async def test_tenants_never_share_entries(stub, settings, engine) -> None:
