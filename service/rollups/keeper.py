@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from service.backends.base import AnalyticsBackend
+from service.backends.base import AnalyticsBackend, SoleWriter
 from service.backends.dialect import backend_dialect
 from service.catalog import Catalog, Model, Rollup
 from service.query.values import encode_text_parameter
@@ -131,6 +131,11 @@ class RollupKeeper:
         self._ready: set[str] = set()
         #: When each rollup's superseded generations may next be dropped (monotonic seconds).
         self._drop_due: dict[str, float] = {}
+        #: On a sole writer: per rollup table, the write generation and the partitions read
+        #: while the engine had it.
+        self._known: dict[str, tuple[int, tuple[PartitionState, ...]]] = {}
+        #: How often the partitions were read from the engine.
+        self.listings = 0
 
     def rollups(self) -> list[tuple[Model, Rollup]]:
         """Every declared rollup with its model, in catalog order."""
@@ -177,8 +182,17 @@ class RollupKeeper:
 
         One ``system.parts`` read; the state table's records are read again only when its
         parts changed since they were last read (as ``service.cache.positions`` does for the
-        sync reports), so a planned query costs the engine one small read.
+        sync reports), so a planned query costs the engine one small read. On the embedded
+        engine, not even that while no write ended since the last read (``SoleWriter``, as
+        the result cache's positions): a merge changes no signature.
         """
+        backend = self._backend
+        # Read before the engine is: a write ending meanwhile leaves a smaller number behind.
+        generation = backend.write_generation if isinstance(backend, SoleWriter) else None
+        known = self._known.get(rollup.table)
+        if known is not None and known[0] == generation:
+            return list(known[1])
+        self.listings += 1
         rows = await self._backend.query_rows(
             signatures_sql(),
             {
@@ -200,6 +214,8 @@ class RollupKeeper:
                     record.rows if record else 0,
                 )
             )
+        if generation is not None:
+            self._known[rollup.table] = (generation, tuple(states))
         return states
 
     async def _records(self, state_parts: frozenset[str]) -> dict[tuple[str, str], _Record]:

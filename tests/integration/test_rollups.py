@@ -361,6 +361,10 @@ async def test_a_change_after_a_build_is_read_from_the_replica_until_rebuilt(
     plan = await replica.keeper.plan(replica.model, replica.model.rollups[0])
     assert plan is not None
     assert not plan.stale
+    # No write since: planned again from memory, without reading the engine's parts.
+    listed = replica.keeper.listings
+    assert await replica.keeper.plan(replica.model, replica.model.rollups[0]) == plan
+    assert replica.keeper.listings == listed
     # One new row in the first partition (a key churn never writes): that partition alone is
     # stale, and read from the replica.
     row = Row(ACME, order_values(rng, 500_000), replica.next_version(), 0)
