@@ -55,7 +55,8 @@ from service.demo.generator import DELETED_COLUMN, DEMO_TENANTS, VERSION_COLUMN
 from service.schema import all_ddl
 from service.settings import DEFAULT_CATALOG, Settings
 
-TARGET_EVENTS_PER_SECOND = 50_000
+# Issue 18 item 4: what the ClickHouse Kafka engine reaches by parsing in C++.
+TARGET_EVENTS_PER_SECOND = 100_000
 TOPIC_PREFIX = "analytics"
 _FIRST_LSN = 10_000_000
 _LSN_STEP = 200
@@ -268,7 +269,7 @@ class _Rounds:
             a=rate(worker_rate, "events"),
             b=rate(direct_rate, "rows") + " (Arrow insert)",
             ratio=direct_rate / worker_rate,
-            target=">= 50 k events/s" if target else "",
+            target=f">= {TARGET_EVENTS_PER_SECOND // 1000} k events/s" if target else "",
             passed=at_least_rate(worker_rate, TARGET_EVENTS_PER_SECOND) if target else None,
             note=(
                 f"{plan.events_count:,} events, {self.batches} batches, median of {plan.rounds} "
