@@ -123,7 +123,11 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         except AnalyticsError as error:
             await abort_with_error(context, error)
         return convert.trend_response(
-            outcome.answer, outcome.stats, outcome.last_sync_at, breakdown=bool(request.breakdown)
+            outcome.answer,
+            outcome.stats,
+            outcome.last_sync_at,
+            breakdown=bool(request.breakdown),
+            rollup=outcome.rollup,
         )
 
     async def Query(  # noqa: N802 (the generated base class names it)

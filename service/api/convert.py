@@ -285,12 +285,16 @@ def trend_response(
     last_sync_at: dt.datetime | None,
     *,
     breakdown: bool,
+    rollup: str = "",
 ) -> analytics_pb2.TrendResponse:
-    """The Trend response message; values exact as in Query (strings past a double's reach)."""
+    """The Trend response message; values exact as in Query (strings past a double's reach).
+
+    ``rollup``: the catalog rollup that answered, if one did.
+    """
     response = analytics_pb2.TrendResponse(
         buckets=answer.buckets,
         compare_buckets=answer.compare_buckets,
-        meta=query_meta((), stats, last_sync_at),
+        meta=query_meta((), stats, last_sync_at, rollup=rollup),
     )
     for line in answer.lines:
         out = response.lines.add(
@@ -330,13 +334,19 @@ def trend_json(response: analytics_pb2.TrendResponse) -> dict[str, Any]:
 
 
 def _insight_meta_json(meta: analytics_pb2.QueryMeta) -> dict[str, Any]:
-    """An insight's meta as JSON (no columns): freshness, the engine's figures, cache hit."""
-    return {
+    """An insight's meta as JSON (no columns).
+
+    Freshness, the engine's figures, cache hit, and the rollup that answered if one did.
+    """
+    document: dict[str, Any] = {
         "lastSyncAt": meta.last_sync_at.ToJsonString() if meta.HasField("last_sync_at") else None,
         "rowsScanned": int(meta.rows_scanned),
         "durationMs": meta.duration_ms,
         "cacheHit": meta.cache_hit,
     }
+    if meta.rollup:
+        document["rollup"] = meta.rollup
+    return document
 
 
 def funnel_request(message: analytics_pb2.FunnelRequest) -> FunnelRequest:

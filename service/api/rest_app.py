@@ -234,7 +234,11 @@ class RestServer:
         )
         outcome = await trends.run(principal, domain, remaining=None, rpc=TRENDS_RPC)
         response = convert.trend_response(
-            outcome.answer, outcome.stats, outcome.last_sync_at, breakdown=bool(message.breakdown)
+            outcome.answer,
+            outcome.stats,
+            outcome.last_sync_at,
+            breakdown=bool(message.breakdown),
+            rollup=outcome.rollup,
         )
         return web.json_response(convert.trend_json(response))
 

@@ -195,6 +195,7 @@ async def start_server(  # noqa: PLR0915 (the composition root: a statement per 
         segments=segments,
         cache=cache,
         budgets=budgets,
+        rollups=rollups,
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
         AnalyticsServicer(queries, settings.stream_chunk_rows, insights), server

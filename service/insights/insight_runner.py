@@ -21,7 +21,7 @@ from service import audit
 from service.auth import Principal
 from service.backends.base import AnalyticsBackend, QueryStats
 from service.budgets import Budgets
-from service.cache.execution import Answered, answer_queries, served
+from service.cache.execution import Answered, Equivalent, answer_queries, served
 from service.catalog import Catalog, Model
 from service.errors import AnalyticsError
 from service.query.compiler import CompiledQuery, resolve_model
@@ -57,6 +57,8 @@ class InsightOutcome(Generic[Answer]):
     answer: Answer
     stats: QueryStats
     last_sync_at: dt.datetime | None
+    #: The catalog rollup whose rows computed every query's answer ("" otherwise).
+    rollup: str = ""
 
 
 class InsightRunner:
@@ -115,23 +117,28 @@ class InsightRunner:
         queries: Callable[[Plan], Sequence[CompiledQuery]],
         assemble: Callable[[Plan, list[pa.Table]], Answer],
         rows: Callable[[Answer], int],
+        route: Callable[[Catalog, str, dt.datetime, Plan], Equivalent | None] | None = None,
     ) -> InsightOutcome[Answer]:
         """Answer ``request`` through the shared flow (module docstring).
 
         Raises AnalyticsError for anything a caller must hear. ``compile_plan`` (catalog,
         tenant, now) compiles the request; ``queries`` are the plan's queries (the first one's
         joined models stand for all); ``assemble`` makes the answer of their result tables;
-        ``rows`` counts the answer's rows for the audit record.
+        ``rows`` counts the answer's rows for the audit record. ``route`` (catalog, tenant, now,
+        plan): what the engine runs for a query on a cache miss, when a rollup answers the plan
+        (``service.cache.execution.answer_queries``).
         """
         started = time.perf_counter()
         model_name = request.model[:200]
         try:
             model_name = self._readable_model(principal, request.model).qualified_name
             catalog = await self._catalog_for(principal.tenant, request.filters)
-            plan = compile_plan(catalog, principal.tenant, self._clock())
+            now = self._clock()
+            plan = compile_plan(catalog, principal.tenant, now)
             compiled = queries(plan)
             authorise_reads(principal, compiled[0].joined)
-            answered = await self._answer(principal, compiled, remaining)
+            equivalent = route(catalog, principal.tenant, now, plan) if route is not None else None
+            answered = await self._answer(principal, compiled, remaining, equivalent)
         except AnalyticsError as error:
             audit_failure(principal, model_name, rpc, started, error)
             raise
@@ -144,12 +151,20 @@ class InsightRunner:
         self._audit_ok(
             principal, model_name, rpc, started, rows(answer), answered.engine_rows_scanned
         )
+        rollups = {result.rollup for result in results}
         return InsightOutcome(
-            answer, served(caller_stats(stats), answered.cache_hit), answered.last_sync_at
+            answer,
+            served(caller_stats(stats), answered.cache_hit),
+            answered.last_sync_at,
+            rollups.pop() if len(rollups) == 1 else "",
         )
 
     async def _answer(
-        self, principal: Principal, queries: Sequence[CompiledQuery], remaining: float | None
+        self,
+        principal: Principal,
+        queries: Sequence[CompiledQuery],
+        remaining: float | None,
+        equivalent: Equivalent | None = None,
     ) -> Answered:
         """Run ``queries`` within the tenant's budget, through the cache, with ``lastSyncAt``."""
         async with self.budgets.admit(principal.tenant) as admission:
@@ -162,6 +177,7 @@ class InsightRunner:
                     [admission.bound(query) for query in queries],
                     timeout_seconds=admission.timeout(call_seconds),
                     cache=self.cache,
+                    equivalent=equivalent,
                 )
             except AnalyticsError as error:
                 raise admission.translate(error, call_seconds) from None

@@ -20,6 +20,7 @@ from service.segments.segment_service import SegmentService
 if TYPE_CHECKING:
     from service.budgets import Budgets
     from service.cache.result_cache import ResultCache
+    from service.rollups.keeper import RollupKeeper
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,13 @@ class InsightServices:
         segments: SegmentService | None = None,
         cache: ResultCache | None = None,
         budgets: Budgets | None = None,
+        rollups: RollupKeeper | None = None,
     ) -> InsightServices:
         """Every runner on ``backend``, with the query time budget from settings.
 
         ``cache``: the result cache they share (none: every request runs on the engine).
-        ``budgets``: the tenants' budgets they share (none: unlimited).
+        ``budgets``: the tenants' budgets they share (none: unlimited). ``rollups``: the keeper
+        of the catalog's rollups, which answer the trends they can.
         """
         return cls(
             TrendService(
@@ -55,6 +58,7 @@ class InsightServices:
                 segments=segments,
                 cache=cache,
                 budgets=budgets,
+                rollups=rollups,
             ),
             FunnelService(
                 catalog,

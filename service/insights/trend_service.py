@@ -2,20 +2,61 @@
 
 The flow is InsightRunner's: authorise, read the tenant's segments when named, compile (pure),
 run the plan's queries side by side through the cache with freshness beside them, assemble
-(pure), audit.
+(pure), audit. A trend a catalog rollup answers (``service.rollups.routing``) reads the
+rollup's rows on a cache miss; its cache keys stay the base queries'.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from service.auth import Principal
+from service.backends.base import AnalyticsBackend
+from service.cache.execution import Equivalent
+from service.catalog import Catalog
 from service.insights.insight_runner import InsightOutcome, InsightRunner
 from service.insights.trend_request import TrendRequest
 from service.insights.trend_results import TrendAnswer, assemble_trend
-from service.insights.trends import compile_trend
+from service.insights.trends import TrendPlan, compile_trend
+from service.query.compiler import CompiledQuery
+from service.rollups.routing import choose_trend_rollup
+
+if TYPE_CHECKING:
+    from service.budgets import Budgets
+    from service.cache.result_cache import ResultCache
+    from service.rollups.keeper import RollupKeeper
+    from service.segments.segment_service import SegmentService
 
 
 class TrendService(InsightRunner):
     """Runs Trend requests for authenticated principals."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        backend: AnalyticsBackend,
+        *,
+        timeout_seconds: float,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        segments: SegmentService | None = None,
+        cache: ResultCache | None = None,
+        budgets: Budgets | None = None,
+        rollups: RollupKeeper | None = None,
+    ) -> None:
+        """InsightRunner's arguments; ``rollups``: the keeper of the catalog's rollups."""
+        super().__init__(
+            catalog,
+            backend,
+            timeout_seconds=timeout_seconds,
+            clock=clock,
+            segments=segments,
+            cache=cache,
+            budgets=budgets,
+        )
+        self._rollups = rollups
 
     async def run(
         self, principal: Principal, request: TrendRequest, *, remaining: float | None, rpc: str
@@ -30,4 +71,35 @@ class TrendService(InsightRunner):
             queries=lambda plan: [query.compiled for query in plan.queries],
             assemble=assemble_trend,
             rows=lambda answer: sum(len(line.values) for line in answer.lines),
+            route=lambda catalog, tenant, now, plan: self._rollup_equivalent(
+                request, catalog, tenant, now, plan
+            ),
         )
+
+    def _rollup_equivalent(
+        self,
+        request: TrendRequest,
+        catalog: Catalog,
+        tenant: str,
+        now: dt.datetime,
+        plan: TrendPlan,
+    ) -> Equivalent | None:
+        """Each of the plan's queries compiled for the rollup that answers the trend, if any.
+
+        Planned when the engine runs: a cache hit needs no planning.
+        """
+        keeper = self._rollups
+        rollup = choose_trend_rollup(request, plan) if keeper is not None else None
+        if keeper is None or rollup is None:
+            return None
+        base = [query.compiled.sql for query in plan.queries]
+
+        async def equivalent(query: CompiledQuery) -> CompiledQuery:
+            rollup_plan = await keeper.plan(plan.model, rollup)
+            if rollup_plan is None:
+                return query
+            routed = compile_trend(request, catalog, tenant, now, aggregated=rollup_plan)
+            compiled = routed.queries[base.index(query.sql)].compiled
+            return dataclasses.replace(compiled, settings={**compiled.settings, **query.settings})
+
+        return equivalent

@@ -20,6 +20,10 @@ even inside the first bucket), the request's filters, and the series' own filter
   rolling bucket if it appears in any of the window's buckets). Additive aggregates (count, sum,
   min, max, and avg through its sum and count) are accumulated from bucket values.
 
+A trend a catalog rollup answers (``aggregated``) reads the rollup's rows instead, each series
+merging its measure's states under its own conditions (``<function>MergeIf``); the buckets,
+breakdown ranking and compare periods are the same SQL over the rollup's columns.
+
 No text from the request reaches the SQL: identifiers come from the catalog, values (dates,
 filter values, property keys, bucket keys, limits) are bound parameters.
 """
@@ -52,6 +56,7 @@ from service.insights.formula import Formula, parse_formula
 from service.insights.periods import bound_instant
 from service.insights.trend_request import TrendRequest, TrendSeries
 from service.query.compiler import (
+    AggregatedSource,
     CompiledQuery,
     OutputColumn,
     ParameterBuilder,
@@ -129,6 +134,11 @@ class TrendPlan:
     date_from: dt.datetime
     date_to: dt.datetime
     time_zone: str
+    interval: str = "day"
+    week_start: str = "monday"
+    date_field: FieldSpec | None = None
+    periods: tuple[tuple[dt.datetime, dt.datetime], ...] = ()
+    """Each period's [start, end): the current one, then the compare one if any."""
 
 
 @dataclass(frozen=True)
@@ -139,11 +149,19 @@ class _Range:
 
 
 def compile_trend(
-    request: TrendRequest, catalog: Catalog, tenant: str, now: dt.datetime
+    request: TrendRequest,
+    catalog: Catalog,
+    tenant: str,
+    now: dt.datetime,
+    *,
+    aggregated: AggregatedSource | None = None,
 ) -> TrendPlan:
     """Validate ``request`` against the catalog and compile it for ``tenant`` at time ``now``.
 
     Raises AnalyticsError: NOT_FOUND for an unknown model, VALIDATION naming the request field.
+    ``aggregated``: a rollup the router found able to answer the plan's queries exactly
+    (``service.rollups.routing.choose_trend_rollup``); they then read its rows, merging the
+    series' states in each bucket, under the same buckets, filters and breakdown.
     """
     if not tenant:
         raise AnalyticsError(ErrorKind.UNAUTHORIZED, "no tenant in the token", "NO_TENANT")
@@ -195,7 +213,10 @@ def compile_trend(
         tuple(used),
         filter_names,
         segment,
+        aggregated,
     )
+    if aggregated is not None and (display or segment):
+        raise ValueError("a rollup answers no cumulative, rolling or segment trend")
     periods = [current] if compare is None else [current, compare]
     queries = [
         TrendQuery(
@@ -235,6 +256,10 @@ def compile_trend(
         date_from=start,
         date_to=end,
         time_zone=time_zone,
+        interval=interval,
+        week_start=week_start,
+        date_field=date_field,
+        periods=tuple((period.start, period.end) for period in periods),
     )
 
 
@@ -436,9 +461,13 @@ class _Context:
     filter_names: frozenset[str]
     segment: str = ""
     """The tenant's segment the request's filters name ("" for none)."""
+    aggregated: AggregatedSource | None = None
+    """The rollup the queries read instead of the model's rows (``compile_trend``)."""
 
     def _table(self, builder: ParameterBuilder) -> str:
         tenant = builder.bind("String", encode_text_parameter(self.tenant))
+        if self.aggregated is not None:
+            return self.aggregated.source(self.catalog, self.model, tenant, builder)
         return from_clause(
             self.catalog, self.model, self.fields, tenant, guard_fields=self.filter_names
         )
@@ -456,6 +485,18 @@ class _Context:
             for item in self.request.series
             for name in mentioned_fields(parse_filters(item.filters))
         }
+        ranges = [period] if isinstance(period, _Range) else list(period)
+        # Parenthesised as a whole: the conditions are joined with AND, which binds tighter.
+        within = "(" + " OR ".join(f"({self._within(builder, r)})" for r in ranges) + ")"
+        if self.aggregated is not None:
+            # A rollup holds live rows only: no deleted-row guard.
+            filters = parse_filters(self.request.filters)
+            return [
+                f"t.`{self.model.tenant_column}` = {tenant}",
+                within,
+                *filter_conditions(filters, self.model, builder, self.time_zone),
+                *conditions,
+            ]
         where = where_conditions(
             self.request.filters,
             self.model,
@@ -464,9 +505,7 @@ class _Context:
             self.time_zone,
             guard_fields=guard_fields,
         )
-        ranges = [period] if isinstance(period, _Range) else list(period)
-        # Parenthesised as a whole: the conditions are joined with AND, which binds tighter.
-        where[2:2] = ["(" + " OR ".join(f"({self._within(builder, r)})" for r in ranges) + ")"]
+        where[2:2] = [within]
         if self.segment:
             where.append(
                 segment_condition(self.catalog, self.model, self.segment, builder, tenant)[0]
@@ -476,6 +515,8 @@ class _Context:
 
     def _joined(self) -> tuple[Model, ...]:
         """The other models the queries read: related ones, and the segment's."""
+        if self.aggregated is not None:
+            return ()
         joined = related_models(self.model, self.fields)
         if self.segment and self.segment in self.catalog.segments:
             joined = with_model(joined, self.catalog.segments[self.segment].model, self.model)
@@ -544,6 +585,9 @@ class _Context:
         Split so that it can also be taken as a partial state (``<name>State``) and finished
         later (``<name>Merge``).
         """
+        if self.aggregated is not None:
+            function, column = self.aggregated.states(rollup_metric(plan))
+            return f"{function}MergeIf", "", f"({column}, {condition})"
         field = plan.field
         if plan.aggregate == "count" and field is None:
             return "countIf", "", f"({condition})"
@@ -768,7 +812,16 @@ class _Context:
             settings=dict(BUCKET_SETTINGS),
             tenant=self.tenant,
             joined=self._joined(),
+            rollup=self.aggregated.name if self.aggregated is not None else "",
         )
+
+
+def rollup_metric(plan: SeriesPlan) -> MetricRequest:
+    """The rollup measure a series' values merge from: ``unique_actors`` counts the actor."""
+    field = plan.field.name if plan.field is not None else ""
+    if plan.aggregate == "unique_actors":
+        return MetricRequest("count_distinct", field)
+    return MetricRequest(plan.aggregate, field)
 
 
 def _read_ranges(periods: Sequence[_Range]) -> list[_Range]:

@@ -128,6 +128,14 @@ class AggregatedSource(Protocol):
         """The SQL over the source's rows ``t`` that computes ``metric`` for a group."""
         ...
 
+    def states(self, metric: MetricRequest) -> tuple[str, str]:
+        """(aggregate function, column of the source's rows ``t``) of ``metric``'s states.
+
+        ``<function>Merge(<column>)`` is ``merge(metric)``; with combinators after ``Merge``
+        (``If``, ``State``) a caller merges some rows' states only, or keeps a partial state.
+        """
+        ...
+
 
 def resolve_model(catalog: Catalog, reference: str) -> Model:
     """The model a request names, as ``module.model`` or a bare model name unique in the catalog."""

@@ -12,6 +12,11 @@ rollup group, so that aggregating the groups' merged states equals aggregating t
 
 Anything else, or anything invalid, is left to the replica (``None``); the compiler reports the
 errors, the same whether a rollup was chosen or not.
+
+A trend (``choose_trend_rollup``, decided on its compiled plan) is answered the same way: its
+buckets are time keys, its breakdown a group key, each series a measure (``unique_actors`` the
+actor's ``count_distinct``) whose event name and filters are conditions, and each period's
+bounds must fall on bucket boundaries. Cumulative and rolling trends are left to the replica.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from zoneinfo import ZoneInfo
 
 from service.catalog import ROLLUP_GRAINS, FieldType, Model, Rollup, RollupMeasure
 from service.errors import AnalyticsError
+from service.insights.trend_request import TrendRequest
+from service.insights.trends import TrendPlan, rollup_metric
 from service.query.compiler import SEGMENT_KEY
 from service.query.filters import Condition, Filter, parse_filters
 from service.query.request import QueryRequest
@@ -47,6 +54,49 @@ def choose_rollup(request: QueryRequest, model: Model) -> Rollup | None:
         if _answers(rollup, model, keys, request.group_by_interval, filters, measures, time_zone):
             return rollup
     return None
+
+
+def choose_trend_rollup(request: TrendRequest, plan: TrendPlan) -> Rollup | None:
+    """The first of the plan's model's rollups that answers the trend exactly, if any."""
+    model = plan.model
+    filter_maps = [request.filters, *(item.filters for item in request.series)]
+    if not model.rollups or plan.display or any(SEGMENT_KEY in f for f in filter_maps):
+        return None
+    if plan.date_field is None or plan.date_field.relation_path:
+        return None
+    try:
+        filters = [item for filter_map in filter_maps for item in parse_filters(filter_map)]
+    except AnalyticsError:
+        return None
+    keys = [plan.date_field.name]
+    if plan.breakdown is not None:
+        if plan.breakdown.relation_path or plan.breakdown.property_key is not None:
+            return None
+        keys.append(plan.breakdown.name)
+    measures = [
+        RollupMeasure(metric.aggregate, metric.field)
+        for metric in (rollup_metric(series) for series in plan.series)
+    ]
+    events = any(item.event for item in request.series)
+    time_zone = request.time_zone or "UTC"
+    for rollup in model.rollups:
+        if events and (model.events is None or model.events.event not in rollup.dimensions):
+            continue
+        if plan.week_start != "monday" and plan.interval == "week" and rollup.grain == "week":
+            continue
+        bounds = [moment for period in plan.periods for moment in period]
+        if not all(_bucket_boundary(moment, model, rollup) for moment in bounds):
+            continue
+        if _answers(rollup, model, keys, plan.interval, filters, measures, time_zone):
+            return rollup
+    return None
+
+
+def _bucket_boundary(moment: dt.datetime, model: Model, rollup: Rollup) -> bool:
+    """Whether ``moment`` is the first instant of one of the rollup's buckets."""
+    text = moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    condition = Condition(rollup.time_field, "gte", (text,), False, "dateFrom")
+    return _constant_per_bucket(condition, model, rollup, "UTC")
 
 
 def _measures(request: QueryRequest) -> list[RollupMeasure]:

@@ -67,6 +67,11 @@ class RollupPlan:
         """The merge of the measure ``metric`` is (``merge_expression``)."""
         return merge_expression(self.rollup, RollupMeasure(metric.aggregate, metric.field))
 
+    def states(self, metric: MetricRequest) -> tuple[str, str]:
+        """The state function and the column of the measure ``metric`` is."""
+        measure = RollupMeasure(metric.aggregate, metric.field)
+        return STATE_FUNCTIONS[measure.aggregate], f"t.`{measure_column(self.rollup, measure)}`"
+
 
 def measure_column(rollup: Rollup, measure: RollupMeasure) -> str:
     """The column holding ``measure``'s states."""

@@ -31,16 +31,20 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from service.api import convert
 from service.api.server import start_server
 from service.auth import mint_token
 from service.backends.base import AnalyticsBackend
 from service.backends.embedded import EmbeddedBackend
 from service.backends.http import HttpBackend
 from service.catalog import Catalog, parse_catalog
+from service.insights.trend_request import TrendRequest, TrendSeries
+from service.insights.trend_results import assemble_trend
+from service.insights.trends import compile_trend
 from service.query.compiler import compile_query
 from service.query.request import MetricRequest, QueryRequest
 from service.rollups.keeper import RollupKeeper
-from service.rollups.routing import choose_rollup
+from service.rollups.routing import choose_rollup, choose_trend_rollup
 from service.schema import KEYS_PER_PARTITION, all_ddl
 from service.settings import Settings
 from tests.chdb_http import ChdbOverHttp
@@ -311,6 +315,130 @@ def test_the_property_routed_most_requests_to_a_rollup() -> None:
     assert -1 in stale
 
 
+#: The instant relative trend dates are read against (the data's days are around START).
+NOW = START + dt.timedelta(days=70)
+
+
+@st.composite
+def trend_requests(draw: st.DrawFn) -> TrendRequest:
+    """Trend requests on the orders, most of them answerable by a rollup."""
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    monthly = rng.random() < 0.25
+    measures = ["count", "sum(amount)"] if monthly else [*MEASURES[:6], "count(score)"]
+    series = []
+    for _ in range(rng.randint(1, 3)):
+        aggregate, _, rest = rng.choice(measures).partition("(")
+        filters: dict[str, str] = {}
+        if rng.random() < 0.4:
+            filters["region"] = rng.choice(["eq.north", 'in.(south,"we\'st")', "not.eq.east"])
+        if rng.random() < 0.2 and not monthly:
+            filters["owner"] = rng.choice(["is.null", "gt.3"])
+        if rng.random() < 0.02:
+            filters["id"] = "gt.5"  # not a dimension: the replica answers
+        series.append(TrendSeries(aggregate, rest.rstrip(")"), filters))
+    if rng.random() < 0.05:
+        series.append(TrendSeries("p90", "amount"))  # no rollup keeps percentiles
+    first = START + dt.timedelta(days=rng.randint(-2, 40))
+    last = first + dt.timedelta(days=rng.randint(0, 30))
+    if monthly or rng.random() < 0.2:
+        first = first.replace(day=1)
+    if monthly and rng.random() < 0.9:
+        # The last day of a month: the range is whole months, as the monthly rollup needs.
+        ahead = last.replace(day=28) + dt.timedelta(days=4)
+        last = ahead.replace(day=1) - dt.timedelta(days=1)
+    date_from = first.date().isoformat()
+    if rng.random() < 0.05:
+        date_from = (first + dt.timedelta(hours=5)).isoformat()  # not a bucket's start
+    choices = (
+        ["month", "quarter", "year"]
+        if monthly
+        else ["day", "day", "day", "week", "week", "month", "month", "hour"]
+    )
+    breakdown = ""
+    if rng.random() < 0.4:
+        breakdown = "region" if monthly else rng.choice(["region", "owner", "paid"] * 3 + ["score"])
+    request_filters: dict[str, str] = {}
+    if rng.random() < 0.3:
+        request_filters["region"] = rng.choice(["neq.south", "like.*th"])
+    return TrendRequest(
+        model="shop.orders",
+        series=tuple(series),
+        date_from=date_from,
+        date_to=last.date().isoformat(),
+        interval=rng.choice(choices),
+        time_zone="Europe/Berlin"
+        if monthly
+        else rng.choice(["", "", "UTC", "UTC", "", "Europe/Berlin"]),
+        week_start=rng.choice(["", "sunday"]),
+        date_field="placed_at",
+        filters=request_filters,
+        breakdown=breakdown,
+        breakdown_limit=rng.choice([0, 1, 2]) if breakdown else 0,
+        compare=rng.choice(["", "", "previous", "-1m"]),
+        display="cumulative" if rng.random() < 0.05 else "",
+    )
+
+
+async def trend_answer(replica: Replica, request: TrendRequest, tenant: str) -> str:
+    """The trend as routed equals the replica's; the rollup it was routed to ("" for none)."""
+    base = compile_trend(request, replica.catalog, tenant, NOW)
+    rollup = choose_trend_rollup(request, base)
+    plan = await replica.keeper.plan(replica.model, rollup) if rollup else None
+    routed = compile_trend(request, replica.catalog, tenant, NOW, aggregated=plan) if plan else base
+    tables = []
+    for plans in (base, routed):
+        results = []
+        for query in plans.queries:
+            assert_tenant_first(query.compiled, tenant)
+            result = await replica.backend.execute(
+                query.compiled, timeout_seconds=60, query_id=uuid.uuid4().hex
+            )
+            results.append(result.table)
+        tables.append(results)
+    expected = assemble_trend(base, tables[0])
+    got = assemble_trend(routed, tables[1])
+    assert got == expected, [q.compiled.sql for q in routed.queries]
+    name = rollup.name if rollup and plan else ""
+    assert all(q.compiled.rollup == name for q in routed.queries)
+    TRENDS_ROUTED.append((rollup.name if rollup else "", name))
+    return name
+
+
+#: Per trend of the tests: (the rollup chosen or "", the rollup that answered or "": none
+#: answers before a build made a partition current).
+TRENDS_ROUTED: list[tuple[str, str]] = []
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(seed=st.integers(0, 2**32), batch=st.lists(trend_requests(), min_size=6, max_size=6))
+async def test_random_trends_under_churn_equal_the_base_table(
+    replica: Replica, seed: int, batch: list[TrendRequest]
+) -> None:
+    rng = random.Random(seed)
+    await replica.write(churn(replica, rng, rng.randint(5, 60)))
+    if rng.random() < 0.7:
+        await replica.keeper.build()
+    if rng.random() < 0.5:
+        await replica.write(churn(replica, rng, rng.randint(1, 3)))
+    for request in batch:
+        note(repr(request))
+        await trend_answer(replica, request, rng.choice([ACME, ACME, OTHER]))
+
+
+def test_the_trend_property_routed_most_trends_to_a_rollup() -> None:
+    """The trend property is not vacuous: most trends went to a rollup, both rollups served."""
+    assert TRENDS_ROUTED, "run with the trend property test"
+    chosen = [name for name, _ in TRENDS_ROUTED]
+    assert chosen.count("") < len(chosen) / 2
+    assert {"orders_daily", "orders_berlin_monthly"} <= {name for _, name in TRENDS_ROUTED}
+
+
 def request_of(**fields: Any) -> QueryRequest:
     base = {"model": "shop.orders", "metrics": (MetricRequest("count"),)}
     return QueryRequest(**{**base, **fields})
@@ -459,6 +587,31 @@ async def test_grpc_names_the_rollup_and_caches_its_answer(
             assert streamed[-1].meta.rollup == "orders_daily"
             now = await replica.backend.execute(base, timeout_seconds=60, query_id="c")
             assert sum(m.chunk.row_count for m in streamed[:-1]) == now.table.num_rows
+            # And Trend: the rollup answers, a hit says which, REST's JSON carries it too.
+            trend = json_format.ParseDict(
+                {
+                    "model": "shop.orders",
+                    "series": [{"aggregate": "sum", "field": "amount"}, {"aggregate": "count"}],
+                    "dateFrom": "2026-03-01",
+                    "dateTo": "2026-05-31",
+                    "interval": "month",
+                    "dateField": "placed_at",
+                    "breakdown": "region",
+                },
+                analytics_pb2.TrendRequest(),
+            )
+            routed = await stub.Trend(trend, metadata=metadata)
+            again = await stub.Trend(trend, metadata=metadata)
+            assert routed.meta.rollup == again.meta.rollup == "orders_daily"
+            assert again.meta.cache_hit
+            assert convert.trend_json(again)["meta"]["rollup"] == "orders_daily"
+            expected = await trend_answer(replica, convert.trend_request(trend), ACME)
+            assert expected == "orders_daily"
+            assert list(routed.lines) == list(again.lines)
+            plain = analytics_pb2.TrendRequest()
+            plain.CopyFrom(trend)
+            plain.interval = "hour"
+            assert (await stub.Trend(plain, metadata=metadata)).meta.rollup == ""
     finally:
         await running.stop(0)
 
