@@ -29,6 +29,7 @@ from service.query_service import audit_failure, authorise_reads, caller_stats
 
 if TYPE_CHECKING:
     from service.cache.result_cache import ResultCache
+    from service.rollups.keeper import RollupKeeper
     from service.segments.segment_service import SegmentService
 
 
@@ -74,13 +75,15 @@ class InsightRunner:
         segments: SegmentService | None = None,
         cache: ResultCache | None = None,
         budgets: Budgets | None = None,
+        rollups: RollupKeeper | None = None,
     ) -> None:
         """Run on ``backend`` with the query time budget from settings.
 
         ``segments``: where the tenants' segments are read when a request names one (without
         it, a request naming a segment is refused as naming an unknown one). ``cache``: where
         answers are kept and found (none: every request runs on the engine). ``budgets``:
-        the tenants' budgets every request runs within (None: unlimited).
+        the tenants' budgets every request runs within (None: unlimited). ``rollups``: the
+        keeper of the catalog's rollups, for the insights a rollup can answer (None: none is).
         """
         self.catalog = catalog
         self.backend = backend
@@ -89,6 +92,7 @@ class InsightRunner:
         self._segments = segments
         self.cache = cache
         self.budgets = budgets or Budgets.unlimited()
+        self.rollups = rollups
 
     async def _catalog_for(self, tenant: str, *filter_maps: Mapping[str, str]) -> Catalog:
         """The catalog a request of ``tenant`` compiles against (with its segments if named)."""

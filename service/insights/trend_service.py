@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from service.auth import Principal
-from service.backends.base import AnalyticsBackend
 from service.cache.execution import Equivalent
 from service.catalog import Catalog
 from service.insights.insight_runner import InsightOutcome, InsightRunner
@@ -24,39 +21,9 @@ from service.insights.trends import TrendPlan, compile_trend
 from service.query.compiler import CompiledQuery
 from service.rollups.routing import choose_trend_rollup
 
-if TYPE_CHECKING:
-    from service.budgets import Budgets
-    from service.cache.result_cache import ResultCache
-    from service.rollups.keeper import RollupKeeper
-    from service.segments.segment_service import SegmentService
-
 
 class TrendService(InsightRunner):
     """Runs Trend requests for authenticated principals."""
-
-    def __init__(
-        self,
-        catalog: Catalog,
-        backend: AnalyticsBackend,
-        *,
-        timeout_seconds: float,
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-        segments: SegmentService | None = None,
-        cache: ResultCache | None = None,
-        budgets: Budgets | None = None,
-        rollups: RollupKeeper | None = None,
-    ) -> None:
-        """InsightRunner's arguments; ``rollups``: the keeper of the catalog's rollups."""
-        super().__init__(
-            catalog,
-            backend,
-            timeout_seconds=timeout_seconds,
-            clock=clock,
-            segments=segments,
-            cache=cache,
-            budgets=budgets,
-        )
-        self._rollups = rollups
 
     async def run(
         self, principal: Principal, request: TrendRequest, *, remaining: float | None, rpc: str
@@ -88,7 +55,7 @@ class TrendService(InsightRunner):
 
         Planned when the engine runs: a cache hit needs no planning.
         """
-        keeper = self._rollups
+        keeper = self.rollups
         rollup = choose_trend_rollup(request, plan) if keeper is not None else None
         if keeper is None or rollup is None:
             return None

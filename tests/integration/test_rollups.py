@@ -278,25 +278,33 @@ async def answer(replica: Replica, request: QueryRequest, tenant: str) -> tuple[
 ROUTED: list[tuple[str, int]] = []
 
 
-@settings(
-    max_examples=30,
+#: The property tests' settings: derandomized, as each example writes to one shared replica.
+PROPERTY = settings(
     deadline=None,
     derandomize=True,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
+
+
+async def churn_and_build(replica: Replica, rng: random.Random, rounds: int) -> None:
+    """Rounds of churn, most followed by a build, and maybe a few changes after the last one:
+    some partitions current, some read live, some never built."""
+    for _ in range(rounds):
+        await replica.write(churn(replica, rng, rng.randint(5, 60)))
+        if rng.random() < 0.7:
+            await replica.keeper.build()
+    if rng.random() < 0.5:
+        await replica.write(churn(replica, rng, rng.randint(1, 3)))
+
+
+@settings(PROPERTY, max_examples=30)
 @given(seed=st.integers(0, 2**32), batch=st.lists(requests(), min_size=6, max_size=6))
 async def test_random_requests_under_churn_equal_the_base_table(
     replica: Replica, seed: int, batch: list[QueryRequest]
 ) -> None:
     rng = random.Random(seed)
-    for _ in range(rng.randint(1, 3)):
-        await replica.write(churn(replica, rng, rng.randint(5, 60)))
-        if rng.random() < 0.7:
-            await replica.keeper.build()
-    if rng.random() < 0.5:
-        # A few changes after the last build: some partitions current, some read live.
-        await replica.write(churn(replica, rng, rng.randint(1, 3)))
+    await churn_and_build(replica, rng, rng.randint(1, 3))
     for request in batch:
         note(repr(request))
         await answer(replica, request, rng.choice([ACME, ACME, OTHER]))
@@ -409,23 +417,13 @@ async def trend_answer(replica: Replica, request: TrendRequest, tenant: str) -> 
 TRENDS_ROUTED: list[tuple[str, str]] = []
 
 
-@settings(
-    max_examples=20,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(PROPERTY, max_examples=20)
 @given(seed=st.integers(0, 2**32), batch=st.lists(trend_requests(), min_size=6, max_size=6))
 async def test_random_trends_under_churn_equal_the_base_table(
     replica: Replica, seed: int, batch: list[TrendRequest]
 ) -> None:
     rng = random.Random(seed)
-    await replica.write(churn(replica, rng, rng.randint(5, 60)))
-    if rng.random() < 0.7:
-        await replica.keeper.build()
-    if rng.random() < 0.5:
-        await replica.write(churn(replica, rng, rng.randint(1, 3)))
+    await churn_and_build(replica, rng, 1)
     for request in batch:
         note(repr(request))
         await trend_answer(replica, request, rng.choice([ACME, ACME, OTHER]))
