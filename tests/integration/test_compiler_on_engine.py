@@ -808,6 +808,23 @@ async def test_engine_error_does_not_empty_the_next_result(dataset: DataSet) -> 
         assert await dataset.backend.query_rows("SELECT 1 AS one") == [{"one": 1}]
 
 
+async def test_the_duration_includes_work_before_the_first_block(dataset: DataSet) -> None:
+    """A scalar subquery (a funnel's first pass, a trend's ranking) runs before the first
+    block: chDB's own figures leave it out, the reported duration must not."""
+    model = CATALOG.models[("crm", "deals")]
+    columns = (OutputColumn("count", "c0", "int"),)
+    slow = CompiledQuery(
+        "WITH (SELECT sum(sleepEachRow(0.01)) FROM numbers(30) SETTINGS max_block_size = 1) "
+        "AS s SELECT s + 1 AS c0",
+        {},
+        columns,
+        model,
+        10,
+    )
+    result = await dataset.backend.execute(slow, timeout_seconds=30, query_id="slow-scalar")
+    assert result.stats.elapsed_ms >= 250
+
+
 # --- requests built from MetricRequest directly ----------------------------------------------
 
 
