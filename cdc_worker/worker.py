@@ -335,12 +335,17 @@ class CdcWorker:
                     retry_in_seconds=delay,
                     detail=error.metadata.get("engine_message", ""),
                 )
-                if not paused:
-                    consumer.pause(*consumer.assignment())
-                    paused = True
+                # Paused again at every retry: a partition assigned since (a rebalance) is not.
+                consumer.pause(*consumer.assignment())
+                paused = True
                 await self._report(consumer, force=True)
-                # Keep polling (paused partitions return nothing) so the group keeps us.
-                await consumer.getmany(timeout_ms=int(delay * 1000))
+                # Keep polling (paused partitions return nothing) so the group keeps us. What a
+                # partition not paused yet returns is not this loop's to take: its position goes
+                # back, and the records are fetched again once the write went through.
+                polled = await consumer.getmany(timeout_ms=int(delay * 1000))
+                for partition, messages in polled.items():
+                    if messages:
+                        consumer.seek(partition, messages[0].offset)
                 delay = min(delay * 2, self._settings.cdc_retry_max_seconds)
         self.metrics.dependency_back("clickhouse")
         if paused:
