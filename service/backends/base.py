@@ -103,3 +103,8 @@ class SoleWriter(Protocol):
     def write_generation(self) -> int:
         """A number that has grown once a write to the engine has returned (or failed)."""
         ...
+
+
+def write_generation(backend: object) -> int | None:
+    """``backend``'s write generation if it is a ``SoleWriter``; None if others write too."""
+    return backend.write_generation if isinstance(backend, SoleWriter) else None

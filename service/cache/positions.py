@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.backends.base import AnalyticsBackend, SoleWriter
+from service.backends.base import AnalyticsBackend, write_generation
 from service.cache.key import TablePosition
 from service.errors import AnalyticsError
 from service.query.values import encode_text_parameter
@@ -76,7 +76,7 @@ class PositionReader:
         slot = (id(backend), database, tuple(names))
         # Read before the listing: a write ending while it runs leaves a smaller number with the
         # positions, and the next request lists again.
-        generation = backend.write_generation if isinstance(backend, SoleWriter) else None
+        generation = write_generation(backend)
         if generation is not None:
             known = self._known.get(slot)
             if known is not None and known[0] == generation:

@@ -193,8 +193,6 @@ class _Shape:
     only for them must a row filling step ``k`` be another than the one filling step ``j``."""
     simple: bool = False
     """Whether the per-actor rows carry c1 and z1..zn and no arrays (``_two_pass_sql``)."""
-    row_order: str = ""
-    """The ``arraySort`` key of a row tuple (``x``): time, then text (empty: the tuple itself)."""
 
 
 def compile_funnel(
@@ -376,9 +374,7 @@ def _prepare(
     simple = (
         scalars and checked.order == "ordered" and not checked.spans and checked.breakdown is None
     )
-    per_actor, rest, order_key = _per_actor_sql(
-        checked, scans, len(request.steps), uuid_ids, simple
-    )
+    per_actor, rest = _per_actor_sql(checked, scans, len(request.steps), uuid_ids, simple)
     shape = _Shape(
         steps=len(request.steps),
         order=checked.order,
@@ -389,7 +385,6 @@ def _prepare(
         limit=builder.bind("UInt64", str(checked.limit)),
         shared=shared,
         simple=simple,
-        row_order=order_key,
     )
     first = step_origins[0]
     return _Prepared(
@@ -414,8 +409,8 @@ def _per_actor_sql(
     count: int,
     uuid_ids: bool,
     simple: bool,
-) -> tuple[str, str, str]:
-    """The per-actor rows, the second pass's (``_two_pass_sql``) and a row tuple's order key.
+) -> tuple[str, str]:
+    """The per-actor rows and the second pass's (``_two_pass_sql``).
 
     ``scans``: each source's scan with its actor's expression. The second pass's rows are
     those of ``simple`` funnels only. Each row: a0 (with ``all_events`` b0, the value), o0
@@ -438,7 +433,7 @@ def _per_actor_sql(
     rows = _union([scan for scan, _ in scans])
     if not simple:
         per_actor = f"SELECT {keys}, {', '.join(aggregates)} FROM ({rows}) GROUP BY {group}"  # noqa: S608
-        return per_actor, "", order_key
+        return per_actor, ""
     # Each scan keeps the second pass's actors after its tenant condition.
     kept = _union([f"{scan} AND {actor} IN (SELECT arrayJoin(d0.1))" for scan, actor in scans])
     rest = f"SELECT {keys}, {', '.join(aggregates)} FROM ({kept}) GROUP BY {group}"  # noqa: S608
@@ -448,7 +443,7 @@ def _per_actor_sql(
         *(f"minIf(t0, bitTest(m0, {k - 1})) AS z{k}" for k in range(1, count + 1)),
     ]
     per_actor = f"SELECT {keys}, {', '.join(scalar)} FROM ({rows}) GROUP BY {group}"  # noqa: S608
-    return per_actor, rest, order_key
+    return per_actor, rest
 
 
 @dataclass(frozen=True)
@@ -894,7 +889,10 @@ def _union(scans: Sequence[str]) -> str:
 
 
 def _sorted(rows: str, order_key: str) -> str:
-    """The array of row tuples ``rows`` in the actors' row order (``_Shape.row_order``)."""
+    """The array of row tuples ``rows`` in the actors' row order.
+
+    ``order_key``: the sort key of a tuple ``x`` (time, then text); empty: the tuple itself.
+    """
     return f"arraySort(x -> ({order_key}), {rows})" if order_key else f"arraySort({rows})"
 
 

@@ -480,11 +480,6 @@ class _Context:
     ) -> list[str]:
         """Tenant first, guards, the date range(s), the request's filters, then ``conditions``."""
         tenant = builder.bind("String", encode_text_parameter(self.tenant))
-        guard_fields = {
-            name
-            for item in self.request.series
-            for name in mentioned_fields(parse_filters(item.filters))
-        }
         ranges = [period] if isinstance(period, _Range) else list(period)
         # Parenthesised as a whole: the conditions are joined with AND, which binds tighter.
         within = "(" + " OR ".join(f"({self._within(builder, r)})" for r in ranges) + ")"
@@ -497,6 +492,11 @@ class _Context:
                 *filter_conditions(filters, self.model, builder, self.time_zone),
                 *conditions,
             ]
+        guard_fields = {
+            name
+            for item in self.request.series
+            for name in mentioned_fields(parse_filters(item.filters))
+        }
         where = where_conditions(
             self.request.filters,
             self.model,

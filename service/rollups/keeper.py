@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from service.backends.base import AnalyticsBackend, SoleWriter
+from service.backends.base import AnalyticsBackend, write_generation
 from service.backends.dialect import backend_dialect
 from service.catalog import Catalog, Model, Rollup
 from service.query.values import encode_text_parameter
@@ -186,9 +186,8 @@ class RollupKeeper:
         engine, not even that while no write ended since the last read (``SoleWriter``, as
         the result cache's positions): a merge changes no signature.
         """
-        backend = self._backend
         # Read before the engine is: a write ending meanwhile leaves a smaller number behind.
-        generation = backend.write_generation if isinstance(backend, SoleWriter) else None
+        generation = write_generation(self._backend)
         known = self._known.get(rollup.table)
         if known is not None and known[0] == generation:
             return list(known[1])

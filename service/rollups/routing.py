@@ -79,24 +79,17 @@ def choose_trend_rollup(request: TrendRequest, plan: TrendPlan) -> Rollup | None
     ]
     events = any(item.event for item in request.series)
     time_zone = request.time_zone or "UTC"
+    bounds = [moment for period in plan.periods for moment in period]
     for rollup in model.rollups:
         if events and (model.events is None or model.events.event not in rollup.dimensions):
             continue
         if plan.week_start != "monday" and plan.interval == "week" and rollup.grain == "week":
             continue
-        bounds = [moment for period in plan.periods for moment in period]
-        if not all(_bucket_boundary(moment, model, rollup) for moment in bounds):
+        if not all(_starts_bucket_at(moment, rollup) for moment in bounds):
             continue
         if _answers(rollup, model, keys, plan.interval, filters, measures, time_zone):
             return rollup
     return None
-
-
-def _bucket_boundary(moment: dt.datetime, model: Model, rollup: Rollup) -> bool:
-    """Whether ``moment`` is the first instant of one of the rollup's buckets."""
-    text = moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    condition = Condition(rollup.time_field, "gte", (text,), False, "dateFrom")
-    return _constant_per_bucket(condition, model, rollup, "UTC")
 
 
 def _measures(request: QueryRequest) -> list[RollupMeasure]:
@@ -162,6 +155,11 @@ def _constant_per_bucket(
         moment = parse_timestamp(text, time_zone)
     except ValueError:
         return False
+    return _starts_bucket_at(moment, rollup)
+
+
+def _starts_bucket_at(moment: dt.datetime, rollup: Rollup) -> bool:
+    """Whether the instant ``moment`` is the first of one of the rollup's buckets."""
     zone = ZoneInfo(rollup.time_zone)
     local = moment.astimezone(zone)
     if rollup.grain == "hour":

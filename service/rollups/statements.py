@@ -68,9 +68,8 @@ class RollupPlan:
         return merge_expression(self.rollup, RollupMeasure(metric.aggregate, metric.field))
 
     def states(self, metric: MetricRequest) -> tuple[str, str]:
-        """The state function and the column of the measure ``metric`` is."""
-        measure = RollupMeasure(metric.aggregate, metric.field)
-        return STATE_FUNCTIONS[measure.aggregate], f"t.`{measure_column(self.rollup, measure)}`"
+        """The state function and the column of the measure ``metric`` is (``measure_states``)."""
+        return measure_states(self.rollup, RollupMeasure(metric.aggregate, metric.field))
 
 
 def measure_column(rollup: Rollup, measure: RollupMeasure) -> str:
@@ -94,10 +93,15 @@ def state_expression(model: Model, measure: RollupMeasure) -> str:
     return f"{function}State({expression[len(function) + 1 : -1]})"
 
 
+def measure_states(rollup: Rollup, measure: RollupMeasure) -> tuple[str, str]:
+    """The aggregate function of ``measure``'s states and their column of the rollup rows ``t``."""
+    return STATE_FUNCTIONS[measure.aggregate], f"t.`{measure_column(rollup, measure)}`"
+
+
 def merge_expression(rollup: Rollup, measure: RollupMeasure) -> str:
     """The merge of ``measure``'s states over the rollup rows ``t`` (a query's metric)."""
-    function = STATE_FUNCTIONS[measure.aggregate]
-    return f"{function}Merge(t.`{measure_column(rollup, measure)}`)"
+    function, column = measure_states(rollup, measure)
+    return f"{function}Merge({column})"
 
 
 def bucket_expression(model: Model, rollup: Rollup) -> str:
