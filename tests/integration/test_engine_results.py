@@ -838,6 +838,19 @@ async def test_a_unary_query_gathers_every_block_once(loaded: Loaded) -> None:
     assert loaded.backend.active_queries == 0
 
 
+async def test_rows_scanned_counts_the_rows_of_scalar_subqueries(loaded: Loaded) -> None:
+    # A funnel's first pass and a breakdown's ranking run as scalar subqueries, before the
+    # first block: their rows read count in the query's figure.
+    query = dataclasses.replace(
+        _numbers(100_000),
+        sql="WITH (SELECT count() FROM numbers(3000000)) AS d SELECT number + d - d AS c0 "
+        "FROM numbers(100000)",
+    )
+    result = await loaded.backend.execute(query, timeout_seconds=30, query_id="scalar")
+    assert result.table.num_rows == 100_000
+    assert result.stats.rows_scanned == 3_100_000
+
+
 async def test_a_unary_query_failing_after_some_blocks_raises_and_cleans_up(
     loaded: Loaded,
 ) -> None:
