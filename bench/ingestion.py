@@ -13,7 +13,7 @@ is dropped after it (A with a new consumer group that reads the topic from its s
 figures are the medians, since one five-second sample is at the mercy of a shared machine.
 
 Before the rounds, the decoding alone: thread CPU time per event of ``ColumnarDecoder`` over the
-same events in lists of a busy partition's fetch, and of the per-record ``DebeziumDecoder`` on a
+same events in the slices the worker decodes, and of the per-record ``DebeziumDecoder`` on a
 sample, best of the rounds (CPU time of the one thread, so other processes of a shared machine
 disturb it far less than the rates; issue 18 item 4).
 
@@ -60,8 +60,8 @@ TARGET_EVENTS_PER_SECOND = 100_000
 TOPIC_PREFIX = "analytics"
 _FIRST_LSN = 10_000_000
 _LSN_STEP = 200
-# About what one fetch of a busy partition holds (the worker's max_partition_fetch_bytes).
-_DECODE_LIST = 5_000
+# The slice the worker decodes at a time (cdc_worker/worker.py, _DECODE_SLICE).
+_DECODE_LIST = 1_000
 _PER_RECORD_SAMPLE = 20_000
 
 
