@@ -48,7 +48,7 @@ _STATE_REPORT_SECONDS = 1.0
 _FETCHER_TURNS = 3
 # Records decoded column-wise at a time. A fetch holds about 5 000; decoded in slices of 1 000
 # the structs and columns of a slice stay in the processor's caches, and the worker decoded
-# 10-15 % more events per second (bench/README.md, "Ingestion, seventh round").
+# 15-25 % more events per second (bench/README.md, "Ingestion, seventh round").
 _DECODE_SLICE = 1_000
 
 
