@@ -52,8 +52,9 @@ class History:
     step: dt.timedelta
 
 
-def history(rng: random.Random, zone: str, period: str, count: int) -> History:
-    """``count`` events (and their re-sends) of two tenants; the one to query is either."""
+def history(rng: random.Random, zone: str, period: str, count: int, *, actors: int = 10) -> History:
+    """``count`` events (and their re-sends) of ``actors`` actors of two tenants; the one to
+    query is either. Fewer actors put more of an actor's events in one period."""
     serial = next(_serials)
     tenants = (f"acme-{serial}", f"{HOSTILE}-{serial}")
     tenant = rng.choice(tenants)
@@ -73,7 +74,7 @@ def history(rng: random.Random, zone: str, period: str, count: int) -> History:
             "tenant_id": tenant if rng.random() < 0.8 else rng.choice(tenants),
             "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
             "event": rng.choice(NAMES),
-            "contact_id": rng.randint(1, 10),
+            "contact_id": rng.randint(1, actors),
             "timestamp": moment(),
             "platform": rng.choice(PLATFORMS),
             "country": None,

@@ -319,7 +319,9 @@ def _compile(
     if shape.breakdown is not None:
         value, _ = group_expression(shape.breakdown, model, builder)
         first = f"tuple({micros}, toString({event_id}))"
-        per_period.append(f"argMinIf({value}, {first}, {target}) AS b0")
+        # In a tuple: argMin skips rows whose value is NULL, and a first event without the
+        # field must give null, not the next event's value.
+        per_period.append(f"argMinIf(tuple({value}), {first}, {target}).1 AS b0")
     table = from_clause(shape.catalog, model, used, tenant, guard_fields=event_filter_names)
     # Identifiers from the catalog, values bound: nothing of the request's text is in the SQL.
     broken_down = shape.breakdown is not None

@@ -73,7 +73,9 @@ def cases(draw: st.DrawFn) -> tuple[LifecycleRequest, list[dict[str, Any]], str,
     period = draw(st.sampled_from(("hour", "day", "week", "month")))
     # A seeded generator, not st.randoms(): its shrunk draws (all zeros) make degenerate histories.
     rng = random.Random(draw(st.integers(0, 2**32)))
-    past = history(rng, zone, period, draw(st.integers(30, 120)))
+    past = history(
+        rng, zone, period, draw(st.integers(30, 120)), actors=draw(st.sampled_from((3, 10)))
+    )
     at = past.anchor
     now = at + draw(st.integers(0, 20)) * past.step
     date_from = (at - draw(st.integers(1, 14)) * past.step).isoformat()

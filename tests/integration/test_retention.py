@@ -83,7 +83,9 @@ def cases(draw: st.DrawFn) -> tuple[RetentionRequest, list[dict[str, Any]], str,
     period = draw(st.sampled_from(("hour", "day", "week", "month")))
     # A seeded generator, not st.randoms(): its shrunk draws (all zeros) make degenerate histories.
     rng = random.Random(draw(st.integers(0, 2**32)))
-    past = history(rng, zone, period, draw(st.integers(30, 120)))
+    past = history(
+        rng, zone, period, draw(st.integers(30, 120)), actors=draw(st.sampled_from((3, 10)))
+    )
     at = past.anchor
     now = at + draw(st.integers(0, 20)) * past.step
     date_to = draw(st.sampled_from(("", "now", (at + 10 * past.step).isoformat(), "-1d", "date")))
@@ -234,6 +236,56 @@ async def test_a_cohort_table_by_hand(histories: Histories) -> None:
             RetentionRequest(**{**vars(request), "retention_type": kind}), rows, tenant, now, model
         )
         assert_same(answer, expected, kind)
+
+
+@pytest.mark.parametrize("kind", ["first_time", "recurring"])
+@pytest.mark.parametrize("breakdown", ["platform", "properties.ref"])
+async def test_a_first_target_event_without_the_breakdown_field_counts_under_null(
+    histories: Histories, breakdown: str, kind: str
+) -> None:
+    """The value is the first target event's even when it has none (found by a review against
+    PostHog's scenarios: argMin skipped the null and took the day's next signup's value)."""
+    tenant = f"null-first-{breakdown}-{kind}"
+    base: dict[str, Any] = {
+        "tenant_id": tenant,
+        "event": "signed_up",
+        "country": None,
+        "plan": None,
+        "revenue": None,
+        "_version": 1,
+        "_is_deleted": 0,
+    }
+    morning = dt.datetime(2026, 3, 2, 8, tzinfo=dt.UTC)
+    events = [(1, 0, None, None), (1, 1, "web", "ads"), (2, 0, "ios", "mail")]
+    rows = [
+        base
+        | {
+            "contact_id": actor,
+            "timestamp": morning + dt.timedelta(hours=hour),
+            "platform": platform,
+            "properties_keys": ["ref"] if ref else [],
+            "properties_values": [ref] if ref else [],
+            "event_id": str(uuid.UUID(int=index + 1)),
+        }
+        for index, (actor, hour, platform, ref) in enumerate(events)
+    ]
+    await write(histories.backend, histories.catalog, histories.model, rows)
+    now = dt.datetime(2026, 3, 10, tzinfo=dt.UTC)
+    request = RetentionRequest(
+        model="product.events",
+        target=RetentionEvent("signed_up"),
+        intervals=1,
+        date_to="2026-03-02",
+        breakdown=breakdown,
+        retention_type=kind,
+    )
+    answer = await run(histories, request, tenant, now)
+    second = "ios" if breakdown == "platform" else "mail"
+    assert [(t.breakdown_value, [c.size for c in t.cohorts]) for t in answer.tables] == [
+        (second, [1]),
+        (None, [1]),
+    ]
+    assert_same(answer, reference_retention(request, rows, tenant, now, histories.model), kind)
 
 
 async def test_the_runner_answers_with_meta_and_checks_every_read(histories: Histories) -> None:
