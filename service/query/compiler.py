@@ -327,16 +327,26 @@ def segment_condition(
     if segment.kind == "behavioral" and roles is not None:
         timestamp = column_sql(members.fields[roles.timestamp], members, builder.bind)
         seconds = builder.bind("Int64", str(segment.window_seconds))
-        # After the guards: the range is what the sorting key can skip on.
-        where[2:2] = [f"{timestamp} >= now64(6, 'UTC') - toIntervalSecond({seconds})"]
+        # After the guards: the range is what the sorting key can skip on. Closed at now: an
+        # event dated later (a skewed client clock) is not "before the query runs".
+        where[2:2] = [
+            f"{timestamp} >= now64(6, 'UTC') - toIntervalSecond({seconds})",
+            f"{timestamp} <= now64(6, 'UTC')",
+        ]
         if segment.event:
             event = builder.bind("String", encode_text_parameter(segment.event))
             where.append(f"t.`{roles.event}` = {event}")
         tail = (
             f" GROUP BY {member} HAVING count() >= {builder.bind('UInt64', str(segment.min_count))}"
         )
+    parsed = parse_filters(segment.filters)
+    # A filter on a related model's soft-delete column shows its deleted rows, as in Query.
     table = from_clause(
-        catalog, members, fields_read(members, [parse_filters(segment.filters)]), tenant
+        catalog,
+        members,
+        fields_read(members, [parsed]),
+        tenant,
+        guard_fields=mentioned_fields(parsed),
     )
     # Identifiers from the catalog, values bound.
     members_sql = f"SELECT {member} FROM {table} WHERE {' AND '.join(where)}{tail}"

@@ -365,7 +365,8 @@ _serials = itertools.count()
             st.integers(1, 4),
             st.sampled_from(("purchased", "signed_up")),
             # Half a day or more from every window's bound: the engine's clock is not ours.
-            st.sampled_from((0.2, 1.5, 9.5, 10.5, 29.5, 30.5, 60.5)),
+            # Negative: dated after the query (a skewed clock), in no window.
+            st.sampled_from((-40.5, -0.5, 0.2, 1.5, 9.5, 10.5, 29.5, 30.5, 60.5)),
         ),
         max_size=25,
     ),
@@ -411,7 +412,11 @@ async def test_behavioral_membership_equals_a_count(
     limit = float(window[:-1])
     counts: dict[int, int] = {}
     for actor, name, days in history:
-        if days < limit and (not event or name == event) and name != filters.get("event", "")[4:]:
+        if (
+            0 < days < limit
+            and (not event or name == event)
+            and name != filters.get("event", "")[4:]
+        ):
             counts[actor] = counts.get(actor, 0) + 1
     expected = sorted(actor for actor, n in counts.items() if n >= min_count)
     compiled = compile_query(
@@ -422,6 +427,41 @@ async def test_behavioral_membership_equals_a_count(
     assert_tenant_first(compiled, tenant)
     result = await embedded_backend.execute(compiled, timeout_seconds=30, query_id="members")
     assert sorted(result.table.column(0).to_pylist()) == expected
+
+
+async def test_a_segment_filter_on_a_related_soft_delete_column_shows_deleted_rows(
+    embedded_backend: EmbeddedBackend, catalog_with_data: Catalog
+) -> None:
+    """As in Query, naming the related model's soft-delete column lifts its guard (found by a
+    review: the segment's subquery kept it, so the segment was always empty)."""
+    tenant = f"related-deleted-{next(_serials)}"
+    contacts = catalog_with_data.models[("crm", "contacts")]
+    gone = _contact(tenant, 6, "DE")
+    gone = Row(tenant, {**gone.values, "deleted_at": NOW - 5 * DAY}, 1, 0)
+    await embedded_backend.command(
+        insert_statement(catalog_with_data, contacts, [_contact(tenant, 1, "DE"), gone])
+    )
+    events = catalog_with_data.models[("product", "events")]
+    rows = [_event(tenant, actor, "purchased", NOW - DAY) for actor in (1, 6)]
+    await embedded_backend.insert_arrow(
+        catalog_with_data.database, events.table, event_arrow(events, rows)
+    )
+    filters = {"contact.deleted_at": "not.is.null"}
+    definition = validate_segment(
+        SegmentDefinition("left", "behavioral", "product.events", filters=filters),
+        catalog_with_data,
+    )
+    seen = catalog_with_data.with_segments({"left": resolve_segment(definition, catalog_with_data)})
+    answers = []
+    for request_filters in (filters, {"segment": "left"}):
+        compiled = compile_query(
+            QueryRequest(model="product.events", group_by="contact_id", filters=request_filters),
+            seen,
+            tenant,
+        )
+        result = await embedded_backend.execute(compiled, timeout_seconds=30, query_id="left")
+        answers.append(sorted(result.table.column(0).to_pylist()))
+    assert answers == [[6], [6]]
 
 
 def test_a_segment_of_another_kind_of_actor_is_refused(catalog: Catalog) -> None:
