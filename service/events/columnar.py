@@ -42,6 +42,7 @@ _DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _DIGITS = r"^-?[0-9]{1,19}$"
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _EARLIEST = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 FAST_PATH_EVENTS = 100
 """Batches this large or larger are checked with Arrow kernels first."""
 
@@ -293,10 +294,16 @@ def _instants(texts: Sequence[str | None], latest: dt.datetime) -> pa.Array | No
     moments = _cast(array, _TIMESTAMP)
     if moments is None or not len(moments):
         return moments
-    bounds = pc.min_max(moments).as_py()
-    if bounds["min"] < _EARLIEST or bounds["max"] > latest:
+    # Compared as microseconds: an instant past year 9999 or before year 1 (a far offset on
+    # 9999-12-31 or 0001-01-01) has no Python datetime; the per-event path names it.
+    bounds = pc.min_max(moments.cast(pa.int64())).as_py()
+    if bounds["min"] < _micros(_EARLIEST) or bounds["max"] > _micros(latest):
         return None
     return moments
+
+
+def _micros(moment: dt.datetime) -> int:
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1)
 
 
 def _declared(array: pa.Array, spec: FieldSpec, latest: dt.datetime) -> pa.Array | None:

@@ -27,6 +27,49 @@ _KEYS = {
 }
 
 
+class JsonNumber:
+    """A JSON number with a fraction or an exponent, kept as its own text.
+
+    Read as a float, ``1.10`` became ``1.1``, ``1e2`` ``100.0`` and ``1e400`` ``inf``; a
+    property keeps the text the producer wrote. Not a ``str``: where a field must be text (a
+    tenant, an event name) a number is still refused. Integers are Python ints, whose text is
+    theirs already.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        """Keep ``text``, a JSON number literal."""
+        self.text = text
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads(text: str) -> Any:
+    """``json.loads`` keeping fractional numbers' text (``JsonNumber``).
+
+    NaN and Infinity, which are not JSON, are refused.
+    """
+    return json.loads(text, parse_float=JsonNumber, parse_constant=_refuse_constant)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON of what ``loads`` gives (numbers as their text); RecursionError if too deep."""
+    if isinstance(value, JsonNumber):
+        return value.text
+    # Loops, not generator expressions: one frame per level of nesting, as json.dumps takes.
+    parts: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            parts.append(f"{json.dumps(str(key), ensure_ascii=False)}:{dumps(item)}")
+        return "{" + ",".join(parts) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(map(dumps, value)) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
 class BodyError(ValueError):
     """The body as a whole cannot be read (not JSON, not an array); ``field`` names where."""
 
@@ -45,16 +88,18 @@ def read_body(content_type: str, body: bytes) -> list[RawEvent | EventError]:
         raise BodyError("body", "not UTF-8 text") from None
     if content_type in NDJSON_TYPES:
         items: list[Any] = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        # Lines end at \n only (a \r before it is JSON whitespace): str.splitlines also cuts
+        # at U+2028, U+0085 and others, which JSON strings may hold as they are.
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
-                items.append(json.loads(line))
+                items.append(loads(line))
             except (ValueError, RecursionError) as exc:
                 items.append(EventError("", f"line {number} is not valid JSON: {exc}"))
     elif content_type == JSON:
         try:
-            document = json.loads(text)
+            document = loads(text)
         except (ValueError, RecursionError) as exc:
             raise BodyError("body", f"not valid JSON: {exc}") from None
         if not isinstance(document, list):
@@ -133,7 +178,10 @@ def _properties(value: Any) -> Mapping[str, str]:
         elif isinstance(item, bool):
             texts[key] = "true" if item else "false"
         else:
-            texts[key] = json.dumps(item, separators=(",", ":"), ensure_ascii=False)
+            try:
+                texts[key] = dumps(item)
+            except RecursionError:
+                raise EventError("properties", "nested too deeply") from None
     return texts
 
 

@@ -9,7 +9,6 @@ headers.
 from __future__ import annotations
 
 import dataclasses
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from aiokafka.structs import ConsumerRecord
 
 from service.catalog import Catalog, Model
 from service.errors import AnalyticsError
-from service.events.json_events import event_from_json, is_encodable
+from service.events.json_events import dumps, event_from_json, is_encodable, loads
 from service.events.validation import EventError, RawEvent, Rejection
 from service.query.compiler import resolve_model
 from service.tenants import MAX_TENANT_ID_LENGTH
@@ -107,7 +106,7 @@ class EventMessage:
         alone = {"tenant": self.tenant, "model": self.model_reference}
         alone["event"] = self.originals[index]
         try:
-            return json.dumps(alone, separators=(",", ":")).encode()
+            return dumps(alone).encode()
         except RecursionError:
             return value  # an event nested too deeply to write out again: its whole message
 
@@ -123,7 +122,7 @@ def parse_message(
     except UnicodeDecodeError:
         return MessageFault("", "not UTF-8 text")
     try:
-        document = json.loads(text)
+        document = loads(text)
     except (ValueError, RecursionError) as exc:
         return MessageFault("", f"not valid JSON: {str(exc)[:200]}")
     if not isinstance(document, dict):

@@ -283,7 +283,11 @@ def parse_instant(text: str, where: str) -> dt.datetime:
         ) from None
     if moment.tzinfo is None:
         raise EventError(where, f"{text[:40]!r} needs an offset or Z")
-    moment = moment.astimezone(dt.UTC)
+    try:
+        moment = moment.astimezone(dt.UTC)
+    except OverflowError:
+        # 9999-12-31T23:59:59-01:00 is in year 10000 in UTC, which no datetime holds.
+        raise EventError(where, f"{text[:40]!r} is outside the years 1900-9999") from None
     if moment < _EARLIEST:
         raise EventError(where, f"{text[:40]!r} is before 1900")
     return moment

@@ -49,6 +49,8 @@ def instants() -> st.SearchStrategy[str]:
         # Valid for the per-event path only, or invalid.
         moments.map(lambda m: m.isoformat()),
         st.sampled_from(["", "2026-13-01T00:00:00Z", "2030-01-01T00:00:00Z", "yesterday"]),
+        # In UTC past year 9999 or before year 1: no Python datetime holds them.
+        st.sampled_from(["9999-12-31T23:59:59-01:00", "0001-01-01T00:30:00+01:00"]),
     )
 
 
