@@ -17,12 +17,14 @@ from typing import Any, TypeAlias
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from service import audit
 from service.api.status import abort_with_error
 from service.auth import Principal, TokenVerifier
-from service.errors import AnalyticsError
+from service.errors import AnalyticsError, ErrorKind, validation_error
 
+_log = structlog.get_logger(__name__)
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 TRACE_HEADER = "x-trace-id"
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -100,7 +102,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[[Any, Context], Awaitable[Any]]:
         async def wrapped(request: Any, context: Context) -> Any:
             await self._authenticate(context, method)
-            return await behavior(request, context)
+            try:
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await abort_with_error(context, _unexpected(error, method))
 
         return wrapped
 
@@ -109,7 +116,30 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[[Any, Context], AsyncIterator[Any]]:
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
             await self._authenticate(context, method)
-            async for response in behavior(request, context):
-                yield response
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await abort_with_error(context, _unexpected(error, method))
 
         return wrapped
+
+
+def _unexpected(error: Exception, method: str) -> AnalyticsError:
+    """What a call answers for an exception its handler did not turn into an AnalyticsError.
+
+    A request stream's message that protobuf cannot read (a string field not UTF-8) is the
+    caller's; anything else is ours, logged with its traceback and answered INTERNAL without
+    the exception's text (grpc's default, UNKNOWN, would show the Python class and message).
+    """
+    if isinstance(error, DecodeError):
+        return validation_error(
+            "request",
+            "request: a message of the stream is not valid protobuf (a string field that is "
+            "not UTF-8?)",
+            "INVALID_MESSAGE",
+        )
+    _log.exception("call failed", method=method)
+    return AnalyticsError(ErrorKind.INTERNAL, "internal error", "INTERNAL")

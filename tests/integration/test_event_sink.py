@@ -624,6 +624,22 @@ async def test_request_errors_on_grpc(server, channel, tenant, tables, embedded_
     await wait_for(lambda: server.sink.buffered == 0, 5, "the sink to write what it holds")
     assert set(await stored(embedded_backend, tables, tenant)) == {e.event_id for e in first}
 
+    # A message protobuf cannot read (a string that is not UTF-8, which no stub would send) is
+    # the caller's error with details, not UNKNOWN with a Python class in it.
+    raw = events_pb2.IngestRequest(model=MODEL, events=[event(name="XXXX")]).SerializeToString()
+    send_raw = channel.stream_unary(
+        "/analytics.v1.EventService/Ingest",
+        request_serializer=lambda data: data,
+        response_deserializer=events_pb2.IngestResponse.FromString,
+    )
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield raw.replace(b"XXXX", b"\xff\xfe\xfd\xfc")
+
+    error = await refused(send_raw(broken(), metadata=grpc_auth(tenant)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error_details(error)[0].reason == "INVALID_MESSAGE"
+
 
 async def test_request_errors_on_rest(server, http, tenant, tables, embedded_backend) -> None:
     url = rest_url(server)
