@@ -45,7 +45,7 @@ from service.cache import ResultCache, build_result_cache
 from service.catalog import Catalog, load_catalog
 from service.events.ingestion import EventIngestion
 from service.events.metrics import SinkMetrics
-from service.events.sink import EventSink
+from service.events.sink import EventSink, create_event_tables
 from service.events.topic_consumer import EventTopicConsumer, start_topic_consumer
 from service.events.validation import EventLimits
 from service.insights.insight_services import InsightServices
@@ -237,6 +237,7 @@ async def start_server(  # noqa: PLR0915 (the composition root: a statement per 
     refresher = None
     if rollups.enabled and settings.rollup_refresh_seconds > 0:
         refresher = asyncio.create_task(rollups.run(settings.rollup_refresh_seconds))
+    await create_event_tables(backend, catalog)
     sink.start()
     # After the sink it writes to; it waits for Kafka by itself, never holding up the start.
     event_topic = start_topic_consumer(settings, ingestion)

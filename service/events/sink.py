@@ -28,11 +28,12 @@ import pyarrow as pa
 import structlog
 
 from service.backends.base import AnalyticsBackend
-from service.catalog import Model
+from service.backends.dialect import backend_dialect
+from service.catalog import Catalog, Model
 from service.errors import AnalyticsError, ErrorKind, engine_unavailable, resource_exhausted
 from service.events.metrics import SinkMetrics
 from service.events.validation import EventColumns, EventRows, rows_table
-from service.schema import SYNC_STATE_TABLE, sync_state_table
+from service.schema import SYNC_STATE_TABLE, database_ddl, event_table_ddl, sync_state_table
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +48,24 @@ class _Held:
     columns: EventColumns
     future: asyncio.Future[None]
     entered: float
+
+
+async def create_event_tables(backend: AnalyticsBackend, catalog: Catalog) -> None:
+    """Create the catalog's database and each event model's table where missing.
+
+    The sink is the event models' writer, as the CDC worker is the replicas': the tables are its
+    to create (a fresh ``analytics serve`` answered every ingest REPLICA_MISSING). A server that
+    refuses (no CREATE grant) is logged and left: ingestion then answers REPLICA_MISSING until
+    an administrator creates the tables.
+    """
+    dialect = await backend_dialect(backend)
+    statements = [database_ddl(catalog)]
+    statements += [event_table_ddl(catalog, m, dialect=dialect) for m in catalog.event_models()]
+    for statement in statements:
+        try:
+            await backend.command(statement)
+        except AnalyticsError as error:
+            log.warning("cannot create an event table", statement=statement[:200], error=error)
 
 
 class EventSink:

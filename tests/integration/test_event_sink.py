@@ -53,6 +53,7 @@ from service.errors import AnalyticsError, ErrorKind
 from service.events.validation import EventLimits, RawEvent, validate_events
 from service.schema import all_ddl
 from service.settings import DEFAULT_CATALOG, PROJECT_ROOT, Settings
+from tests.conftest import catalog_in_database, unique_database
 from tests.grpc_errors import error_details
 from tests.served import start_serve
 
@@ -591,6 +592,24 @@ async def test_rest_takes_forgiving_json_and_ndjson_with_broken_lines(
 # --- request-level errors --------------------------------------------------------------------
 
 
+async def test_a_fresh_service_creates_its_event_tables(
+    settings: Settings, events_catalog: Catalog, embedded_backend: EmbeddedBackend
+) -> None:
+    """No table made beforehand: the service creates the event models' tables at start."""
+    fresh = catalog_in_database(events_catalog, unique_database("fresh_events"))
+    running = await start_server(settings, catalog=fresh, backend=embedded_backend)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as opened:
+            tenant = f"t_{uuid.uuid4().hex[:12]}"
+            sent = event()
+            answer = await ingest(opened, grpc_auth(tenant), [[sent]])
+            assert answer.accepted == 1
+            assert set(await stored(embedded_backend, fresh, tenant)) == {sent.event_id}
+    finally:
+        await running.stop(1.0)
+        await embedded_backend.command(f"DROP DATABASE IF EXISTS `{fresh.database}`")
+
+
 async def test_request_errors_on_grpc(server, channel, tenant, tables, embedded_backend) -> None:
     one = [[event()]]
     cases: list[tuple[Any, grpc.StatusCode, str]] = [
@@ -824,16 +843,16 @@ async def test_an_engine_failure_acknowledges_nothing(
 async def test_a_missing_table_acknowledges_nothing(
     catalog, embedded_backend, http, tenant
 ) -> None:
-    # The catalog's database exists with its state tables, but the event table was never made.
+    # The service made the event table at start; it is dropped under it (by an operator).
     missing = dataclasses.replace(catalog, database=f"no_events_{uuid.uuid4().hex[:10]}")
     for statement in all_ddl(missing):
-        if "product_events" not in statement:
-            await embedded_backend.command(statement)
+        await embedded_backend.command(statement)
     running = await start_server(
         Settings(port=0, rest_port=0, event_flush_milliseconds=20),
         catalog=missing,
         backend=embedded_backend,
     )
+    await embedded_backend.command(f"DROP TABLE `{missing.database}`.`product_events` SYNC")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             error = await refused(ingest(channel, grpc_auth(tenant), [[event()]]))
