@@ -229,7 +229,9 @@ async def start_server(  # noqa: PLR0915 (the composition root: a statement per 
     if isinstance(backend, HttpBackend):
         await backend.detect_row_policies()
     health_servicer.isolation = engine_detail(backend)
-    # Before the tenants' grants and row policies, which cover the rollup tables too.
+    # Before the tenants' grants and row policies, which cover these tables too: the event
+    # models' (the sink writes them) and the rollups'.
+    await create_event_tables(backend, catalog)
     await rollups.prepare()
     # A catalog that gained a table gets every tenant's grants and row policies re-applied.
     await provisioner.reconcile()
@@ -237,7 +239,6 @@ async def start_server(  # noqa: PLR0915 (the composition root: a statement per 
     refresher = None
     if rollups.enabled and settings.rollup_refresh_seconds > 0:
         refresher = asyncio.create_task(rollups.run(settings.rollup_refresh_seconds))
-    await create_event_tables(backend, catalog)
     sink.start()
     # After the sink it writes to; it waits for Kafka by itself, never holding up the start.
     event_topic = start_topic_consumer(settings, ingestion)
