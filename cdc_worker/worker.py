@@ -172,8 +172,10 @@ class CdcWorker:
                 for _ in range(_FETCHER_TURNS):
                     await asyncio.sleep(0)
                 for partition, messages in records.items():
+                    for start in range(0, len(messages), _DECODE_SLICE):
+                        part = messages[start : start + _DECODE_SLICE]
+                        await self._take(partition.topic, part, batch, consumer, producer)
                     if messages:
-                        await self._take(partition.topic, messages, batch, consumer, producer)
                         batch.consumed(partition.topic, partition.partition, messages[-1].offset)
                 if batch.is_due(
                     self._settings.cdc_batch_max_rows, self._settings.cdc_batch_max_seconds
@@ -240,20 +242,7 @@ class CdcWorker:
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
     ) -> None:
-        """Decode one partition's messages (column-wise where they allow) into ``batch``."""
-        for start in range(0, len(messages), _DECODE_SLICE):
-            await self._take_slice(
-                topic, messages[start : start + _DECODE_SLICE], batch, consumer, producer
-            )
-
-    async def _take_slice(
-        self,
-        topic: str,
-        messages: Sequence[Any],
-        batch: ChangeBatch,
-        consumer: AIOKafkaConsumer,
-        producer: AIOKafkaProducer,
-    ) -> None:
+        """Decode some of one partition's messages (column-wise where they can) into ``batch``."""
         decoded = self._columnar.decode(topic, [(m.key, m.value) for m in messages])
         rows = decoded.rows
         if rows is not None and decoded.every_row is not None:
